@@ -1,0 +1,13 @@
+"""User-facing errors: the CLI prints them as one line and exits non-zero, no traceback."""
+
+
+class RtlError(Exception):
+    """A problem the user can fix (bad path, bad YAML, bad layout). Message is one line."""
+
+
+class ConfigError(RtlError):
+    """A config/spec file failed validation; the message names the file and field."""
+
+
+class DatasetError(RtlError):
+    """A dataset folder is missing or does not follow the convention."""
