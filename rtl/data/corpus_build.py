@@ -1,0 +1,362 @@
+"""Build a corpus: dataset folders -> undersampled, decoded, size-normalised Parquet shards + manifest.
+
+Pipeline (label table first, pixels last):
+1. `check_dataset` each folder (labels, splits, boxes; rows it drops become manifest rejects).
+2. Class table: existing corpus / given table first, new (dataset, label) pairs appended (never renumbered).
+3. `undersample` per class from the label table, so dropped images are never decoded.
+4. Ray Data: the kept images are cut into *units* of a few dozen images (several per CPU for balance);
+   each unit is one task that decodes (`decode_image`), fits (`fit_size`) or patches (`patch_crop`) its
+   images and writes its own Parquet shard, returning only small metadata (rejects, sizes, row hashes).
+   Pixels therefore never travel through the object store or the driver. Images not kept only get a
+   header read (for the "before" size histogram), spread over the same units.
+5. Manifest: class table, counts, histograms, rejects, timings and a content hash (version) over the
+   rows + class table. Shards are written under `out/.building-*` and moved into place only at the end;
+   manifest.json is written last (atomically), so an interrupted build never looks like a corpus.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import shutil
+import time
+import uuid
+from collections import Counter
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from rtl.data.convention import Box, DatasetInfo, check_dataset, resolve_image_path
+from rtl.data.corpus_view import SCHEMA
+from rtl.data.sampling import ClassTable, undersample
+from rtl.data.transforms import DecodeError, decode_image, fit_size, needs_patches, patch_crop
+from rtl.errors import DatasetError, RtlError
+
+__all__ = ["build_corpus", "size_bucket"]
+
+_BUCKETS = (32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
+
+
+def size_bucket(h: int, w: int) -> str:
+    """Histogram bucket of an image by its long side, e.g. '256-511'."""
+    m = max(h, w)
+    lo = 0
+    for edge in _BUCKETS:
+        if m < edge:
+            return f"{lo}-{edge - 1}"
+        lo = edge
+    return f">={lo}"
+
+
+# ------------------------------------------------------------------------------------- worker side
+
+
+def _process_unit(unit: dict, p: dict, shard_dir: str) -> dict:
+    """Decode/fit/patch one unit of images and write its shard. Never raises for bad images."""
+    t0 = time.perf_counter()
+    cols: dict[str, list] = {f.name: [] for f in SCHEMA}
+    rejects, before, after, digests = [], [], [], []
+    for ds, root, rel, label, cid, split, boxes in unit["decode"]:
+        try:
+            full = resolve_image_path(root, rel)
+            arr = decode_image(full, keep_gray=p["keep_gray"], max_pixels=p["max_pixels"])
+        except DatasetError as e:
+            rejects.append([ds, rel, f"path refused: {e}"])
+            before.append(None)
+            continue
+        except DecodeError as e:
+            rejects.append([ds, rel, e.reason])
+            before.append(None)
+            continue
+        except Exception as e:  # noqa: BLE001 - one odd file must not kill the build; it is listed instead
+            rejects.append([ds, rel, f"unexpected error: {type(e).__name__}: {e}"])
+            before.append(None)
+            continue
+        h, w = arr.shape[:2]
+        before.append([h, w])
+        if needs_patches(h, w, p["min_side"], p["max_side"], max_downscale=p["max_downscale"]):
+            bx = [Box(*b) for b in boxes]
+            pseed = int.from_bytes(hashlib.blake2b(f"{p['seed']}\0{ds}\0{rel}".encode(),
+                                                   digest_size=4).digest(), "big")
+            pieces = patch_crop(arr, bx, size=p["max_side"], max_patches=p["max_patches"], seed=pseed)
+            if bx:  # background patches of a defect image would carry the defect label: drop them
+                pieces = [pc for pc in pieces if pc[1]]
+            outs = [pc[0] for pc in pieces]
+        else:
+            outs = [fit_size(arr, p["min_side"], p["max_side"])]
+        for k, img in enumerate(outs):
+            data = img.tobytes()
+            oh, ow, oc = img.shape
+            for name, v in (("pixels", data), ("height", oh), ("width", ow), ("channels", oc),
+                            ("class_id", cid), ("dataset", ds), ("label", label), ("source_path", rel),
+                            ("patch", k), ("split", split)):
+                cols[name].append(v)
+            after.append([oh, ow])
+            hh = hashlib.blake2b(data, digest_size=16)
+            hh.update(json.dumps([oh, ow, oc, cid, ds, label, rel, k, split]).encode())
+            digests.append([ds, rel, k, hh.hexdigest()])
+    shard = None
+    if cols["pixels"]:
+        shard = f"part-{unit['uid']:05d}.parquet"
+        table = pa.Table.from_pydict(cols, schema=SCHEMA)
+        tmp = Path(shard_dir) / (shard + ".tmp")
+        pq.write_table(table, tmp, compression="zstd", compression_level=1, use_dictionary=["dataset", "label",
+                                                                                       "split"])
+        os.replace(tmp, Path(shard_dir) / shard)
+    for rel_abs in unit["headers"]:  # images dropped by the cap: header only, for the "before" histogram
+        before.append(_header_size(rel_abs))
+    return {"uid": unit["uid"], "shard": shard, "rows": len(cols["pixels"]), "rejects": rejects,
+            "before": before, "after": after, "digests": digests,
+            "class_rows": Counter(int(c) for c in cols["class_id"]), "seconds": time.perf_counter() - t0}
+
+
+def _header_size(path: str) -> list[int] | None:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+        return [h, w]
+    except Exception:  # noqa: BLE001 - unreadable header: counted as 'unreadable' in the histogram
+        return None
+
+
+def _process_batch(batch: dict[str, np.ndarray], p: dict, shard_dir: str) -> dict[str, np.ndarray]:
+    metas = [json.dumps(_process_unit(json.loads(u), p, shard_dir)) for u in batch["unit"]]
+    return {"meta": np.array(metas, dtype=object)}
+
+
+# ------------------------------------------------------------------------------------- driver side
+
+
+def _load(dataset_dirs: list[str | Path]) -> tuple[list[DatasetInfo], list[dict], list[str]]:
+    infos, rejects, warnings = [], [], []
+    seen: dict[str, Path] = {}
+    for d in dataset_dirs:
+        root = Path(d)
+        if not root.is_dir():
+            raise DatasetError(f"{root}: dataset folder not found")
+        rep = check_dataset(root)
+        info = rep.info
+        assert info is not None
+        if info.name in seen:
+            raise DatasetError(f"{root}: dataset name {info.name!r} already used by {seen[info.name]}")
+        seen[info.name] = root
+        info = DatasetInfo(info.name, info.domain, info.description, info.license, root.resolve(),
+                           info.records)
+        infos.append(info)
+        for pr in rep.problems:
+            fname = Path(pr.file).name
+            if fname == "labels.csv" and pr.line > 0:  # a label row that was dropped
+                rejects.append({"dataset": info.name, "path": f"labels.csv:{pr.line}", "reason": pr.message})
+            else:
+                warnings.append(f"{info.name}: {Path(pr.file).name}:{pr.line}: {pr.message}")
+    return infos, rejects, warnings
+
+
+def _init_ray(address: str | None) -> bool:
+    """Connect to `address`/RAY_ADDRESS or start a local Ray; True when this call started it."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    addr = address or os.environ.get("RAY_ADDRESS")
+    try:
+        if addr:
+            ray.init(address=addr, configure_logging=False, log_to_driver=False)
+        else:
+            ray.init(include_dashboard=False, configure_logging=False, log_to_driver=False)
+    except (ConnectionError, RuntimeError, ValueError) as e:
+        raise RtlError(f"cannot start/connect to Ray{' at ' + addr if addr else ''}: "
+                       f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+    return True
+
+
+def _prepare_out(out: Path) -> dict | None:
+    """Existing manifest of `out` (or None); refuses a non-empty folder that is not a corpus."""
+    if out.exists() and not out.is_dir():
+        raise RtlError(f"{out}: exists and is not a folder")
+    if not out.exists():
+        return None
+    mpath = out / "manifest.json"
+    if mpath.is_file():
+        try:
+            return json.loads(mpath.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            raise RtlError(f"{mpath}: cannot read existing manifest: {e}") from None
+    stray = [c.name for c in out.iterdir()
+             if not (c.name.startswith((".building-", ".manifest-")) or c.name == "shards")]
+    if stray:
+        raise RtlError(f"{out}: folder exists, is not empty and is not a corpus (has {stray[0]})")
+    return None
+
+
+def _units(rows: list[list], headers: list[str], n_cpu: int) -> list[dict]:
+    """Cut work into units: ~8 per CPU for load balance, 4..128 images each (per-task overhead/shard size)."""
+    size = min(128, max(4, math.ceil(len(rows) / (8 * max(1, n_cpu)))))
+    n = max(1, math.ceil(len(rows) / size))
+    units = [{"uid": i, "decode": rows[i * size:(i + 1) * size], "headers": []} for i in range(n)]
+    for j, h in enumerate(headers):
+        units[j % n]["headers"].append(h)
+    return units
+
+
+def build_corpus(dataset_dirs: list[str | Path], out: str | Path, *, min_side: int = 224, max_side: int = 256,
+                 cap: int | None = 1000, seed: int = 0, keep_gray: bool = True,
+                 class_table: ClassTable | str | Path | list | dict | None = None, address: str | None = None,
+                 max_patches: int = 8, max_downscale: float = 4.0, max_pixels: int = 64_000_000,
+                 progress: bool = True) -> dict:
+    """Build (or rebuild) the corpus at `out` from dataset folders; returns the manifest dict.
+
+    `cap`: images kept per class (None or 0: all). A build into an existing corpus reuses its class
+    table (ids stay stable); `class_table` overrides that. See the module docstring for the pipeline.
+    """
+    t_start = time.perf_counter()
+    timings: dict[str, float] = {}
+    if not dataset_dirs:
+        raise RtlError("no dataset folders given")
+    if not 0 < min_side <= max_side:
+        raise RtlError(f"need 0 < min_side <= max_side, got {min_side}, {max_side}")
+    if cap is not None and cap < 0:
+        raise RtlError(f"cap must be >= 0, got {cap}")
+    cap = cap or None
+    out = Path(out)
+    old = _prepare_out(out)
+    infos, rejects, warnings = _load(list(dataset_dirs))
+    if class_table is not None:
+        table = class_table if isinstance(class_table, ClassTable) else ClassTable.load(class_table)
+    elif old is not None:
+        table = ClassTable.load(old)
+    else:
+        table = ClassTable()
+    items, rec_of = [], {}
+    for info in infos:
+        for label in info.classes():
+            table.add(info.name, label, info.domain)
+        for r in info.records:
+            cid = table.id(info.name, r.label)
+            items.append((cid, (info.name, r.path)))
+            rec_of[(info.name, r.path)] = (info, r, cid)
+    counts_before = Counter(cid for cid, _ in items)
+    kept = undersample(items, cap, seed)
+    kept_keys = {k for _, k in kept}
+    rows = []
+    for _, key in sorted(kept, key=lambda it: it[1]):
+        info, r, cid = rec_of[key]
+        rows.append([info.name, str(info.root), r.path, r.label, cid, r.split,
+                     [[b.xmin, b.ymin, b.xmax, b.ymax, b.label] for b in r.boxes]])
+    headers = sorted(str(info.root / r.path) for key, (info, r, _) in rec_of.items() if key not in kept_keys)
+    timings["labels"] = time.perf_counter() - t_start
+
+    params = {"min_side": min_side, "max_side": max_side, "cap": cap, "seed": seed, "keep_gray": keep_gray,
+              "max_patches": max_patches, "max_downscale": max_downscale, "max_pixels": max_pixels}
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in out.glob(".building-*"):  # left by a killed build
+        shutil.rmtree(stale, ignore_errors=True)
+    work = out / f".building-{uuid.uuid4().hex[:8]}"
+    (work / "shards").mkdir(parents=True)
+    started = False
+    try:
+        t0 = time.perf_counter()
+        started = _init_ray(address)
+        import ray
+
+        timings["ray_init"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        metas = _run(rows, headers, params, str(work / "shards"), progress,
+                     int(ray.cluster_resources().get("CPU", 1)))
+        timings["process"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        manifest = _manifest(infos, table, params, counts_before, rejects, warnings, metas, len(items),
+                             len(rows))
+        manifest["seconds"] = round(time.perf_counter() - t_start, 3)
+        timings["finalize"] = time.perf_counter() - t0
+        manifest["timings"] = {k: round(v, 3) for k, v in timings.items()}
+        _commit(out, work, manifest)
+        return manifest
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+        if started:
+            import ray
+
+            ray.shutdown()
+
+
+def _run(rows: list, headers: list, params: dict, shard_dir: str, progress: bool, n_cpu: int) -> list[dict]:
+    import ray
+    import ray.data
+
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = progress
+    ctx.print_on_execution_start = progress
+    units = _units(rows, headers, n_cpu)
+    items = [{"unit": json.dumps(u)} for u in units]
+    ds = ray.data.from_items(items, override_num_blocks=len(items))
+    ds = ds.map_batches(_process_batch, batch_size=None, batch_format="numpy", num_cpus=1,
+                        fn_kwargs={"p": params, "shard_dir": shard_dir})
+    return sorted((json.loads(r["meta"]) for r in ds.iter_rows()), key=lambda m: m["uid"])
+
+
+def _hist(sizes: list) -> dict[str, int]:
+    c = Counter("unreadable" if s is None else size_bucket(*s) for s in sizes)
+    order = {f"{lo}-{hi - 1}": i for i, (lo, hi) in enumerate(zip((0, *_BUCKETS), _BUCKETS))}
+    return dict(sorted(c.items(), key=lambda kv: order.get(kv[0], 99)))
+
+
+def _manifest(infos: list[DatasetInfo], table: ClassTable, params: dict, counts_before: Counter,
+              rejects: list[dict], warnings: list[str], metas: list[dict], n_in: int, n_kept: int) -> dict:
+    counts_after: Counter = Counter()
+    before, after, digests = [], [], []
+    for m in metas:
+        counts_after.update({int(k): v for k, v in m["class_rows"].items()})
+        before += m["before"]
+        after += m["after"]
+        digests += m["digests"]
+        rejects += [{"dataset": d, "path": p, "reason": r} for d, p, r in m["rejects"]]
+    classes = table.to_list()
+    h = hashlib.sha256(json.dumps(classes, sort_keys=True).encode())
+    for d in sorted(digests, key=lambda x: (x[0], x[1], x[2])):
+        h.update(json.dumps(d).encode())
+    shards = [f"shards/{m['shard']}" for m in metas if m["shard"]]
+    n_decode_rejects = sum(len(m["rejects"]) for m in metas)
+    return {
+        "version": h.hexdigest()[:16],
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "params": params,
+        "datasets": {i.name: {"domain": list(i.domain), "root": str(i.root), "description": i.description,
+                              "license": i.license} for i in infos},
+        "classes": classes,
+        "counts_before": {str(c["id"]): int(counts_before.get(c["id"], 0)) for c in classes},
+        "counts_after": {str(c["id"]): int(counts_after.get(c["id"], 0)) for c in classes},
+        "empty_classes": [c["id"] for c in classes if counts_after.get(c["id"], 0) == 0],
+        "size_hist_before": _hist(before),
+        "size_hist_after": _hist(after),
+        "rejects": sorted(rejects, key=lambda r: (r["dataset"], r["path"])),
+        "warnings": warnings[:1000],
+        "shards": shards,
+        "n_images_in": n_in,
+        "n_images_kept": n_kept,
+        "n_images_ok": n_kept - n_decode_rejects,
+        "n_rows_out": sum(m["rows"] for m in metas),
+        "seconds": 0.0,
+    }
+
+
+def _commit(out: Path, work: Path, manifest: dict) -> None:
+    """Swap the new shards in and write manifest.json last (temp file + rename)."""
+    mpath = out / "manifest.json"
+    mpath.unlink(missing_ok=True)  # from here until the end, `out` is visibly not a finished corpus
+    old = out / "shards"
+    if old.exists():
+        trash = work / "old-shards"
+        os.replace(old, trash)
+    os.replace(work / "shards", old)
+    tmp = out / f".manifest-{uuid.uuid4().hex[:8]}.tmp"
+    tmp.write_text(json.dumps(manifest, indent=1), encoding="utf-8")
+    os.replace(tmp, mpath)

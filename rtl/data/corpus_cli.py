@@ -1,0 +1,94 @@
+"""`rtl corpus build|info`: build the source corpus with Ray Data, or summarise an existing one."""
+
+from __future__ import annotations
+
+import argparse
+from collections import Counter
+from pathlib import Path
+
+from rtl.errors import RtlError
+
+
+def add_parsers(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("corpus", help="build or inspect the pretraining corpus")
+    sub = p.add_subparsers(dest="corpus_verb", metavar="ACTION")
+    sub.required = True
+
+    b = sub.add_parser("build", help="decode, undersample and size-normalise datasets into Parquet shards")
+    b.add_argument("datasets", nargs="+", metavar="DATASET_DIR", help="dataset folders (see `rtl dataset`)")
+    b.add_argument("--out", required=True, metavar="CORPUS", help="corpus folder (reuses its class table)")
+    b.add_argument("--min-side", type=int, default=224)
+    b.add_argument("--max-side", type=int, default=256)
+    b.add_argument("--cap", type=int, default=1000, help="images kept per class; 0 = all (default 1000)")
+    b.add_argument("--seed", type=int, default=0, help="undersampling / patch seed")
+    b.add_argument("--rgb", action="store_true", help="store gray images as 3 channels")
+    b.add_argument("--max-patches", type=int, default=8, help="patches per very large image")
+    b.add_argument("--class-table", metavar="PATH", help="manifest.json / corpus dir whose class ids to keep")
+    b.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or a local Ray)")
+    b.add_argument("--quiet", action="store_true", help="no progress bars")
+    b.set_defaults(func=_build)
+
+    i = sub.add_parser("info", help="class table, counts, rejects and version of a corpus")
+    i.add_argument("corpus", metavar="CORPUS")
+    i.add_argument("--domain", action="append", help="only datasets with this domain tag (repeatable)")
+    i.add_argument("--datasets", help="comma-separated dataset names")
+    i.add_argument("--split", action="append", choices=["train", "val", "test"], help="only this split")
+    i.set_defaults(func=_info)
+
+
+def _build(args: argparse.Namespace) -> int:
+    from rtl.data.corpus_build import build_corpus
+
+    if args.cap < 0:
+        raise RtlError(f"--cap must be >= 0, got {args.cap}")
+    m = build_corpus(args.datasets, args.out, min_side=args.min_side, max_side=args.max_side,
+                     cap=args.cap or None, seed=args.seed, keep_gray=not args.rgb,
+                     class_table=args.class_table, address=args.address, max_patches=args.max_patches,
+                     progress=not args.quiet)
+    print(summary(m, Path(args.out)))
+    return 0
+
+
+def summary(m: dict, out: Path | None = None) -> str:
+    """One screen: images in/kept/out, rejects by reason, classes, time, version."""
+    reasons = Counter("label row dropped" if r["path"].startswith("labels.csv:") else r["reason"].split(":")[0]
+                      for r in m["rejects"])
+    lines = [f"corpus {out or ''}  version {m['version']}",
+             f"  datasets {len(m['datasets'])}  classes {len(m['classes'])}  "
+             f"(empty: {len(m.get('empty_classes', []))})",
+             f"  images: {m['n_images_in']} listed, {m.get('n_images_kept', '?')} kept by cap "
+             f"{m['params'].get('cap')}, {m.get('n_images_ok', '?')} decoded -> {m['n_rows_out']} rows "
+             f"in {len(m['shards'])} shards",
+             f"  sizes before: {_fmt_hist(m.get('size_hist_before', {}))}",
+             f"  sizes after:  {_fmt_hist(m.get('size_hist_after', {}))}",
+             f"  rejects: {len(m['rejects'])}" + ("" if not reasons else "  (" + ", ".join(
+                 f"{k}: {n}" for k, n in reasons.most_common(8)) + ")")]
+    if m.get("warnings"):
+        lines.append(f"  warnings: {len(m['warnings'])} (see manifest.json)")
+    t = m.get("timings", {})
+    lines.append(f"  time: {m.get('seconds', 0):.1f}s  (" + ", ".join(f"{k} {v:.1f}s" for k, v in t.items()) + ")")
+    return "\n".join(lines)
+
+
+def _fmt_hist(h: dict) -> str:
+    return " ".join(f"{k}:{v}" for k, v in h.items()) or "-"
+
+
+def _info(args: argparse.Namespace) -> int:
+    from rtl.data.corpus_view import open_corpus
+
+    ds = [d.strip() for d in args.datasets.split(",") if d.strip()] if args.datasets else None
+    view = open_corpus(args.corpus, datasets=ds, domains=args.domain, splits=args.split)
+    m = view.manifest
+    print(summary(m, Path(args.corpus)))
+    counts = view.class_counts()
+    before = m.get("counts_before", {})
+    print(f"\nview: {', '.join(view.datasets) or '-'}  ({len(view)} rows, {len(view.class_ids)} of "
+          f"{view.num_classes} classes)")
+    w = max([7, *(len(c["dataset"]) for c in m["classes"])])
+    print(f"  {'id':>4}  {'dataset':<{w}}  {'label':<16} {'listed':>7} {'rows':>7}")
+    for c in m["classes"]:
+        if c["id"] in counts:
+            print(f"  {c['id']:>4}  {c['dataset']:<{w}}  {c['label']:<16} {before.get(str(c['id']), 0):>7} "
+                  f"{counts[c['id']]:>7}")
+    return 0

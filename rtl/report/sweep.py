@@ -1,0 +1,149 @@
+"""`rtl sweep report DIR`: per target the best searched configuration vs every control.
+
+Numbers come from the Optuna storage (COMPLETE trials only: pruned trials never reached the full
+fine-tuning budget, so their scores are not comparable). Selection is by **val** error; test error is
+only reported. Controls run once per seed -> mean ± sample std over seeds; gains are test-error
+differences to scratch and ImageNet (positive = the searched configuration is better).
+Outputs `<results>/report/{report.md, errors_<target>.png, importance_<target>.png}`, also logged to
+MLflow (the target's parent run).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from typing import Any
+
+import numpy as np
+
+from rtl.sweep.spec import load_resolved
+from rtl.sweep.status import target_trials
+
+CONTROLS = ("scratch", "imagenet", "uniform", "importance")
+
+
+def _ms(xs: list[float]) -> tuple[float, float, int]:
+    a = np.asarray([x for x in xs if x is not None and math.isfinite(x)], dtype=np.float64)
+    if not len(a):
+        return math.nan, math.nan, 0
+    return float(a.mean()), float(a.std(ddof=1)) if len(a) > 1 else 0.0, len(a)
+
+
+def _fmt(m: float, s: float, n: int) -> str:
+    return "-" if n == 0 else (f"{m:.3f}" if n == 1 else f"{m:.3f} ± {s:.3f} (n={n})")
+
+
+def summarize_target(results_dir: str, target: str) -> dict[str, Any]:
+    trials = [t for t in target_trials(results_dir, target) if t.state.name == "COMPLETE"]
+    searched = [t for t in trials if not t.user_attrs.get("rtl.control")]
+    best = min(searched, key=lambda t: t.value, default=None)
+    rows: dict[str, dict[str, Any]] = {}
+    for name in CONTROLS:
+        ts = [t for t in trials if t.user_attrs.get("rtl.control") == name]
+        if ts:
+            rows[name] = {"val": _ms([t.value for t in ts]), "test": _ms([t.user_attrs.get("rtl.test_error") for t in ts])}
+    if best is not None:
+        rows["best (search)"] = {"val": _ms([best.value]), "test": _ms([best.user_attrs.get("rtl.test_error")])}
+    gains = {}
+    if best is not None and best.user_attrs.get("rtl.test_error") is not None:
+        for ref in ("scratch", "imagenet", "uniform"):
+            if ref in rows and rows[ref]["test"][2]:
+                gains[ref] = rows[ref]["test"][0] - float(best.user_attrs["rtl.test_error"])
+    return {"target": target, "best": best, "rows": rows, "gains": gains, "n_complete": len(trials),
+            "n_searched": len(searched)}
+
+
+def _importance_mass(results_dir: str, target: str, best: Any) -> dict[str, float] | None:
+    """Per-source importance mass from the weights.json of the best trial (or the importance control)."""
+    from rtl.sweep.trial import tracker_for
+
+    tracker = tracker_for(load_resolved(results_dir))
+    runs = tracker.find_runs({"rtl.kind": "trial", "rtl.target": target})
+    want = [best.user_attrs.get("rtl.tune_trial_id")] if best is not None else []
+    ordered = [r for r in runs if r.data.tags.get("rtl.trial_id") in want] + \
+              [r for r in runs if r.data.tags.get("rtl.control") == "importance"]
+    for r in ordered:
+        p = r.data.tags.get("rtl.weights_path")
+        if p and os.path.exists(p):
+            return json.loads(open(p).read()).get("datasets")
+    return None
+
+
+def _plots(out: str, s: dict[str, Any], mass: dict[str, float] | None) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    files = []
+    names = list(s["rows"])
+    if names:
+        fig, ax = plt.subplots(figsize=(1.2 * len(names) + 2, 3))
+        x = np.arange(len(names))
+        for off, key, lab in ((-0.2, "val", "val error"), (0.2, "test", "test error")):
+            m = [s["rows"][n][key][0] for n in names]
+            e = [s["rows"][n][key][1] for n in names]
+            ax.bar(x + off, m, 0.4, yerr=e, label=lab, capsize=3)
+        ax.set_xticks(x, names, rotation=20)
+        ax.set_ylabel("error")
+        ax.set_title(f"{s['target']}: error by strategy")
+        ax.legend()
+        fig.tight_layout()
+        files.append(os.path.join(out, f"errors_{s['target']}.png"))
+        fig.savefig(files[-1], dpi=90)
+        plt.close(fig)
+    if mass:
+        items = sorted(mass.items(), key=lambda kv: -kv[1])
+        fig, ax = plt.subplots(figsize=(0.5 * len(items) + 2, 3))
+        ax.bar([k for k, _ in items], [v for _, v in items])
+        ax.set_ylabel("importance mass")
+        ax.set_title(f"{s['target']}: importance mass per source")
+        ax.tick_params(axis="x", rotation=60)
+        fig.tight_layout()
+        files.append(os.path.join(out, f"importance_{s['target']}.png"))
+        fig.savefig(files[-1], dpi=90)
+        plt.close(fig)
+    return files
+
+
+def write_report(results_dir: str, *, log_mlflow: bool = True) -> str:
+    """Write report.md + PNGs under `<results>/report`; returns the Markdown path."""
+    spec = load_resolved(results_dir)
+    out = os.path.join(spec.results_dir, "report")
+    os.makedirs(out, exist_ok=True)
+    md = [f"# Sweep `{spec.name}`", "", f"Backbone `{spec.backbone}`, {spec.budget.trials_per_target} trials per "
+          f"target, seeds {spec.seeds}. Chosen by **val** error; test error is reported only.", ""]
+    per_target_files: dict[str, list[str]] = {}
+    for target in spec.target_names():
+        s = summarize_target(results_dir, target)
+        b = s["best"]
+        md += [f"## {target}", ""]
+        if b is None:
+            md += ["No searched trial completed yet.", ""]
+        else:
+            p = b.params
+            md += [f"Best searched trial #{b.number}: sources **{b.user_attrs.get('rtl.mask')}**, temperature "
+                   f"{p.get('temperature', 'off')}, lr {p['lr']:.3g}, freeze depth {p.get('freeze_depth', 0)}, "
+                   f"regulariser {p.get('regularizer', 'none')}"
+                   + (f" ({p['reg_strength']:.3g})" if "reg_strength" in p else "") + ".", ""]
+        md += ["| strategy | val error | test error |", "|---|---|---|"]
+        md += [f"| {n} | {_fmt(*r['val'])} | {_fmt(*r['test'])} |" for n, r in s["rows"].items()]
+        if s["gains"]:
+            md += ["", "Gain of the best searched configuration (test error reduction): "
+                   + ", ".join(f"vs {k}: {v:+.3f}" for k, v in s["gains"].items())]
+        files = _plots(out, s, _importance_mass(results_dir, target, b))
+        md += [""] + [f"![{os.path.basename(f)}]({os.path.basename(f)})" for f in files] + [""]
+        per_target_files[target] = files
+    path = os.path.join(out, "report.md")
+    with open(path, "w") as f:
+        f.write("\n".join(md) + "\n")
+    if log_mlflow:
+        from rtl.sweep.trial import tracker_for
+
+        tracker = tracker_for(spec)
+        for target, files in per_target_files.items():
+            run = tracker.get_or_create_target_run(target)
+            for fpath in [path, *files]:
+                tracker.log_artifact(run, fpath, "report")
+    return path

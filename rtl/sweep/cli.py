@@ -1,0 +1,85 @@
+"""`rtl sweep run|status|resume|report` and `rtl ui` (MLflow UI on the sweep's tracking store)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+
+from rtl.errors import RtlError
+
+
+def _run(args: argparse.Namespace) -> int:
+    from rtl.sweep.runner import run_sweep
+    from rtl.sweep.spec import load_spec
+
+    overrides = {"workspace": os.path.abspath(args.workspace)} if args.workspace else None
+    run_sweep(load_spec(args.spec, overrides), address=args.address)
+    return 0
+
+
+def _resume(args: argparse.Namespace) -> int:
+    from rtl.sweep.runner import resume_sweep
+
+    resume_sweep(os.path.abspath(args.dir), address=args.address)
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    from rtl.sweep.status import format_status, sweep_status
+
+    print(format_status(sweep_status(os.path.abspath(args.dir))))
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from rtl.report.sweep import write_report
+
+    out = write_report(os.path.abspath(args.dir), log_mlflow=not args.no_mlflow)
+    print(f"report: {out}")
+    return 0
+
+
+def _ui(args: argparse.Namespace) -> int:
+    from rtl.sweep.tracking import default_tracking_uri
+
+    ws = os.path.abspath(args.workspace)
+    if not os.environ.get("MLFLOW_TRACKING_URI"):
+        dbs = [ws] if os.path.exists(os.path.join(ws, "mlflow.db")) else sorted(
+            os.path.join(ws, d) for d in os.listdir(ws) if os.path.exists(os.path.join(ws, d, "mlflow.db"))
+        ) if os.path.isdir(ws) else []
+        if len(dbs) != 1:
+            raise RtlError(f"{ws}: " + ("no mlflow.db found (pass a sweep results dir)" if not dbs else
+                                        f"several sweeps ({', '.join(map(os.path.basename, dbs))}); pass one"))
+        ws = dbs[0]
+    uri = default_tracking_uri(ws)
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1",
+           "--port", str(args.port)]
+    print(f"MLflow UI: http://127.0.0.1:{args.port}  ({uri})", flush=True)
+    return subprocess.call(cmd)
+
+
+def add_parsers(subparsers: argparse._SubParsersAction) -> None:
+    sweep = subparsers.add_parser("sweep", help="search source subsets x fine-tuning per target (Ray Tune)")
+    sub = sweep.add_subparsers(dest="sweep_verb", metavar="ACTION")
+    sub.required = True
+    p = sub.add_parser("run", help="run a sweep spec (sweeps/*.yaml)")
+    p.add_argument("spec")
+    p.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS or local)")
+    p.add_argument("--workspace", default=None, help="override the spec's workspace")
+    p.set_defaults(func=_run)
+    for name, fn, hlp in (("resume", _resume, "continue a sweep after Ctrl-C, a crash or a lost node"),
+                          ("status", _status, "trials done / running / pruned per target, best so far"),
+                          ("report", _report, "Markdown + PNG report, also logged to MLflow")):
+        p = sub.add_parser(name, help=hlp)
+        p.add_argument("dir", help="results dir: <workspace>/<sweep name>")
+        if name == "resume":
+            p.add_argument("--address", default=None)
+        if name == "report":
+            p.add_argument("--no-mlflow", action="store_true", help="do not log the report to MLflow")
+        p.set_defaults(func=fn)
+    ui = subparsers.add_parser("ui", help="MLflow UI on a sweep's tracking store (127.0.0.1)")
+    ui.add_argument("--workspace", default=".", help="sweep results dir (or a workspace with one sweep)")
+    ui.add_argument("--port", type=int, default=5000)
+    ui.set_defaults(func=_ui)

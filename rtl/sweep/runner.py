@@ -1,0 +1,207 @@
+"""`rtl sweep run` / `resume`: one Optuna study per target driven through Ray Tune with ASHA.
+
+Targets run one after another, each as its own Tune experiment `<results>/ray_results/<target>` with its
+own ASHA (val errors of different targets are not comparable, so they must not share rungs) and its own
+study `<sweep name>/<target>` in the RDB storage. Resume = for each target, `Tuner.restore` when its
+experiment exists (finished targets restore as no-ops), a fresh Tuner otherwise.
+
+Why our own searcher (rtl.sweep.search) instead of OptunaSearch: pruned trials reach Optuna as PRUNED,
+state goes straight to the RDB storage, and trials lost with a killed driver are re-enqueued, so the
+history is intact and the number of trials per target equals the spec. Control trials (scratch,
+uniform, importance, ImageNet when weights exist; one per seed) are enqueued first in the study.
+Tune checkpoints its experiment state every `TUNE_GLOBAL_CHECKPOINT_S` (we default it to 2 s; state is
+tiny) to shrink the window in which a killed driver loses trial bookkeeping.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+from rtl.errors import RtlError
+from rtl.sweep.search import OptunaAskTell, control_params
+from rtl.sweep.spec import SweepSpec, join, load_resolved, save_resolved
+from rtl.sweep.trial import run_trial, tracker_for, units_of
+
+
+def study_name(spec: SweepSpec, target: str) -> str:
+    return f"{spec.name}/{target}"
+
+
+def imagenet_available(backbone: str) -> bool:
+    try:
+        from rtl.models.backbones import imagenet_state_dict
+
+        imagenet_state_dict(backbone)
+        return True
+    except (RtlError, Exception):
+        return False
+
+
+def controls_for(spec: SweepSpec, units: list[str]) -> list[tuple[str, int, dict[str, Any]]]:
+    c = spec.controls
+    names = [n for n in ("scratch", "uniform", "importance") if getattr(c, n)]
+    if c.imagenet is True or (c.imagenet == "auto" and imagenet_available(spec.backbone)):
+        names.append("imagenet")
+    out = [(n, s, control_params(n, spec, units)) for n in names for s in spec.seeds]
+    if len(out) >= spec.budget.trials_per_target:
+        raise RtlError(f"{spec.spec_file}: budget.trials_per_target: {spec.budget.trials_per_target} leaves no "
+                       f"searched trial after {len(out)} control trials ({', '.join(names)} x {len(spec.seeds)} seeds)")
+    return out
+
+
+def _mark_run(results_dir: str, trial_id: str, state: str) -> None:
+    """Driver-side: close a trial's MLflow run the trial could not close (pruned, errored, orphaned)."""
+    tracker = tracker_for(load_resolved(results_dir))
+    for r in tracker.find_runs({"rtl.kind": "trial", "rtl.trial_id": trial_id}):
+        tracker.set_tags(r.info.run_id, {"rtl.state": state} | ({"rtl.orphaned": "1"} if state == "orphaned" else {}))
+        if r.info.status == "RUNNING":
+            tracker.finish(r.info.run_id, "FINISHED" if state in ("complete", "pruned") else "KILLED")
+
+
+def _orphan_hook(results_dir: str):
+    import functools
+
+    return functools.partial(_mark_orphan, results_dir)
+
+
+def _mark_orphan(results_dir: str, trial_id: str) -> None:
+    _mark_run(results_dir, trial_id, "orphaned")
+
+
+def _callbacks(results_dir: str, target: str) -> list[Any]:
+    from ray import tune
+
+    class Progress(tune.Callback):
+        """A concise line per finished trial: running / done / pruned / errored / best val."""
+
+        def __init__(self) -> None:
+            self.last = 0.0
+
+        def _line(self, trials: list[Any]) -> str:
+            fin = [t for t in trials if t.status == "TERMINATED"]
+            done = [t for t in fin if (t.last_result or {}).get("finished")]
+            best = min((t.last_result["val_error"] for t in done), default=None)
+            return (f"[{target}] running {sum(t.status == 'RUNNING' for t in trials)} | done {len(done)} | "
+                    f"pruned {len(fin) - len(done)} | errored {sum(t.status == 'ERROR' for t in trials)} | "
+                    f"pending {sum(t.status == 'PENDING' for t in trials)} | best val "
+                    + (f"{best:.4f}" if best is not None else "-"))
+
+        def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            done = bool((trial.last_result or {}).get("finished"))
+            _mark_run(results_dir, trial.trial_id, "complete" if done else "pruned")
+            print(self._line(trials), flush=True)
+
+        def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            _mark_run(results_dir, trial.trial_id, "errored")
+            print(self._line(trials), flush=True)
+
+        def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+            if time.time() - self.last > 30:
+                self.last = time.time()
+                print(self._line(trials), flush=True)
+
+    from ray.tune.logger import JsonLoggerCallback
+
+    return [Progress(), JsonLoggerCallback()]  # result.json per trial (status/report read it)
+
+
+def trial_dirname(trial: Any) -> str:
+    return f"trial_{trial.config['trial']['number']:04d}_{trial.trial_id}"
+
+
+def _trainable(spec: SweepSpec) -> Any:
+    from ray import tune
+
+    r = spec.resources
+    return tune.with_resources(run_trial, {"cpu": r.cpus, "gpu": r.gpus})
+
+
+def _scheduler(spec: SweepSpec) -> Any:
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    if spec.scheduler.name == "fifo":
+        return FIFOScheduler()
+    # time_attr "epoch": the trainable's final report repeats the last epoch with finished=True
+    return ASHAScheduler(time_attr="epoch", metric="val_error", mode="min", max_t=spec.budget.finetune_epochs,
+                         grace_period=spec.scheduler.grace_period, reduction_factor=spec.scheduler.reduction_factor)
+
+
+def _run_target(spec: SweepSpec, target: str, units: list[str]) -> None:
+    from ray import tune
+
+    storage = join(spec.results_dir, "ray_results")
+    exp_path = join(storage, target)
+    trainable = _trainable(spec)
+    if tune.Tuner.can_restore(exp_path):
+        print(f"[{target}] resuming {exp_path}", flush=True)
+        tuner = tune.Tuner.restore(exp_path, trainable=trainable, resume_unfinished=True, resume_errored=True,
+                                   restart_errored=False)
+    else:
+        searcher = OptunaAskTell(
+            storage_url=spec.optuna_url(), study_name=study_name(spec, target), space=spec.search.model_dump(),
+            units=units, sampler=spec.searcher.name, seed=spec.seeds[0], n_startup_trials=spec.searcher.n_startup_trials,
+            controls=controls_for(spec, units), experiment_path=exp_path, on_orphan=_orphan_hook(spec.results_dir),
+            fresh=True)
+        tuner = tune.Tuner(
+            trainable,
+            param_space={"rtl": {"results_dir": spec.results_dir, "target": target}},
+            tune_config=tune.TuneConfig(search_alg=searcher, scheduler=_scheduler(spec),
+                                        num_samples=spec.budget.trials_per_target,
+                                        max_concurrent_trials=spec.budget.max_concurrent,
+                                        trial_dirname_creator=trial_dirname, trial_name_creator=trial_dirname),
+            run_config=tune.RunConfig(
+                name=target, storage_path=storage, verbose=0, callbacks=_callbacks(spec.results_dir, target),
+                failure_config=tune.FailureConfig(max_failures=1),
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=1)),
+        )
+    tuner.fit()
+
+
+def _init_ray(address: str | None) -> None:
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(address=address, log_to_driver=False, configure_logging=False, include_dashboard=False)
+
+
+def run_sweep(spec: SweepSpec, *, address: str | None = None) -> str:
+    """Run (or continue) every target of `spec`; returns the results dir."""
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    corpus = spec.corpus_path()
+    if not os.path.isfile(os.path.join(corpus, "manifest.json")):
+        raise RtlError(f"{spec.spec_file}: corpus: no corpus at {corpus} (run `rtl corpus build` first)")
+    for name, path in zip(spec.target_names(), spec.target_paths()):
+        if not os.path.isfile(os.path.join(path, "dataset.yaml")):
+            raise RtlError(f"{spec.spec_file}: targets: {name}: no dataset at {path}")
+    if len(set(spec.target_names())) != len(spec.targets):
+        raise RtlError(f"{spec.spec_file}: targets: two targets share a folder name")
+    spec_json = os.path.join(spec.results_dir, "spec.json")
+    if not os.path.exists(spec_json):
+        save_resolved(spec, spec_json)
+    else:
+        old = load_resolved(spec.results_dir).model_dump(exclude={"spec_file"})
+        if old != spec.model_dump(exclude={"spec_file"}):
+            diff = sorted(k for k in old if old[k] != spec.model_dump()[k])
+            raise RtlError(f"{spec.results_dir}: a sweep named {spec.name!r} already ran with a different spec "
+                           f"({', '.join(diff)} differ); rename the sweep or use `rtl sweep resume`")
+    units = units_of(spec)
+    tracker = tracker_for(spec)  # create experiment + parents in the driver: trials never race on them
+    for target in spec.target_names():
+        tracker.get_or_create_target_run(target)
+    _init_ray(address)
+    for target in spec.target_names():
+        _run_target(spec, target, units)
+    for target in spec.target_names():
+        tracker.finish(tracker.get_or_create_target_run(target))
+    print(f"results: {spec.results_dir}\nMLflow:  rtl ui --workspace {spec.results_dir}", flush=True)
+    return spec.results_dir
+
+
+def resume_sweep(results_dir: str, *, address: str | None = None) -> str:
+    """Continue a sweep from its results dir (spec.json + Tune experiments + Optuna storage)."""
+    return run_sweep(load_resolved(results_dir), address=address)

@@ -1,0 +1,267 @@
+"""Optuna ask/tell behind Ray Tune's `Searcher` interface: one RDB-backed study per target.
+
+Why not `ray.tune.search.optuna.OptunaSearch`: (1) with ASHA it tells Optuna COMPLETE with the truncated
+score of a stopped trial, which biases TPE (Falkner et al. 2018 discuss the same bias in BOHB); (2) its
+study lives in driver memory and is pickled with the experiment, so a crash between checkpoints loses
+history. Here every state change goes straight to the RDB storage (SQLite locally, PostgreSQL on a
+cluster), and:
+
+* a trial that ends without the trainable's final report (`finished: True`) — i.e. stopped by the
+  scheduler — is told PRUNED (its per-epoch values were reported as intermediate values), errors FAIL;
+* the Tune trial id is stored on the Optuna trial (`rtl.tune_trial_id`), so the searcher's map is
+  rebuilt from storage, `tell` is idempotent (a trial already COMPLETE/PRUNED is never told twice) and a
+  trial errored-then-resumed is added as a new finished trial instead of overwriting the FAIL;
+* on `Tuner.restore`, Optuna trials left RUNNING by a driver killed before Tune checkpointed them
+  ("orphans") are marked FAIL (`rtl.orphaned`) and their parameters re-enqueued, so control trials are
+  never lost and Tune's own counter keeps the total per target equal to the spec.
+
+The source subset is encoded so it can never be empty (no repair, no rejected samples): an `anchor`
+categorical picks one unit that is always on, then one 0/1 categorical `src.<unit>` per other unit.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+from ray.tune.search import Searcher
+
+log = logging.getLogger(__name__)
+
+TUNE_ID = "rtl.tune_trial_id"
+
+
+def define_space(trial: Any, space: dict[str, Any], units: list[str], control: str | None) -> dict[str, Any]:
+    """Define-by-run search space -> trial params for the trainable. `space` = SweepSpec.search dict.
+
+    Returns {"mask": [units on] | None, "temperature": float | None, "lr", "freeze_depth",
+    "regularizer", "reg_strength", "init"}. Controls use the same parameter names (values enqueued)."""
+    out: dict[str, Any] = {"init": "corpus"}
+    out["lr"] = trial.suggest_float("lr", space["lr"]["low"], space["lr"]["high"], log=True)
+    if control == "scratch":
+        out["freeze_depth"] = 0
+    else:
+        fd = space["freeze_depth"]
+        out["freeze_depth"] = trial.suggest_int("freeze_depth", fd["low"], fd["high"])
+    reg = space["regularizer"]
+    out["regularizer"] = trial.suggest_categorical("regularizer", reg["choices"])
+    out["reg_strength"] = (trial.suggest_float("reg_strength", reg["strength"]["low"], reg["strength"]["high"],
+                                               log=True) if out["regularizer"] != "none" else 0.0)
+    if control in ("scratch", "imagenet"):
+        out.update(init=control, mask=None, temperature=None)
+        return out
+    anchor = trial.suggest_categorical("anchor", units)
+    mask = [u for u in units if u == anchor or trial.suggest_categorical(f"src.{u}", [0, 1]) == 1]
+    out["mask"] = mask  # never empty: the anchor is always on
+    temp = space["temperature"]
+    on = "on" if not temp["off"] else trial.suggest_categorical("importance", ["off", "on"])
+    out["temperature"] = trial.suggest_float("temperature", temp["low"], temp["high"], log=True) if on == "on" else None
+    return out
+
+
+def control_params(control: str, spec: Any, units: list[str]) -> dict[str, Any]:
+    """Fixed Optuna params of a control trial (uniform = all sources, no weights; importance = all
+    sources with importance weights at `controls.importance_temperature`, Ngiam et al. 2018)."""
+    p: dict[str, Any] = {"lr": spec.control_lr(), "regularizer": "none"}
+    if control != "scratch":
+        p["freeze_depth"] = spec.controls.freeze_depth
+    if control in ("uniform", "importance"):
+        p["anchor"] = units[0]
+        p.update({f"src.{u}": 1 for u in units[1:]})
+        if control == "uniform":
+            if not spec.search.temperature.off:
+                raise ValueError("uniform control needs search.temperature.off: true")
+            p["importance"] = "off"
+        else:
+            if spec.search.temperature.off:
+                p["importance"] = "on"
+            p["temperature"] = spec.controls.importance_temperature
+    return p
+
+
+class OptunaAskTell(Searcher):
+    """Tune searcher over one Optuna study; see module docstring. Picklable (study reopened lazily)."""
+
+    def __init__(self, *, storage_url: str, study_name: str, space: dict[str, Any], units: list[str],
+                 sampler: str = "tpe", seed: int = 0, n_startup_trials: int = 4,
+                 controls: list[tuple[str, int, dict[str, Any]]] = (), experiment_path: str | None = None,
+                 on_orphan: Any = None, fresh: bool = False) -> None:
+        super().__init__(metric="val_error", mode="min")
+        self.storage_url, self.study_name, self.space, self.units = storage_url, study_name, space, units
+        self.sampler_name, self.seed, self.n_startup = sampler, seed, n_startup_trials
+        self.controls = list(controls)  # (control name, seed, fixed params)
+        self.experiment_path = experiment_path
+        self.on_orphan = on_orphan  # picklable callable(tune_trial_id) -> None (marks the MLflow run)
+        self._study: Any = None
+        self._live: dict[str, int] = {}  # Tune trial id -> Optuna trial number
+        # a new Tune experiment over an existing study (driver killed before Tune's first checkpoint):
+        # every RUNNING trial of the study is an orphan
+        self._fresh = fresh
+
+    def set_search_properties(self, metric: str | None, mode: str | None, config: dict, **spec: Any) -> bool:
+        return True  # metric/mode fixed (val_error, min); the space is define-by-run
+
+    # ---- study --------------------------------------------------------------------------------------
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k != "_study"} | {"_study": None}
+
+    @property
+    def study(self) -> Any:
+        if self._study is None:
+            self._study = open_study(self.storage_url, self.study_name)
+            n_done = len(self._study.get_trials(deepcopy=False))
+            self._study.sampler = make_sampler(self.sampler_name, self.seed + n_done, self.n_startup)
+            if not self._study.user_attrs.get("rtl.controls_enqueued"):
+                for name, seed, params in self.controls:
+                    self._study.enqueue_trial(params, user_attrs={"rtl.control": name, "rtl.seed": seed})
+                self._study.set_user_attr("rtl.controls_enqueued", True)
+            if self._fresh:
+                self._fresh = False
+                self.reconcile(set())
+        return self._study
+
+    def _number(self, trial_id: str) -> int | None:
+        if trial_id in self._live:
+            return self._live[trial_id]
+        for t in self.study.get_trials(deepcopy=False):  # rebuilt from storage (after restore)
+            if t.user_attrs.get(TUNE_ID) == trial_id and not t.user_attrs.get("rtl.orphaned"):
+                self._live[trial_id] = t.number
+                return t.number
+        return None
+
+    # ---- Tune Searcher API --------------------------------------------------------------------------
+    def suggest(self, trial_id: str) -> dict[str, Any] | None:
+        t = self.study.ask()
+        control = t.user_attrs.get("rtl.control")
+        seed = int(t.user_attrs.get("rtl.seed", self.seed))
+        params = define_space(t, self.space, self.units, control)
+        t.set_user_attr(TUNE_ID, trial_id)
+        t.set_user_attr("rtl.mask", ",".join(params["mask"]) if params["mask"] is not None else "none")
+        self._live[trial_id] = t.number
+        return {"trial": {"number": t.number, "control": control or "", "seed": seed, **params}}
+
+    def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
+        num = self._number(trial_id)
+        if num is None or result.get("finished") or "val_error" not in result:
+            return
+        ft = self.study.get_trials(deepcopy=False)[num]
+        step = int(result.get("epoch", result.get("training_iteration", 0)))
+        if ft.state.name == "RUNNING" and step not in ft.intermediate_values:
+            self.study._storage.set_trial_intermediate_value(ft._trial_id, step, float(result["val_error"]))
+
+    def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
+        import optuna
+        from optuna.trial import TrialState
+
+        num = self._number(trial_id)
+        self._live.pop(trial_id, None)
+        if num is None:
+            log.warning("trial %s completed but has no Optuna trial", trial_id)
+            return
+        study = self.study
+        ft = study.get_trials(deepcopy=False)[num]
+        if ft.state in (TrialState.COMPLETE, TrialState.PRUNED):
+            return  # already told (e.g. finished before the driver died, re-reported on resume)
+        value = None if not result or "val_error" not in result else float(result["val_error"])
+        if error or value is None or not math.isfinite(value):
+            state = TrialState.FAIL
+        elif result.get("finished"):
+            state = TrialState.COMPLETE
+        else:
+            state = TrialState.PRUNED
+        attrs = {"rtl.epochs": int(result.get("epoch", 0))} if result else {}
+        if result and result.get("test_error") is not None:
+            attrs["rtl.test_error"] = float(result["test_error"])
+        if ft.state == TrialState.FAIL:
+            if state == TrialState.FAIL:
+                return
+            # errored before, resumed and now finished: add the outcome as its own finished trial
+            study.add_trial(optuna.trial.create_trial(
+                params=ft.params, distributions=ft.distributions, state=state,
+                value=value if state == TrialState.COMPLETE else None,
+                intermediate_values={int(result.get("epoch", 0)): value} if state == TrialState.PRUNED else None,
+                user_attrs={**ft.user_attrs, **attrs, "rtl.resumed_from": ft.number}))
+            return
+        for k, v in attrs.items():
+            study._storage.set_trial_user_attr(ft._trial_id, k, v)
+        study.tell(num, value if state == TrialState.COMPLETE else None, state=state)
+
+    # ---- save / restore (Tuner.restore) -------------------------------------------------------------
+    def save(self, checkpoint_path: str) -> None:
+        import pickle
+
+        with open(checkpoint_path, "wb") as f:
+            pickle.dump({"live": dict(self._live)}, f)
+
+    def restore(self, checkpoint_path: str) -> None:
+        import pickle
+
+        with open(checkpoint_path, "rb") as f:
+            self._live = pickle.load(f)["live"]
+        self.reconcile()
+
+    def reconcile(self, known_trial_ids: set[str] | None = None) -> list[int]:
+        """Mark Optuna trials left RUNNING without a Tune trial as orphans: FAIL + re-enqueue params."""
+        from optuna.trial import TrialState
+
+        if known_trial_ids is None:
+            known_trial_ids = tune_trial_ids(self.experiment_path)
+            if known_trial_ids is None:
+                return []
+        study = self.study
+        orphans = []
+        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            tid = t.user_attrs.get(TUNE_ID)
+            if tid in known_trial_ids:
+                continue
+            study._storage.set_trial_user_attr(t._trial_id, "rtl.orphaned", True)
+            study.tell(t.number, state=TrialState.FAIL)
+            keep = {k: v for k, v in t.user_attrs.items() if k in ("rtl.control", "rtl.seed")}
+            study.enqueue_trial(t.params, user_attrs=keep)
+            if tid and self.on_orphan is not None:
+                self.on_orphan(tid)
+            self._live = {k: v for k, v in self._live.items() if v != t.number}
+            orphans.append(t.number)
+        if orphans:
+            log.warning("study %s: re-enqueued %d trial(s) lost with the driver: %s", self.study_name,
+                        len(orphans), orphans)
+        return orphans
+
+
+def tune_trial_ids(experiment_path: str | None) -> set[str] | None:
+    """Trial ids in the newest Tune experiment state at `experiment_path` (None when unreadable)."""
+    if not experiment_path:
+        return None
+    try:
+        from ray.tune import ExperimentAnalysis
+
+        return {t.trial_id for t in ExperimentAnalysis(experiment_path).trials}
+    except Exception as e:  # no state yet / moved results dir: skip reconciliation, but say so
+        log.warning("cannot read Tune state at %s (%s): orphan check skipped", experiment_path, e)
+        return None
+
+
+def make_sampler(name: str, seed: int, n_startup: int) -> Any:
+    import warnings
+
+    import optuna
+
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # multivariate/group are "experimental" in Optuna
+        # constant_liar: concurrent trials see running ones as bad, so parallel asks diverge
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=n_startup, multivariate=True,
+                                          group=True, constant_liar=True)
+
+
+def open_study(storage_url: str, study_name: str) -> Any:
+    """Create or load the study in RDB storage (SQLite: a busy timeout so few writers wait, not fail)."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    kw: dict[str, Any] = {"connect_args": {"timeout": 30}} if storage_url.startswith("sqlite") else {}
+    storage = optuna.storages.RDBStorage(storage_url, engine_kwargs=kw)
+    return optuna.create_study(storage=storage, study_name=study_name, direction="minimize",
+                               load_if_exists=True)

@@ -1,0 +1,310 @@
+"""Sweep spec: the YAML a user copies from `sweeps/` and edits, validated into a `SweepSpec`.
+
+Every problem is one line naming the file and the field (`sweeps/x.yaml: search.lr.low: must be > 0`);
+malformed YAML is reported as `file:line: ...`. Paths: `workspace` is relative to the spec file (or an
+`s3://` URI); relative `corpus` and `targets` are relative to the workspace, so overriding only the
+workspace (`rtl demo --workspace W`) moves everything together.
+
+Layout of one sweep (its *results dir*): `<workspace>/<name>/{spec.json, ray_results/, optuna.db,
+mlflow.db, report/}`; the pretraining cache is shared by every sweep of a workspace at
+`<workspace>/cache` because its keys are content hashes (corpus version, mask, weights, model, schedule).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from rtl.errors import ConfigError
+from rtl.registry import Registry
+
+# Names a user picks; the runner registers the constructors (kept Ray-free here).
+SEARCHERS: Registry[str] = Registry("searcher")
+SCHEDULERS: Registry[str] = Registry("scheduler")
+for _n in ("tpe", "random"):
+    SEARCHERS.register(_n)(_n)
+for _n in ("asha", "fifo"):
+    SCHEDULERS.register(_n)(_n)
+
+CONTROL_NAMES = ("scratch", "uniform", "importance", "imagenet")
+
+
+class _M(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class LogRange(_M):
+    low: float
+    high: float
+
+    @field_validator("low", "high")
+    @classmethod
+    def _pos(cls, v: float) -> float:
+        if not (v > 0 and math.isfinite(v)):
+            raise ValueError("must be > 0")
+        return v
+
+    @model_validator(mode="after")
+    def _order(self) -> LogRange:
+        if self.high < self.low:
+            raise ValueError("high must be >= low")
+        return self
+
+
+class IntRange(_M):
+    low: int = Field(ge=0)
+    high: int = Field(ge=0)
+
+    @model_validator(mode="after")
+    def _order(self) -> IntRange:
+        if self.high < self.low:
+            raise ValueError("high must be >= low")
+        return self
+
+
+class Temperature(LogRange):
+    off: bool = True  # also try "off" (uniform sampling of the masked corpus, no importance weights)
+
+
+class Sources(_M):
+    by: Literal["datasets", "domains"] = "datasets"
+    include: list[str] | None = None  # searchable units (default: every dataset / domain of the corpus)
+
+    @field_validator("include")
+    @classmethod
+    def _nonempty(cls, v: list[str] | None) -> list[str] | None:
+        if v is not None and not v:
+            raise ValueError("at least one source must be searchable")
+        return v
+
+
+class Regularizer(_M):
+    choices: list[str] = ["none"]
+    strength: LogRange = LogRange(low=1e-4, high=1e-1)
+
+    @field_validator("choices")
+    @classmethod
+    def _known(cls, v: list[str]) -> list[str]:
+        bad = [c for c in v if c not in ("none", "l2sp", "delta")]
+        if bad or not v:
+            raise ValueError(f"unknown {bad}; valid: none, l2sp, delta")
+        return v
+
+
+class Search(_M):
+    sources: Sources = Sources()
+    temperature: Temperature = Temperature(low=0.5, high=8.0)
+    lr: LogRange = LogRange(low=1e-3, high=1e-1)
+    freeze_depth: IntRange = IntRange(low=0, high=2)
+    regularizer: Regularizer = Regularizer()
+
+
+class Budget(_M):
+    pretrain_epochs: int = Field(2, ge=1)
+    finetune_epochs: int = Field(4, ge=1)
+    trials_per_target: int = Field(8, ge=1)
+    max_concurrent: int = Field(2, ge=1)
+    batch_size: int = Field(32, ge=1)
+
+
+class Resources(_M):
+    cpus: float = Field(1, gt=0)
+    gpus: float = Field(0, ge=0)
+    train_workers: int = Field(1, ge=1)
+
+
+class Scheduler(_M):
+    name: str = "asha"
+    grace_period: int = Field(1, ge=1)
+    reduction_factor: float = Field(2, gt=1)
+
+    @field_validator("name")
+    @classmethod
+    def _reg(cls, v: str) -> str:
+        if v not in SCHEDULERS:
+            raise ValueError(f"unknown scheduler {v!r}; valid: {', '.join(SCHEDULERS.names())}")
+        return v
+
+
+class Searcher(_M):
+    name: str = "tpe"
+    n_startup_trials: int = Field(4, ge=0)
+
+    @field_validator("name")
+    @classmethod
+    def _reg(cls, v: str) -> str:
+        if v not in SEARCHERS:
+            raise ValueError(f"unknown searcher {v!r}; valid: {', '.join(SEARCHERS.names())}")
+        return v
+
+
+class Controls(_M):
+    scratch: bool = True
+    uniform: bool = True
+    importance: bool = True
+    imagenet: bool | Literal["auto"] = "auto"  # auto: only when ImageNet weights are on this machine
+    importance_temperature: float = Field(1.0, gt=0)
+    lr: float | None = Field(None, gt=0)  # fine-tune lr of controls (default: geometric middle of search.lr)
+    freeze_depth: int = Field(0, ge=0)
+
+
+class Image(_M):
+    min_side: int = Field(32, ge=8)
+    max_side: int = Field(40, ge=8)
+
+    @model_validator(mode="after")
+    def _order(self) -> Image:
+        if self.max_side < self.min_side:
+            raise ValueError("max_side must be >= min_side")
+        return self
+
+
+class Storage(_M):
+    """Where state lives when the workspace is not a local path (s3://): Optuna RDB URL (PostgreSQL on a
+    cluster), MLflow tracking URI (an `mlflow server`), and a shared POSIX dir (NFS) for the cache."""
+
+    optuna: str | None = None
+    tracking_uri: str | None = None
+    cache: str | None = None
+
+
+class SweepSpec(_M):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    workspace: str
+    corpus: str
+    targets: list[str] = Field(min_length=1)
+    backbone: str = "small_cnn"
+    image: Image = Image()
+    search: Search = Search()
+    budget: Budget = Budget()
+    resources: Resources = Resources()
+    scheduler: Scheduler = Scheduler()
+    searcher: Searcher = Searcher()
+    seeds: list[int] = Field([0], min_length=1)
+    controls: Controls = Controls()
+    storage: Storage = Storage()
+    spec_file: str = ""  # set by load_spec, for messages
+
+    @model_validator(mode="after")
+    def _remote_needs_storage(self) -> SweepSpec:
+        if is_remote(self.workspace):
+            for f in ("optuna", "cache"):
+                if getattr(self.storage, f) is None:
+                    raise ValueError(f"storage.{f} is required when workspace is {self.workspace.split('/')[0]}//")
+        return self
+
+    # ---- resolved locations -------------------------------------------------------------------------
+    @property
+    def results_dir(self) -> str:
+        return join(self.workspace, self.name)
+
+    def corpus_path(self) -> str:
+        return self._rel(self.corpus)
+
+    def target_paths(self) -> list[str]:
+        return [self._rel(t) for t in self.targets]
+
+    def target_names(self) -> list[str]:
+        return [Path(t).name for t in self.targets]
+
+    def cache_dir(self) -> str:
+        return self.storage.cache or join(self.workspace, "cache")
+
+    def optuna_url(self) -> str:
+        return self.storage.optuna or f"sqlite:///{os.path.join(self.results_dir, 'optuna.db')}"
+
+    def _rel(self, p: str) -> str:
+        return p if (is_remote(p) or os.path.isabs(p)) else join(self.workspace, p)
+
+    def control_lr(self) -> float:
+        return self.controls.lr or math.sqrt(self.search.lr.low * self.search.lr.high)
+
+
+def is_remote(p: str) -> bool:
+    return "://" in p
+
+
+def join(base: str, *parts: str) -> str:
+    return "/".join([base.rstrip("/"), *parts]) if is_remote(base) else os.path.join(base, *parts)
+
+
+def _loc(err: dict[str, Any]) -> str:
+    return ".".join(str(p) for p in err["loc"]) or "(top level)"
+
+
+def _msg(err: dict[str, Any]) -> str:
+    msg = str(err["msg"])
+    for pre in ("Value error, ", "Assertion failed, "):
+        msg = msg.removeprefix(pre)
+    if err["type"] == "greater_than":
+        msg = f"must be > {err['ctx']['gt']}"
+    elif err["type"] == "greater_than_equal":
+        msg = f"must be >= {err['ctx']['ge']}"
+    elif err["type"] == "extra_forbidden":
+        msg = "unknown field"
+    elif err["type"] == "missing":
+        msg = "required field missing"
+    return msg.lower() if msg[:1].isupper() and not msg[:2].isupper() else msg
+
+
+def spec_from_dict(data: Any, source: str = "<spec>", overrides: dict[str, Any] | None = None) -> SweepSpec:
+    """Validate a mapping (YAML already parsed); `overrides` are top-level keys (e.g. workspace)."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a mapping of fields at the top level")
+    data = {**data, **(overrides or {})}
+    try:
+        spec = SweepSpec.model_validate(data)
+    except ValidationError as e:
+        first = e.errors()[0]
+        raise ConfigError(f"{source}: {_loc(first)}: {_msg(first)}") from None
+    return spec
+
+
+def load_spec(path: str | os.PathLike[str], overrides: dict[str, Any] | None = None) -> SweepSpec:
+    """Load and validate a sweep spec YAML; relative workspace resolved against the file's folder."""
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as e:
+        raise ConfigError(f"{p}: cannot read spec ({e.strerror or e})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"{p}{line}: malformed YAML: {problem}") from None
+    spec = spec_from_dict(data, str(p), overrides)
+    ws = spec.workspace
+    if not is_remote(ws) and not os.path.isabs(ws):
+        ws = os.path.normpath(os.path.join(p.resolve().parent, ws))
+    return spec.model_copy(update={"workspace": ws, "spec_file": str(p)})
+
+
+def save_resolved(spec: SweepSpec, path: str) -> None:
+    """Write the resolved spec as JSON (what `resume`, `status` and `report` read back)."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(spec.model_dump(), f, indent=1)
+    os.replace(tmp, path)
+
+
+def load_resolved(results_dir: str) -> SweepSpec:
+    """The spec a sweep was started with, from `<results>/spec.json` (raises ConfigError when absent)."""
+    path = os.path.join(results_dir, "spec.json")
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except OSError:
+        raise ConfigError(f"{results_dir}: not a sweep results dir (no spec.json); "
+                          "pass <workspace>/<sweep name>") from None
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{path}:{e.lineno}: malformed JSON: {e.msg}") from None
+    return spec_from_dict(data, path)

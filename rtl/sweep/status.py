@@ -1,0 +1,66 @@
+"""`rtl sweep status DIR`: per target, trials done / running / pruned / errored and the best val so far.
+
+Read from the Optuna RDB storage (the search's source of truth: states as told by the searcher) and
+the Tune experiment state (what Tune will resume); works while a sweep runs or after it died.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rtl.sweep.spec import join, load_resolved
+
+
+def target_trials(results_dir: str, target: str) -> list[Any]:
+    """Optuna FrozenTrials of one target's study (orphans of a killed driver excluded)."""
+    from rtl.sweep.search import open_study
+
+    spec = load_resolved(results_dir)
+    study = open_study(spec.optuna_url(), f"{spec.name}/{target}")
+    return [t for t in study.get_trials(deepcopy=False) if not t.user_attrs.get("rtl.orphaned")]
+
+
+def sweep_status(results_dir: str) -> list[dict[str, Any]]:
+    spec = load_resolved(results_dir)
+    rows = []
+    for target in spec.target_names():
+        trials = target_trials(results_dir, target)
+        by = {s: [t for t in trials if t.state.name == s] for s in ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")}
+        best = min(by["COMPLETE"], key=lambda t: t.value, default=None)
+        rows.append({
+            "target": target, "budget": spec.budget.trials_per_target, "done": len(by["COMPLETE"]),
+            "pruned": len(by["PRUNED"]), "errored": len(by["FAIL"]), "running": len(by["RUNNING"]),
+            "queued": len(by["WAITING"]),
+            "best_val": best.value if best else None,
+            "best_trial": best.number if best else None,
+            "best_mask": best.user_attrs.get("rtl.mask") if best else None,
+            "tune": _tune_counts(join(spec.results_dir, "ray_results", target)),
+        })
+    return rows
+
+
+def _tune_counts(exp_path: str) -> dict[str, int] | None:
+    try:
+        import logging
+
+        from ray.tune import ExperimentAnalysis
+
+        logging.getLogger("ray.tune").setLevel(logging.ERROR)
+        trials = ExperimentAnalysis(exp_path).trials
+    except Exception:
+        return None
+    out: dict[str, int] = {}
+    for t in trials:
+        out[t.status] = out.get(t.status, 0) + 1
+    return out
+
+
+def format_status(rows: list[dict[str, Any]]) -> str:
+    head = f"{'target':<20} {'done':>5} {'pruned':>6} {'errored':>7} {'running':>7} {'queued':>6} {'budget':>6}  best val (trial, sources)   tune state"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        best = f"{r['best_val']:.4f} (#{r['best_trial']}, {r['best_mask']})" if r["best_val"] is not None else "-"
+        tune = ", ".join(f"{k.lower()} {v}" for k, v in sorted(r["tune"].items())) if r["tune"] else "not started"
+        lines.append(f"{r['target']:<20} {r['done']:>5} {r['pruned']:>6} {r['errored']:>7} {r['running']:>7} "
+                     f"{r['queued']:>6} {r['budget']:>6}  {best:<26} {tune}")
+    return "\n".join(lines)

@@ -1,0 +1,181 @@
+"""The one MLflow module: every run of a sweep is created, found and written here.
+
+Layout in the tracking store: one experiment per sweep; per target a parent run (`rtl.kind=target`); per
+trial a child run (`rtl.kind=trial`, `mlflow.parentRunId`, tag `rtl.trial_id`); per pretraining a run
+(`rtl.kind=pretrain`, tag `rtl.cache_key`) that trials link with the tag `rtl.pretrain_run_id`.
+
+Why not Ray's `MLflowLoggerCallback`: it keeps its trial->run map in driver memory, so after
+`Tuner.restore` every resumed trial got a second run. Here every run is found by its tags first
+(`get_or_create_*`), so a resumed trial — or a trial re-executed after a lost node — re-attaches to its run
+and a sweep never has two runs for one trial id. Runs are written from the trial processes
+(cluster workers) directly to the tracking URI; the driver only creates the experiment and parents up
+front so concurrent trials never race to create them.
+
+Default URI: `sqlite:///<results>/mlflow.db` (SQLite locks under many writers: fine for a laptop with a
+few concurrent trials; a cluster sets `MLFLOW_TRACKING_URI` / `storage.tracking_uri` to `mlflow server`).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import random
+import time
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
+
+from rtl.errors import RtlError
+
+T = TypeVar("T")
+
+
+def default_tracking_uri(results_dir: str, configured: str | None = None) -> str:
+    """`MLFLOW_TRACKING_URI` wins, then the spec's `storage.tracking_uri`, then SQLite in the results dir."""
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    if env:
+        return env
+    if configured:
+        return configured
+    if "://" in results_dir:
+        raise RtlError(f"{results_dir}: a remote workspace needs storage.tracking_uri or MLFLOW_TRACKING_URI")
+    return f"sqlite:///{os.path.abspath(os.path.join(results_dir, 'mlflow.db'))}"
+
+
+def _retry(fn: Callable[..., T]) -> Callable[..., T]:
+    """Retry on SQLite 'database is locked' and transient server errors (a few concurrent writers)."""
+
+    @functools.wraps(fn)
+    def wrapper(*a: Any, **kw: Any) -> T:
+        for attempt in range(8):
+            try:
+                return fn(*a, **kw)
+            except Exception as e:  # mlflow wraps sqlalchemy OperationalError in MlflowException
+                if attempt == 7 or not any(s in str(e).lower() for s in ("locked", "busy", "temporar", "503")):
+                    raise
+                time.sleep(0.1 * 2**attempt * (1 + random.random()))
+        raise AssertionError("unreachable")
+
+    return wrapper
+
+
+def mask_params(mask: Iterable[str] | None, units: list[str]) -> dict[str, str]:
+    """Readable mask (`a,b`) + bit string over the searchable units (`101`), or 'none' (scratch)."""
+    if mask is None:
+        return {"mask": "none", "mask_bits": ""}
+    on = set(mask)
+    return {"mask": ",".join(u for u in units if u in on), "mask_bits": "".join("1" if u in on else "0" for u in units)}
+
+
+class Tracker:
+    """Thin wrapper over `MlflowClient` bound to one sweep's experiment."""
+
+    def __init__(self, tracking_uri: str, sweep_name: str, artifact_root: str | None = None) -> None:
+        import mlflow  # only here: MLflow is imported by this module alone
+        from mlflow.tracking import MlflowClient
+
+        self._mlflow = mlflow
+        self.uri = tracking_uri
+        self.client = MlflowClient(tracking_uri=tracking_uri)
+        self.experiment_id = self._get_or_create_experiment(sweep_name, artifact_root)
+
+    @_retry
+    def _get_or_create_experiment(self, name: str, artifact_root: str | None) -> str:
+        exp = self.client.get_experiment_by_name(name)
+        if exp is not None:
+            return exp.experiment_id
+        try:
+            return self.client.create_experiment(name, artifact_location=artifact_root)
+        except Exception:  # created concurrently by another process
+            exp = self.client.get_experiment_by_name(name)
+            if exp is None:
+                raise
+            return exp.experiment_id
+
+    @_retry
+    def find_runs(self, tags: dict[str, str]) -> list[Any]:
+        """Runs of this experiment whose tags equal `tags` (oldest first)."""
+        flt = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
+        return self.client.search_runs([self.experiment_id], filter_string=flt, max_results=1000,
+                                       order_by=["attributes.start_time ASC"])
+
+    @_retry
+    def _get_or_create(self, match: dict[str, str], tags: dict[str, str], name: str) -> str:
+        runs = self.find_runs(match)
+        if runs:
+            return runs[0].info.run_id
+        all_tags = match | tags
+        run = self.client.create_run(self.experiment_id, tags=all_tags, run_name=name)
+        return run.info.run_id
+
+    def get_or_create_target_run(self, target: str) -> str:
+        return self._get_or_create({"rtl.kind": "target", "rtl.target": target}, {}, f"target:{target}")
+
+    def get_or_create_trial_run(self, trial_id: str, *, target: str, name: str,
+                                tags: dict[str, str] | None = None) -> str:
+        """The trial's run: found by `rtl.trial_id` (re-attach on resume), created under the target run."""
+        parent = self.get_or_create_target_run(target)
+        extra = {"mlflow.parentRunId": parent, **(tags or {})}
+        run_id = self._get_or_create({"rtl.kind": "trial", "rtl.trial_id": trial_id, "rtl.target": target},
+                                     extra, name)
+        self._set_status(run_id, "RUNNING")
+        return run_id
+
+    def get_or_create_pretrain_run(self, cache_key: str, params: dict[str, Any]) -> str:
+        run_id = self._get_or_create({"rtl.kind": "pretrain", "rtl.cache_key": cache_key}, {},
+                                     f"pretrain:{cache_key[:12]}")
+        self.log_params(run_id, params)
+        return run_id
+
+    def find_pretrain_run(self, cache_key: str) -> str | None:
+        runs = self.find_runs({"rtl.kind": "pretrain", "rtl.cache_key": cache_key})
+        return runs[0].info.run_id if runs else None
+
+    # ---- writing ------------------------------------------------------------------------------------
+    @_retry
+    def log_params(self, run_id: str, params: dict[str, Any]) -> None:
+        """Log params not logged yet (params are immutable: re-logging on resume must be a no-op)."""
+        from mlflow.entities import Param
+
+        have = self.client.get_run(run_id).data.params
+        new = [Param(k, str(v)) for k, v in params.items() if k not in have]
+        if new:
+            self.client.log_batch(run_id, params=new)
+
+    @_retry
+    def log_metrics(self, run_id: str, metrics: dict[str, float], step: int | None = None) -> None:
+        from mlflow.entities import Metric
+
+        ts = int(time.time() * 1000)
+        ms = [Metric(k, float(v), ts, step or 0) for k, v in metrics.items() if v is not None]
+        if ms:
+            self.client.log_batch(run_id, metrics=ms)
+
+    @_retry
+    def set_tags(self, run_id: str, tags: dict[str, Any]) -> None:
+        from mlflow.entities import RunTag
+
+        self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    @_retry
+    def log_artifact(self, run_id: str, path: str, artifact_path: str | None = None) -> None:
+        self.client.log_artifact(run_id, path, artifact_path)
+
+    @_retry
+    def _set_status(self, run_id: str, status: str) -> None:
+        if status == "RUNNING":
+            self.client.update_run(run_id, status="RUNNING")
+        else:
+            self.client.set_terminated(run_id, status=status)
+
+    def finish(self, run_id: str, status: str = "FINISHED") -> None:
+        self._set_status(run_id, status)
+
+    # ---- reading (tests, status, report) ------------------------------------------------------------
+    def trial_runs(self, target: str | None = None) -> list[Any]:
+        tags = {"rtl.kind": "trial"} | ({"rtl.target": target} if target else {})
+        return self.find_runs(tags)
+
+
+def log_figure_file(tracker: Tracker, run_id: str, path: str, artifact_path: str = "report") -> None:
+    """Log a file produced by the report (PNG/Markdown) to a run."""
+    tracker.log_artifact(run_id, path, artifact_path)

@@ -1,0 +1,227 @@
+"""The Tune trainable: one trial = (source mask, temperature, fine-tune settings) -> target val error.
+
+Steps (all idempotent, so a trial re-executed after a crash or `rtl sweep resume` does no repeated work):
+1. re-attach the trial's MLflow run by its Tune trial id (tracking.py), log params;
+2. if the trial's Tune checkpoint holds `final.json` (it finished but the driver died before recording
+   it), re-report that result and return — a finished trial is never re-run;
+3. pretraining from the shared `PretrainCache`: the generalist on the masked corpus; with importance on,
+   weights w(y) = P_t(y)/P_s(y) from the generalist on the target's train split (Ngiam et al. 2018,
+   arXiv 1811.07056), then the specialist pretrained class-weighted on the same subset. Pretraining runs
+   in-process (`pretrain_local`) for 1 worker, or as a Ray Train `TorchTrainer` (`run_pretrain`) for
+   `train_workers > 1`; its Ray state lives under `<cache>/runs`, so a killed build resumes by epoch;
+4. fine-tune; every epoch `tune.report({"val_error", "epoch", ...}, checkpoint=...)` so ASHA can stop it;
+   the last report carries `finished: True` and the test error (the searcher tells PRUNED otherwise).
+
+Fine-tuning has no mid-run state API, so an in-flight trial restarts fine-tuning from its cached
+pretrained checkpoint (seeded, so replayed epochs give the same values and are not re-reported).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from rtl.sweep.cache import PretrainCache, cache_key
+from rtl.sweep.spec import SweepSpec, load_resolved
+from rtl.sweep.tracking import Tracker, default_tracking_uri, mask_params
+
+
+def tracker_for(spec: SweepSpec) -> Tracker:
+    uri = default_tracking_uri(spec.results_dir, spec.storage.tracking_uri)
+    art = None if uri.startswith(("http", "databricks")) else os.path.join(spec.results_dir, "mlartifacts")
+    return Tracker(uri, spec.name, art)
+
+
+def units_of(spec: SweepSpec) -> list[str]:
+    """Searchable units (datasets or domain tags) from the corpus manifest, filtered by `include`."""
+    from rtl.train.strategies import open_view
+
+    m = open_view(spec.corpus_path()).manifest
+    if spec.search.sources.by == "datasets":
+        have = sorted(m["datasets"])
+    else:
+        have = sorted({d for v in m["datasets"].values() for d in v.get("domain", [])})
+    inc = spec.search.sources.include
+    if inc:
+        from rtl.errors import ConfigError
+
+        bad = [u for u in inc if u not in have]
+        if bad:
+            raise ConfigError(f"{spec.spec_file}: search.sources.include: {bad[0]!r} not in corpus; "
+                              f"valid: {', '.join(have)}")
+        return list(inc)
+    return have
+
+
+def _view_args(spec: SweepSpec, mask: list[str]) -> dict[str, list[str] | None]:
+    by = spec.search.sources.by
+    return {"datasets": sorted(mask), "domains": None} if by == "datasets" else {"datasets": None,
+                                                                                "domains": sorted(mask)}
+
+
+def _pretrain(spec: SweepSpec, out: Path, storage: Path, seed: int, strategy: str, mask: list[str],
+              class_weights: str | None = None) -> None:
+    from rtl.train.pretrain import PretrainConfig, pretrain_local, run_pretrain
+
+    r = spec.resources
+    cfg = PretrainConfig(corpus=spec.corpus_path(), strategy=strategy, model=spec.backbone, out=str(out),
+                         epochs=spec.budget.pretrain_epochs, batch_size=spec.budget.batch_size * r.train_workers,
+                         workers=r.train_workers, cpus_per_worker=max(1, int(r.cpus)), use_gpu=r.gpus > 0,
+                         class_weights=class_weights, storage_path=str(storage), seed=seed,
+                         min_side=spec.image.min_side, max_side=spec.image.max_side, **_view_args(spec, mask))
+    (run_pretrain if r.train_workers > 1 else pretrain_local)(cfg)
+
+
+def _schedule(spec: SweepSpec) -> dict[str, Any]:
+    return {"epochs": spec.budget.pretrain_epochs, "batch_size": spec.budget.batch_size,
+            "sides": [spec.image.min_side, spec.image.max_side]}
+
+
+def prepare_init(spec: SweepSpec, t: dict[str, Any], target: str, tracker: Tracker | None
+                 ) -> tuple[str, dict[str, str]]:
+    """-> (finetune init: checkpoint dir | "scratch" | "imagenet", tags linking the pretraining)."""
+    if t["init"] in ("scratch", "imagenet"):
+        return t["init"], {}
+    from rtl.train.strategies import open_view
+
+    cache = PretrainCache(spec.cache_dir())
+    runs = Path(spec.cache_dir()) / "runs"
+    mask, seed, version = list(t["mask"]), int(t["seed"]), open_view(spec.corpus_path()).version
+    base = dict(corpus_version=version, mask=mask, backbone=spec.backbone, schedule=_schedule(spec), seed=seed)
+    key = cache_key(temperature=None, **base)
+    gen = cache.get_or_create(key, lambda d: _pretrain(spec, d / "ckpt", runs, seed, "subset", mask))
+    tags = {"rtl.cache_key": key}
+    if t.get("temperature") is None:
+        return _linked(str(gen / "ckpt"), key, mask, None, tracker, tags)
+    weights = _importance(spec, gen / "ckpt", target, mask, float(t["temperature"]))
+    digest = hashlib.sha256(weights.read_bytes()).hexdigest()[:16]
+    key = cache_key(temperature=float(t["temperature"]), weights_digest=digest, **base)
+
+    def build(d: Path) -> None:
+        (d / "weights.json").write_bytes(weights.read_bytes())
+        _pretrain(spec, d / "ckpt", runs, seed, "weighted", mask, class_weights=str(d / "weights.json"))
+
+    spec_dir = cache.get_or_create(key, build)
+    tags.update({"rtl.cache_key": key, "rtl.generalist_cache_key": tags["rtl.cache_key"],
+                 "rtl.weights_path": str(spec_dir / "weights.json")})
+    return _linked(str(spec_dir / "ckpt"), key, mask, float(t["temperature"]), tracker, tags)
+
+
+def _linked(ckpt: str, key: str, mask: list[str], temp: float | None, tracker: Tracker | None,
+            tags: dict[str, str]) -> tuple[str, dict[str, str]]:
+    if tracker is not None:  # one pretraining run per cache key, linked from every trial that uses it
+        tags["rtl.pretrain_run_id"] = tracker.get_or_create_pretrain_run(
+            key, {"mask": ",".join(sorted(mask)), "temperature": temp, "checkpoint": ckpt})
+    return ckpt, tags
+
+
+def _importance(spec: SweepSpec, generalist: Path, target: str, mask: list[str], temperature: float) -> Path:
+    """weights.json for the masked view: w(y) = P_t(y) / P_s(y) at `temperature` (Ngiam et al. 2018)."""
+    import numpy as np
+
+    from rtl.select.importance import class_mass, importance_weights, write_weights
+    from rtl.select.inference import infer_checkpoint
+    from rtl.train.strategies import open_view
+
+    view = open_view(spec.corpus_path(), **_view_args(spec, mask))
+    inf, _meta, _ = infer_checkpoint(generalist, target, split="train", num_threads=1)
+    prior = np.zeros(view.num_classes)  # (K,) counts of the masked view, 0 outside it
+    for k, n in view.class_counts().items():
+        prior[int(k)] = n
+    w = importance_weights(inf.logits, prior, temperature)  # (K,)
+    out = Path(tempfile.mkdtemp(prefix="rtl-weights-")) / "weights.json"
+    return write_weights(out, corpus_version=view.version, temperature=temperature,
+                         class_table=view.manifest["classes"], weights=w, mass=class_mass(w, prior))
+
+
+def _read_state(ckpt: Any) -> dict[str, Any]:
+    if ckpt is None:
+        return {}
+    with ckpt.as_directory() as d:
+        p = Path(d) / "state.json"
+        return json.loads(p.read_text()) if p.exists() else {}
+
+
+def _report(metrics: dict[str, Any], state: dict[str, Any]) -> None:
+    from ray import tune
+
+    with tempfile.TemporaryDirectory() as d:
+        (Path(d) / "state.json").write_text(json.dumps(state))
+        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
+
+
+def run_trial(config: dict[str, Any]) -> None:
+    """Tune function trainable. config = {"rtl": {"results_dir", "target"}, "trial": searcher output}."""
+    import torch
+    from ray import tune
+
+    from rtl.train.finetune import FinetuneConfig, run_finetune
+
+    spec = load_resolved(config["rtl"]["results_dir"])
+    target_name, t = config["rtl"]["target"], config["trial"]
+    target = dict(zip(spec.target_names(), spec.target_paths()))[target_name]
+    torch.set_num_threads(max(1, int(spec.resources.cpus)))
+    trial_id = tune.get_context().get_trial_id()
+    state = _read_state(tune.get_checkpoint())
+    tracker = tracker_for(spec)
+    run_id = tracker.get_or_create_trial_run(
+        trial_id, target=target_name, name=f"{target_name}#{t['number']}" + (f"-{t['control']}" if t["control"] else ""),
+        tags={"rtl.optuna_number": t["number"], "rtl.control": t["control"] or "search"})
+    tracker.log_params(run_id, {**mask_params(t["mask"], units_of(spec) if t["mask"] is not None else []),
+                                "temperature": t["temperature"] if t["temperature"] is not None else "off",
+                                "lr": t["lr"], "freeze_depth": t["freeze_depth"], "regularizer": t["regularizer"],
+                                "reg_strength": t["reg_strength"], "init": t["init"], "seed": t["seed"],
+                                "control": t["control"] or "search", "backbone": spec.backbone})
+    if "final" in state:  # finished before the driver died: never re-run
+        tracker.finish(run_id)
+        _report(state["final"], state)
+        return
+    init, tags = prepare_init(spec, t, target, tracker)
+    tracker.set_tags(run_id, tags)
+    done_epochs = int(state.get("epoch", 0))
+
+    def on_epoch(epoch: int, m: dict[str, Any]) -> bool:
+        e = epoch + 1
+        tracker.log_metrics(run_id, {k: m[k] for k in ("train_loss", "val_error", "val_loss", "best_val_error")
+                                     if k in m}, step=e)
+        if e > done_epochs and e < spec.budget.finetune_epochs:  # the last epoch is reported as final
+            _report({"val_error": float(m["best_val_error"]), "epoch": e, "finished": False}, {"epoch": e})
+        return False
+
+    ft = FinetuneConfig(target=target, init=init, model=spec.backbone, lr=t["lr"], freeze_depth=t["freeze_depth"],
+                        reg=t["regularizer"], reg_alpha=t["reg_strength"] or 0.01, epochs=spec.budget.finetune_epochs,
+                        seed=int(t["seed"]), batch_size=spec.budget.batch_size, min_side=spec.image.min_side,
+                        max_side=spec.image.max_side, device="cuda" if spec.resources.gpus > 0 else "cpu")
+    res = run_finetune(ft, on_epoch=on_epoch)
+    final = {"val_error": float(res.val_error), "test_error": res.test_error, "epoch": len(res.history),
+             "finished": True, "best_epoch": res.best_epoch}
+    tracker.log_metrics(run_id, {"final_val_error": res.val_error, "final_test_error": res.test_error})
+    _log_artifacts(tracker, run_id, res, tags.get("rtl.weights_path"))
+    tracker.finish(run_id)
+    _report(final, {"epoch": final["epoch"], "final": final})
+
+
+def _log_artifacts(tracker: Tracker, run_id: str, res: Any, weights_path: str | None) -> None:
+    """Confusion matrix PNG (matplotlib Agg) and the importance weights used, if any."""
+    with tempfile.TemporaryDirectory() as d:
+        if res.confusion is not None:
+            import matplotlib
+
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
+
+            fig, ax = plt.subplots(figsize=(3 + 0.3 * len(res.classes), 3 + 0.3 * len(res.classes)))
+            ax.imshow(res.confusion, cmap="Blues")
+            ax.set(xticks=range(len(res.classes)), yticks=range(len(res.classes)), xlabel="predicted", ylabel="true")
+            ax.set_xticklabels(res.classes, rotation=90, fontsize=6)
+            ax.set_yticklabels(res.classes, fontsize=6)
+            fig.tight_layout()
+            fig.savefig(Path(d) / "confusion.png", dpi=80)
+            plt.close(fig)
+            tracker.log_artifact(run_id, str(Path(d) / "confusion.png"))
+        if weights_path and os.path.exists(weights_path):
+            tracker.log_artifact(run_id, weights_path)

@@ -1,0 +1,108 @@
+"""`rtl finetune`: fine-tune (or linear-probe) one init on a target, over several seeds, and print a table.
+
+(`rtl pretrain` lives in rtl.train.pretrain_cli and is added from there.)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+from rtl.errors import RtlError
+
+
+def _seeds(text: str) -> list[int]:
+    try:
+        seeds = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--seeds must be comma-separated integers, got {text!r}") from None
+    if not seeds:
+        raise argparse.ArgumentTypeError("--seeds: give at least one seed")
+    return seeds
+
+
+def add_parsers(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("finetune", help="fine-tune a checkpoint / scratch / imagenet init on a target dataset",
+                              description=__doc__)
+    p.add_argument("--target", required=True, help="target dataset folder (rtl convention)")
+    p.add_argument("--init", required=True, help="checkpoint directory, 'scratch' or 'imagenet'")
+    p.add_argument("--model", default="small_cnn", help="backbone for scratch/imagenet (default small_cnn)")
+    p.add_argument("--in-channels", type=int, default=3, choices=(1, 3), help="for scratch/imagenet")
+    p.add_argument("--head", default="linear", choices=("linear", "adapt"))
+    p.add_argument("--lr", type=float, default=1e-2)
+    p.add_argument("--backbone-lr-mult", type=float, default=1.0)
+    p.add_argument("--freeze-depth", type=int, default=0, help="freeze the first N stages (0 = none)")
+    p.add_argument("--weight-decay", type=float, default=1e-4)
+    p.add_argument("--optimizer", default="sgd", choices=("sgd", "adamw"))
+    p.add_argument("--reg", default="none", choices=("none", "l2sp", "delta"))
+    p.add_argument("--reg-alpha", type=float, default=0.01)
+    p.add_argument("--reg-beta", type=float, default=0.01)
+    p.add_argument("--probe", action="store_true", help="linear probe on frozen features instead of fine-tuning")
+    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--patience", type=int, default=None, help="early stopping on val error")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--seeds", type=_seeds, default=[0], help="comma-separated, e.g. 0,1,2")
+    p.add_argument("--min-side", type=int, default=None)
+    p.add_argument("--max-side", type=int, default=None)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--num-workers", type=int, default=0)
+    p.add_argument("--json", type=Path, default=None, help="write the full results here")
+    p.set_defaults(func=cmd_finetune)
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:6.2f}%"
+
+
+def format_summary(summary) -> str:
+    """Per-seed val/test error, mean ± std, per-class accuracy (test, else val)."""
+    lines = [f"{'seed':>6}  {'val err':>8}  {'test err':>8}  {'best ep':>7}"]
+    for r in summary.results:
+        lines.append(f"{r.seed:>6}  {_pct(r.val_error):>8}  {_pct(r.test_error):>8}  {r.best_epoch:>7}")
+    lines.append(f"{'mean':>6}  {_pct(summary.val_mean):>8}  {_pct(summary.test_mean):>8}")
+    std_t = "-" if summary.test_std is None else f"{100 * summary.test_std:6.2f}"
+    lines.append(f"{'± std':>6}  {100 * summary.val_std:7.2f}   {std_t:>8}")
+    lines.append("")
+    split = "test" if summary.test_mean is not None else "val"
+    lines.append(f"per-class accuracy ({split}, mean over seeds):")
+    width = max(len(c) for c in summary.per_class_mean) if summary.per_class_mean else 5
+    for c, a in summary.per_class_mean.items():
+        lines.append(f"  {c:<{width}}  {_pct(a)}")
+    return "\n".join(lines)
+
+
+def cmd_finetune(args: argparse.Namespace) -> int:
+    from rtl.train.finetune import FinetuneConfig, run_finetune_seeds
+
+    cfg = FinetuneConfig.parse(
+        {"target": args.target, "init": args.init, "model": args.model, "in_channels": args.in_channels,
+         "head": args.head, "lr": args.lr, "backbone_lr_mult": args.backbone_lr_mult,
+         "freeze_depth": args.freeze_depth, "weight_decay": args.weight_decay, "optimizer": args.optimizer,
+         "reg": args.reg, "reg_alpha": args.reg_alpha, "reg_beta": args.reg_beta, "probe": args.probe,
+         "epochs": args.epochs, "patience": args.patience, "batch_size": args.batch_size,
+         "min_side": args.min_side, "max_side": args.max_side, "device": args.device,
+         "num_workers": args.num_workers},
+        source="rtl finetune",
+    )
+    summary = run_finetune_seeds(cfg, args.seeds)
+    print(format_summary(summary))
+    if args.json is not None:
+        try:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(_no_nan({"config": cfg.model_dump(), **summary.to_dict()}), indent=2))
+        except OSError as e:
+            raise RtlError(f"cannot write {args.json}: {e.strerror or e}") from None
+    return 0
+
+
+def _no_nan(obj):
+    """NaN (e.g. accuracy of a class absent from test) -> null, so the JSON is standard."""
+    if isinstance(obj, float) and math.isnan(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _no_nan(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_no_nan(v) for v in obj]
+    return obj

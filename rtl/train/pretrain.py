@@ -1,0 +1,295 @@
+"""Pretraining on the corpus with Ray Train (TorchTrainer, DDP; gloo on CPU, nccl on GPU).
+
+One worker function (`train_loop`) runs in every Ray Train worker, or in-process for `pretrain_local`
+(the single-process baseline of benchmarks/train_throughput.py). Data: `CorpusDataset` + our own
+global-draw samplers (see rtl/train/corpus_data.py for why not Ray Data); the global batch is
+`batch_size`, split evenly across workers, so N workers follow the same sample order as 1 worker.
+Optimisation: rtl.train.engine (SGD + Nesterov, linear warm-up then cosine, per-step; Goyal et al.
+2017 "Accurate, Large Minibatch SGD" for warm-up with a large global batch).
+
+Fault tolerance: every epoch, rank 0 reports a checkpoint (rtl checkpoint + optimizer/scheduler
+state). Ray Train V2 restores its checkpoint manager from `storage_path/name`, and the run name is a
+hash of the config without `epochs`, so re-running the same config (after a crash, or with more
+epochs) resumes after the last finished epoch instead of starting over.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rtl.errors import RtlError
+from rtl.train.strategies import STRATEGIES, open_view, plan_pretrain, run_name
+
+STATE_FILE = "train_state.pt"
+
+
+@dataclass
+class PretrainConfig:
+    corpus: str | None = None
+    strategy: str = "source"
+    model: str = "resnet18"
+    out: str = "pretrained"  # final rtl checkpoint directory (local path)
+    epochs: int = 10
+    batch_size: int = 64  # global batch (split evenly across workers)
+    lr: float = 0.1  # for the global batch
+    weight_decay: float = 1e-4
+    momentum: float = 0.9
+    warmup_epochs: float = 1.0
+    workers: int = 1  # Ray Train workers
+    cpus_per_worker: int = 1  # also torch threads per worker
+    use_gpu: bool = False
+    datasets: list[str] | None = None
+    domains: list[str] | None = None
+    splits: list[str] | None = None  # corpus rows used (default: all splits)
+    class_weights: str | None = None  # weights.json for strategy "weighted"
+    joint_dir: str | None = None  # class-per-folder images for strategy "joint"
+    storage_path: str | None = None  # Ray storage (local / NFS / s3://); default <out parent>/ray_runs
+    seed: int = 0
+    samples_per_epoch: int | None = None  # default: rows of the view
+    in_channels: int = 3
+    min_side: int | None = None  # default: corpus manifest params
+    max_side: int | None = None
+    max_failures: int = 0
+    loader_workers: int = 0  # DataLoader processes per Ray worker
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size", "workers", "cpus_per_worker"):
+            if int(getattr(self, name)) < 1:
+                raise RtlError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.batch_size % self.workers:
+            raise RtlError(f"batch_size {self.batch_size} must be a multiple of workers {self.workers}")
+        if self.lr <= 0:
+            raise RtlError(f"lr must be > 0, got {self.lr}")
+        STRATEGIES.get(self.strategy)
+
+    def resolved_storage(self) -> str:
+        return self.storage_path or str(Path(self.out).resolve().parent / "ray_runs")
+
+
+# ------------------------------------------------------------------------------ worker contexts
+class _LocalContext:
+    """In-process stand-in for the Ray Train context: world size 1, checkpoints in a local folder."""
+
+    rank, world_size = 0, 1
+
+    def __init__(self, state_dir: Path) -> None:
+        self.latest = state_dir / "latest"
+
+    @contextmanager
+    def checkpoint_dir(self):
+        yield self.latest if (self.latest / STATE_FILE).is_file() else None
+
+    def report(self, metrics: dict[str, Any], ckpt_dir: Path | None) -> None:
+        if ckpt_dir is not None:
+            self.latest.parent.mkdir(parents=True, exist_ok=True)
+            old = self.latest.with_name("latest.old")
+            shutil.rmtree(old, ignore_errors=True)
+            if self.latest.exists():
+                os.replace(self.latest, old)
+            shutil.copytree(ckpt_dir, self.latest)
+            shutil.rmtree(old, ignore_errors=True)
+
+
+class _RayContext:
+    def __init__(self) -> None:
+        import ray.train
+
+        ctx = ray.train.get_context()
+        self.rank, self.world_size = ctx.get_world_rank(), ctx.get_world_size()
+
+    @contextmanager
+    def checkpoint_dir(self):
+        import ray.train
+
+        ckpt = ray.train.get_checkpoint()
+        if ckpt is None:
+            yield None
+            return
+        with ckpt.as_directory() as d:
+            yield Path(d)
+
+    def report(self, metrics: dict[str, Any], ckpt_dir: Path | None) -> None:
+        import ray.train
+
+        ckpt = ray.train.Checkpoint.from_directory(str(ckpt_dir)) if ckpt_dir is not None else None
+        ray.train.report(metrics, checkpoint=ckpt)
+
+
+# ------------------------------------------------------------------------------ the worker loop
+def build_loader(cfg: PretrainConfig, plan: dict[str, Any], rank: int, world_size: int):
+    """DataLoader of this rank: corpus view (+ joint rows) with the strategy's sampler."""
+    from torch.utils.data import DataLoader
+
+    from rtl.train.corpus_data import CorpusDataset, concat_tables, load_joint_dir, read_view_table
+    from rtl.train.samplers import DistributedShuffleSampler, WeightedDistributedSampler
+
+    view = open_view(cfg.corpus, cfg.datasets, cfg.domains, cfg.splits)
+    table = read_view_table(view)
+    if cfg.joint_dir:
+        joint, _ = load_joint_dir(cfg.joint_dir, first_class_id=view.num_classes, min_side=plan["min_side"],
+                                  max_side=plan["max_side"])
+        table = concat_tables(table, joint)
+    ds = CorpusDataset(table, crop=plan["min_side"], in_channels=cfg.in_channels, train=True, seed=cfg.seed)
+    n = cfg.samples_per_epoch or len(ds)
+    common = dict(num_samples_per_epoch=n, rank=rank, world_size=world_size, seed=cfg.seed, with_keys=True)
+    if plan["class_weights"]:
+        weights = {int(k): float(v) for k, v in plan["class_weights"].items()}
+        sampler = WeightedDistributedSampler(ds.class_ids, weights, **common)
+    else:
+        sampler = DistributedShuffleSampler(len(ds), **common)
+    loader = DataLoader(ds, batch_size=cfg.batch_size // world_size, sampler=sampler,
+                        num_workers=cfg.loader_workers, pin_memory=cfg.use_gpu,
+                        persistent_workers=cfg.loader_workers > 0)
+    return loader, sampler
+
+
+def train_loop(config: dict[str, Any]) -> None:
+    """Body of every training worker. `config` = {"cfg": asdict(PretrainConfig), "plan": ..., "local": dir?}."""
+    from rtl.models.backbones import create_model
+    from rtl.train.checkpoint import save_checkpoint
+    from rtl.train.engine import FitConfig, build_optimizer, build_scheduler, train_epoch, unwrap
+
+    cfg, plan = PretrainConfig(**config["cfg"]), config["plan"]
+    local = config.get("local")
+    ctx = _LocalContext(Path(local)) if local else _RayContext()
+    torch.set_num_threads(cfg.cpus_per_worker)
+    if local:
+        device = torch.device("cuda" if cfg.use_gpu and torch.cuda.is_available() else "cpu")
+    else:
+        import ray.train.torch
+
+        device = ray.train.torch.get_device()
+    loader, sampler = build_loader(cfg, plan, ctx.rank, ctx.world_size)
+
+    torch.manual_seed(cfg.seed)  # same init on every rank (DDP also broadcasts rank 0's weights)
+    model = create_model(cfg.model, plan["num_classes"], in_channels=cfg.in_channels, weights=plan["init"])
+    fit = FitConfig(epochs=cfg.epochs, lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum,
+                    warmup_epochs=cfg.warmup_epochs, device=str(device))
+    start, history, state = 0, [], None
+    with ctx.checkpoint_dir() as d:
+        if d is not None:
+            model.load_state_dict(torch.load(d / "model.pt", map_location="cpu", weights_only=True))
+            state = torch.load(d / STATE_FILE, map_location="cpu", weights_only=True)
+            history = json.loads((d / "meta.json").read_text())["history"]
+            start = int(state["epoch"])
+    if local:
+        model = model.to(device)
+    else:
+        import ray.train.torch
+
+        model = ray.train.torch.prepare_model(model)
+    optimizer = build_optimizer(model, fit)
+    scheduler = build_scheduler(optimizer, fit, len(loader))
+    if state is not None:
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+    scaler = torch.amp.GradScaler("cuda") if device.type == "cuda" else None
+
+    for epoch in range(start, cfg.epochs):
+        sampler.set_epoch(epoch)
+        t0 = time.perf_counter()
+        stats = train_epoch(model, loader, optimizer, scheduler, scaler=scaler, device=device,
+                            channels_last=device.type == "cuda", sync=ctx.world_size > 1)
+        seconds = time.perf_counter() - t0
+        metrics = {"epoch": epoch, "train_loss": stats["train_loss"], "images": stats["n"],
+                   "seconds": seconds, "images_per_s": stats["n"] / max(seconds, 1e-9),
+                   "lr": optimizer.param_groups[0]["lr"], "world_size": ctx.world_size}
+        history.append(metrics)
+        tmp = None
+        if ctx.rank == 0:
+            tmp = Path(tempfile.mkdtemp(prefix="rtl-pretrain-"))
+            meta = _meta(cfg, plan, epoch + 1, history)
+            save_checkpoint(tmp / "ckpt", unwrap(model), meta)
+            torch.save({"epoch": epoch + 1, "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict()}, tmp / "ckpt" / STATE_FILE)
+        try:
+            ctx.report(metrics, tmp / "ckpt" if tmp else None)
+        finally:
+            if tmp is not None:
+                shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _meta(cfg: PretrainConfig, plan: dict[str, Any], epoch: int, history: list[dict]) -> dict[str, Any]:
+    """meta.json of a pretrained checkpoint; `epoch` = number of finished epochs."""
+    return {"corpus_version": plan["corpus_version"], "strategy": cfg.strategy, "datasets": plan["datasets"],
+            "domains": cfg.domains, "class_table": plan["class_table"], "epoch": epoch, "history": history,
+            "min_side": plan["min_side"], "max_side": plan["max_side"], "seed": cfg.seed,
+            "class_weights": plan["class_weights"], "config": _json_cfg(cfg)}
+
+
+def _json_cfg(cfg: PretrainConfig) -> dict[str, Any]:
+    return json.loads(json.dumps(asdict(cfg), default=str))
+
+
+# ------------------------------------------------------------------------------ drivers
+def _export(src: Path, out: Path) -> Path:
+    """Copy an epoch checkpoint to `out` as a plain rtl checkpoint (model.pt + meta.json)."""
+    from rtl.train.checkpoint import load_checkpoint, save_checkpoint
+
+    model, meta = load_checkpoint(src)
+    return save_checkpoint(out, model, meta)
+
+
+def _no_training(cfg: PretrainConfig, plan: dict[str, Any]) -> Path:
+    """scratch / imagenet: the checkpoint is the initialisation itself."""
+    from rtl.models.backbones import create_model
+    from rtl.train.checkpoint import save_checkpoint
+
+    torch.manual_seed(cfg.seed)
+    model = create_model(cfg.model, plan["num_classes"], in_channels=cfg.in_channels, weights=plan["init"])
+    return save_checkpoint(cfg.out, model, _meta(cfg, plan, 0, []))
+
+
+def pretrain_local(cfg: PretrainConfig) -> Path:
+    """Run `train_loop` in this process (world size 1, no Ray); resumable like run_pretrain."""
+    plan = plan_pretrain(cfg)
+    if not plan["trains"]:
+        return _no_training(cfg, plan)
+    state_dir = Path(cfg.resolved_storage()) / run_name(cfg, plan) / "local"
+    train_loop({"cfg": asdict(cfg), "plan": plan, "local": str(state_dir)})
+    return _export(state_dir / "latest", Path(cfg.out))
+
+
+def _ensure_ray() -> None:
+    import ray
+
+    if not ray.is_initialized():  # RAY_ADDRESS / a running local cluster are picked up by ray.init()
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+        ray.init(log_to_driver=False, configure_logging=False)
+
+
+def run_pretrain(cfg: PretrainConfig) -> Path:
+    """Pretrain per `cfg` on Ray Train; returns the final checkpoint directory `cfg.out`."""
+    plan = plan_pretrain(cfg)
+    if not plan["trains"]:
+        return _no_training(cfg, plan)
+    _ensure_ray()
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    trainer = TorchTrainer(
+        train_loop,
+        train_loop_config={"cfg": asdict(cfg), "plan": plan},
+        torch_config=TorchConfig(backend="nccl" if cfg.use_gpu else "gloo"),
+        scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=cfg.use_gpu,
+                                     resources_per_worker={"CPU": cfg.cpus_per_worker}),
+        run_config=RunConfig(name=run_name(cfg, plan), storage_path=cfg.resolved_storage(),
+                             failure_config=FailureConfig(max_failures=cfg.max_failures),
+                             checkpoint_config=CheckpointConfig(num_to_keep=2)),
+    )
+    result = trainer.fit()
+    if result.checkpoint is None:
+        raise RtlError(f"pretraining run {run_name(cfg, plan)} produced no checkpoint")
+    with result.checkpoint.as_directory() as d:
+        return _export(Path(d), Path(cfg.out))

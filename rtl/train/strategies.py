@@ -1,0 +1,165 @@
+"""Pretraining strategies: what a pretrained checkpoint starts from and what it is trained on.
+
+| name | init | trained on |
+|---|---|---|
+| scratch | random | nothing (the random init, so fine-tuning "from scratch" starts from a checkpoint) |
+| imagenet | torchvision ImageNet weights (local only) | nothing |
+| source | random | the whole corpus (or the --datasets/--domain view) |
+| imagenet_then_source | ImageNet | the corpus (view) |
+| joint | random | the corpus (view) + an extra class-per-folder set, its classes appended |
+| subset | random | a sub-corpus chosen by --datasets / --domain (required) |
+| weighted | random | the corpus (view) drawn class-weighted by a weights.json (Ngiam et al. 2018) |
+
+`plan_pretrain` resolves a strategy against the corpus on the driver, so every user error (unknown
+dataset, stale weights file, missing joint folder) is an RtlError before any Ray worker starts. The
+plan is plain JSON so it can be hashed (run name) and shipped to the workers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rtl.errors import RtlError
+from rtl.registry import Registry
+
+
+@dataclass(frozen=True)
+class Strategy:
+    name: str
+    init: str | None  # None (random) | "imagenet"
+    trains: bool  # False: the checkpoint is the initialisation itself
+    weighted: bool = False
+    joint: bool = False
+    needs_subset: bool = False
+
+
+STRATEGIES: Registry[Strategy] = Registry("strategy")
+for _s in (
+    Strategy("scratch", None, trains=False),
+    Strategy("imagenet", "imagenet", trains=False),
+    Strategy("source", None, trains=True),
+    Strategy("imagenet_then_source", "imagenet", trains=True),
+    Strategy("joint", None, trains=True, joint=True),
+    Strategy("subset", None, trains=True, needs_subset=True),
+    Strategy("weighted", None, trains=True, weighted=True),
+):
+    STRATEGIES.register(_s.name)(_s)
+
+
+def open_view(corpus: str | Path, datasets: list[str] | None = None, domains: list[str] | None = None,
+              splits: list[str] | None = None) -> Any:
+    """`rtl.data.corpus.open_corpus` (CONTRACTS.md "Corpus on disk")."""
+    try:
+        from rtl.data.corpus import open_corpus
+    except ImportError:  # reader module not merged under its contract name yet
+        from rtl.data.corpus_view import open_corpus
+    return open_corpus(corpus, datasets=datasets, domains=domains, splits=splits)
+
+
+def load_class_weights(path: str | Path, view: Any) -> dict[int, float]:
+    """Read a weights.json (CONTRACTS.md "Selection") for `view` -> {class_id: weight}.
+
+    Raises RtlError for an unreadable/malformed file, a corpus_version other than the corpus', unknown
+    class ids, or positive weight on classes that have no rows in the view.
+    """
+    path = Path(path)
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise RtlError(f"class weights file {path} not found") from None
+    except (OSError, ValueError) as e:
+        raise RtlError(f"class weights file {path} unreadable: {e}".splitlines()[0]) from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("classes"), list):
+        raise RtlError(f"{path}: expected an object with a 'classes' list")
+    if doc.get("corpus_version") != view.version:
+        raise RtlError(f"{path}: corpus_version {doc.get('corpus_version')!r} does not match the corpus "
+                       f"version {view.version!r}; recompute the weights for this corpus")
+    weights: dict[int, float] = {}
+    for i, c in enumerate(doc["classes"]):
+        try:
+            cid, w = int(c["id"]), float(c["weight"])
+        except (KeyError, TypeError, ValueError):
+            raise RtlError(f"{path}: classes[{i}] needs numeric 'id' and 'weight'") from None
+        if not 0 <= cid < view.num_classes:
+            raise RtlError(f"{path}: classes[{i}] id {cid} outside the corpus class table (0..{view.num_classes - 1})")
+        if not w >= 0 or w == float("inf"):
+            raise RtlError(f"{path}: classes[{i}] weight {w} must be finite and >= 0")
+        weights[cid] = w
+    if not any(w > 0 for w in weights.values()):
+        raise RtlError(f"{path}: every class weight is zero")
+    counts = view.class_counts()
+    empty = sorted(k for k, w in weights.items() if w > 0 and counts.get(k, 0) == 0)
+    if empty:
+        names = {int(c["id"]): f"{c['dataset']}/{c['label']}" for c in view.manifest["classes"]}
+        shown = ", ".join(f"{k} ({names.get(k, '?')})" for k in empty[:10])
+        raise RtlError(f"{path}: classes with positive weight have no examples in this corpus view: {shown}"
+                       + (f" (+{len(empty) - 10} more)" if len(empty) > 10 else ""))
+    return weights
+
+
+def plan_pretrain(cfg: Any) -> dict[str, Any]:
+    """Resolve `cfg` (a PretrainConfig) into a JSON-able plan; all validation happens here."""
+    strat = STRATEGIES.get(cfg.strategy)
+    plan: dict[str, Any] = {"strategy": strat.name, "init": strat.init, "trains": strat.trains,
+                            "class_weights": None, "joint_classes": [], "datasets": [], "corpus_version": None}
+    if strat.needs_subset and not (cfg.datasets or cfg.domains):
+        raise RtlError("strategy 'subset' needs --datasets or --domain")
+    if strat.weighted and not cfg.class_weights:
+        raise RtlError("strategy 'weighted' needs --class-weights weights.json")
+    if cfg.class_weights and not strat.weighted:
+        raise RtlError(f"--class-weights is only used by strategy 'weighted', not {strat.name!r}")
+    if strat.joint and not cfg.joint_dir:
+        raise RtlError("strategy 'joint' needs --joint-dir DIR (one sub-folder per class)")
+    if cfg.joint_dir and not strat.joint:
+        raise RtlError(f"--joint-dir is only used by strategy 'joint', not {strat.name!r}")
+    if cfg.corpus is None:
+        if strat.trains:
+            raise RtlError(f"strategy {strat.name!r} needs --corpus")
+        plan.update(num_classes=1000, class_table=[], min_side=None, max_side=None, num_rows=0)
+        return plan
+    view = open_view(cfg.corpus, cfg.datasets, cfg.domains, cfg.splits)
+    params = view.manifest.get("params", {})
+    min_side = int(cfg.min_side or params.get("min_side") or 0)
+    max_side = int(cfg.max_side or params.get("max_side") or min_side)
+    if min_side <= 0:
+        raise RtlError(f"corpus {cfg.corpus}: manifest params lack min_side; pass min_side explicitly")
+    plan.update(corpus_version=view.version, datasets=list(view.datasets), num_classes=view.num_classes,
+                class_table=list(view.manifest["classes"]), min_side=min_side, max_side=max_side)
+    if not strat.trains:
+        plan["num_rows"] = 0
+        return plan
+    num_rows = len(view)
+    if num_rows == 0:
+        raise RtlError(f"corpus {cfg.corpus}: the selected view ({', '.join(view.datasets) or 'no datasets'}) "
+                       f"has no rows")
+    if strat.weighted:
+        plan["class_weights"] = {str(k): v for k, v in sorted(load_class_weights(cfg.class_weights, view).items())}
+        plan["weights_sha"] = hashlib.sha256(Path(cfg.class_weights).read_bytes()).hexdigest()[:16]
+    if strat.joint:
+        from rtl.train.corpus_data import load_joint_dir
+
+        table, classes = load_joint_dir(cfg.joint_dir, first_class_id=view.num_classes, min_side=min_side,
+                                        max_side=max_side)
+        plan["joint_classes"] = classes
+        plan["class_table"] = plan["class_table"] + classes
+        plan["num_classes"] = view.num_classes + len(classes)
+        num_rows += table.num_rows
+    plan["num_rows"] = num_rows
+    return plan
+
+
+def run_name(cfg: Any, plan: dict[str, Any]) -> str:
+    """Stable Ray run name: a hash of everything that determines the training trajectory, except
+    `epochs` (so re-running with more epochs resumes the same run) and resources (workers, GPU)."""
+    key = {k: getattr(cfg, k) for k in ("corpus", "strategy", "model", "batch_size", "lr", "weight_decay",
+                                        "momentum", "warmup_epochs", "seed", "samples_per_epoch", "in_channels",
+                                        "datasets", "domains", "splits", "joint_dir")}
+    key["corpus"] = str(Path(key["corpus"]).resolve()) if key["corpus"] else None
+    key.update(corpus_version=plan["corpus_version"], weights=plan.get("weights_sha"),
+               min_side=plan["min_side"], max_side=plan["max_side"])
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    return f"pretrain-{cfg.strategy}-{cfg.model.replace('/', '_')}-{digest}"
