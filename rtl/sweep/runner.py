@@ -150,7 +150,8 @@ def _run_target(spec: SweepSpec, target: str, units: list[str]) -> None:
             tune_config=tune.TuneConfig(search_alg=searcher, scheduler=_scheduler(spec),
                                         num_samples=spec.budget.trials_per_target,
                                         max_concurrent_trials=spec.budget.max_concurrent,
-                                        trial_dirname_creator=trial_dirname, trial_name_creator=trial_dirname),
+                                        trial_dirname_creator=trial_dirname, trial_name_creator=trial_dirname,
+                                        reuse_actors=True),  # torch/MLflow imports once per worker
             run_config=tune.RunConfig(
                 name=target, storage_path=storage, verbose=0, callbacks=_callbacks(spec.results_dir, target),
                 failure_config=tune.FailureConfig(max_failures=1),

@@ -62,8 +62,7 @@ def format_summary(summary) -> str:
     for r in summary.results:
         lines.append(f"{r.seed:>6}  {_pct(r.val_error):>8}  {_pct(r.test_error):>8}  {r.best_epoch:>7}")
     lines.append(f"{'mean':>6}  {_pct(summary.val_mean):>8}  {_pct(summary.test_mean):>8}")
-    std_t = "-" if summary.test_std is None else f"{100 * summary.test_std:6.2f}"
-    lines.append(f"{'± std':>6}  {100 * summary.val_std:7.2f}   {std_t:>8}")
+    lines.append(f"{'± std':>6}  {_pct(summary.val_std):>8}  {_pct(summary.test_std):>8}")
     lines.append("")
     split = "test" if summary.test_mean is not None else "val"
     lines.append(f"per-class accuracy ({split}, mean over seeds):")

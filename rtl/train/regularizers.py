@@ -88,6 +88,7 @@ class DELTA(nn.Module):
         self._captured: dict[int, Tensor] = {}
         self._hooked: int | None = None
         self._handles: list = []
+        self._hook(model)
 
     def train(self, mode: bool = True) -> DELTA:  # the source model is always in eval mode
         super().train(mode)
