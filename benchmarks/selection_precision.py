@@ -54,16 +54,24 @@ def prepare_family(workdir: Path, *, seed: int = 0) -> Path:
     return fam
 
 
-def prepare_corpus(workdir: Path, family: Path, *, min_side: int, max_side: int, cap: int | None) -> Path:
-    """Corpus of all source datasets (cached per (min_side, max_side, cap))."""
+def prepare_corpus(workdir: Path, family: Path, *, min_side: int, max_side: int, cap: int | None,
+                   max_downscale: float = 16.0) -> Path:
+    """Corpus of all source datasets (cached per setting).
+
+    `max_downscale`: images needing more downscaling than this are cut into native-resolution patches.
+    The default 4 suits 224/256 sides; at 32/40 it would patch almost every demo image (100-600 px)
+    while target images are always downscaled whole (`fit_size`), so source rows and target inputs would
+    not look alike. 16 keeps every demo image up to 640 px whole (the few 1500-2000 px ones are patched).
+    """
     from rtl.data.corpus import build_corpus
 
-    out = workdir / f"corpus-{min_side}-{max_side}-cap{cap or 'all'}"
+    out = workdir / f"corpus-{min_side}-{max_side}-cap{cap or 'all'}-ds{max_downscale:g}"
     if (out / "manifest.json").is_file():
         return out
     srcs = sorted(p for p in (family / "sources").iterdir() if p.is_dir())
     t0 = time.perf_counter()
-    m = build_corpus(srcs, out, min_side=min_side, max_side=max_side, cap=cap, seed=0, progress=False)
+    m = build_corpus(srcs, out, min_side=min_side, max_side=max_side, cap=cap, seed=0,
+                     max_downscale=max_downscale, progress=False)
     print(f"[corpus] {m['n_rows_out']} rows from {m['n_images_in']} images, {len(m['classes'])} classes "
           f"in {time.perf_counter() - t0:.1f} s -> {out}", flush=True)
     return out
@@ -166,11 +174,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--min-side", type=int, default=32)
     ap.add_argument("--max-side", type=int, default=40)
     ap.add_argument("--cap", type=int, default=0, help="corpus images per class (0 = all; demo max is 300)")
+    ap.add_argument("--max-downscale", type=float, default=16.0, help="corpus: patch images beyond this downscale")
     ap.add_argument("--epochs", type=int, default=8, help="source pretraining epochs")
     ap.add_argument("--lr", type=float, default=0.05)
     ap.add_argument("--temperatures", default="1,2", help="comma list; 'none' = uniform")
     ap.add_argument("--k", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=2, help="torch threads")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a busy machine)")
     ap.add_argument("--seed", type=int, default=0, help="pretraining seed")
     ap.add_argument("--quick", action="store_true", help="3 epochs (a smoke run, numbers not for publishing)")
     ap.add_argument("--json", help="write all results here (default WORKDIR/selection_precision.json)")
@@ -187,9 +196,10 @@ def main(argv: list[str] | None = None) -> int:
     fam = prepare_family(work)
     t_family = time.perf_counter() - t0
     t0 = time.perf_counter()
-    corpus = prepare_corpus(work, fam, min_side=args.min_side, max_side=args.max_side, cap=args.cap or None)
+    corpus = prepare_corpus(work, fam, min_side=args.min_side, max_side=args.max_side, cap=args.cap or None,
+                            max_downscale=args.max_downscale)
     t_corpus = time.perf_counter() - t0
-    ckpt_dir = work / "ckpt" / f"select-source-{args.min_side}-{args.max_side}-cap{args.cap or 'all'}-e{args.epochs}-lr{args.lr:g}-s{args.seed}"
+    ckpt_dir = work / "ckpt" / f"select-source-{corpus.name}-e{args.epochs}-lr{args.lr:g}-s{args.seed}"
     ckpt, t_pre = pretrain(corpus, ckpt_dir, epochs=args.epochs, lr=args.lr, seed=args.seed,
                            splits=["train", "val"], threads=args.threads)
     from rtl.train.checkpoint import read_meta

@@ -10,7 +10,7 @@ import sys
 from rtl.errors import RtlError
 
 # Each module exposes `add_parsers(subparsers)`; every sub-parser sets `func=callable(args) -> int | None`.
-_AREAS = ["rtl.data.cli", "rtl.data.corpus_cli", "rtl.train.cli", "rtl.select.cli", "rtl.sweep.cli", "rtl.demo"]
+_AREAS = ["rtl.data.cli", "rtl.data.corpus_cli", "rtl.train.cli", "rtl.train.pretrain_cli", "rtl.select.cli", "rtl.sweep.cli", "rtl.demo"]
 
 
 def build_parser() -> argparse.ArgumentParser:

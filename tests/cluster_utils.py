@@ -30,6 +30,7 @@ import sys
 import tempfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -362,30 +363,38 @@ class MlflowServer:
     root: Path
     port: int = 0
     proc: subprocess.Popen | None = None
+    log: Path = Path("/dev/null")
 
     @property
     def url(self) -> str:
         return f"http://{LOOPBACK}:{self.port}"
 
-    def start(self, timeout: float = 120) -> MlflowServer:
+    def launch(self) -> MlflowServer:
+        """Start the server process without waiting (it runs its DB migrations while Ray boots)."""
         self.port = free_port()
         self.root.mkdir(parents=True, exist_ok=True)
-        log = self.root / "mlflow-server.log"
+        self.log = self.root / "mlflow-server.log"
         cmd = [
             str(VENV_BIN / "mlflow"), "server", "--host", LOOPBACK, "--port", str(self.port),
-            "--workers", "1",
+            "--workers", "2",
             "--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}",
             "--default-artifact-root", (self.root / "artifacts").as_uri(),
         ]  # fmt: skip
-        with open(log, "wb") as f:
+        with open(self.log, "wb") as f:
             self.proc = subprocess.Popen(
                 cmd, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 env=node_env(), start_new_session=True, cwd=self.root,
             )  # fmt: skip
+        return self
 
-        def healthy():
+    def wait_healthy(self, timeout: float = 180) -> MlflowServer:
+        """Poll GET /health until it answers 200 (raise with the server log if the process died)."""
+        assert self.proc is not None, "launch() first"
+
+        def healthy() -> bool:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"mlflow server exited rc={self.proc.returncode}:\n{log.read_text()[-3000:]}")
+                raise RuntimeError(f"mlflow server exited rc={self.proc.returncode}:\n"
+                                   f"{self.log.read_text(errors='replace')[-3000:]}")
             try:
                 with urllib.request.urlopen(f"{self.url}/health", timeout=2) as r:
                     return r.status == 200
@@ -394,6 +403,19 @@ class MlflowServer:
 
         wait_until(healthy, timeout, f"mlflow server /health on {self.url}", interval=0.5)
         return self
+
+    def start(self, timeout: float = 180) -> MlflowServer:
+        return self.launch().wait_healthy(timeout)
+
+    def listening_addresses(self) -> set[str]:
+        if self.proc is None or self.proc.poll() is not None:
+            return set()
+        pid = self.proc.pid
+        return listening_addresses({pid, *_descendants(pid), *_pids_in_group(pid)})
+
+    def metric_history(self, run_id: str, key: str) -> list[dict]:
+        q = urllib.parse.urlencode({"run_id": run_id, "metric_key": key, "max_results": 1000})
+        return http_json(f"{self.url}/api/2.0/mlflow/metrics/get-history?{q}").get("metrics", [])
 
     def search_runs(self, experiment_name: str | None = None) -> list[dict]:
         """Every run (all pages) of one experiment, or of all experiments, via the REST API."""

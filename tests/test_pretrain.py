@@ -13,9 +13,10 @@ import torch
 
 from rtl.errors import RtlError
 from rtl.train.checkpoint import load_checkpoint
-from rtl.train.corpus_data import IMAGENET_MEAN, IMAGENET_STD, CorpusDataset, read_view_table
+from rtl.train.corpus_data import CorpusDataset, read_view_table
 from rtl.train.pretrain import PretrainConfig, pretrain_local, run_pretrain
 from rtl.train.strategies import open_view
+from rtl.train.target_data import mean_std
 
 SIDE = 32
 
@@ -83,7 +84,7 @@ def test_dataset_crops_and_channels(corpus: Path) -> None:
     train = CorpusDataset(table, crop=SIDE, in_channels=3, train=True, seed=0)
     x, y = train[(0, 123)]
     assert x.shape == (3, SIDE, SIDE) and x.dtype == torch.float32 and y in (2, 3)
-    mean, std = torch.tensor(IMAGENET_MEAN).view(3, 1, 1), torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    mean, std = mean_std(3)
     raw = x * std + mean  # (3, H, W) in [0, 1]
     assert torch.allclose(raw[0], raw[1], atol=1e-5) and torch.allclose(raw[0], raw[2], atol=1e-5)  # gray -> 3
     assert torch.equal(train[(0, 123)][0], x)  # the same draw key -> the same augmentation
@@ -156,3 +157,18 @@ def test_ray_weighted_matches_local_exactly(ray_session, corpus: Path, tmp_path:
     assert meta_r["history"][0]["train_loss"] == pytest.approx(meta_l["history"][0]["train_loss"], rel=1e-4)
     for (k, a), b in zip(model_l.state_dict().items(), model_r.state_dict().values()):
         assert torch.allclose(a.float(), b.float(), atol=1e-4), k
+
+
+def test_joint_appends_classes(corpus: Path, tmp_path: Path) -> None:
+    from PIL import Image
+
+    for k, name in enumerate(["cat", "dog"]):
+        (tmp_path / "extra" / name).mkdir(parents=True)
+        for j in range(3):
+            Image.fromarray(np.full((20, 50, 3), 60 * k + j, np.uint8)).save(tmp_path / "extra" / name / f"{j}.png")
+    model, meta = load_checkpoint(pretrain_local(_cfg(corpus, tmp_path, strategy="joint",
+                                                      joint_dir=str(tmp_path / "extra"))))
+    assert model.num_classes == 6 and meta["history"][0]["images"] == 40 + 6
+    assert [(c["id"], c["label"]) for c in meta["class_table"][4:]] == [(4, "cat"), (5, "dog")]
+    with pytest.raises(RtlError, match="joint"):
+        pretrain_local(_cfg(corpus, tmp_path, strategy="joint", joint_dir=str(tmp_path / "missing")))

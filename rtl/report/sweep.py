@@ -124,7 +124,7 @@ def write_report(results_dir: str, *, log_mlflow: bool = True) -> str:
         else:
             p = b.params
             md += [f"Best searched trial #{b.number}: sources **{b.user_attrs.get('rtl.mask')}**, temperature "
-                   f"{('%.3g' % p['temperature']) if 'temperature' in p else 'off'}, lr {p['lr']:.3g}, freeze depth {p.get('freeze_depth', 0)}, "
+                   f"{('{:.3g}'.format(p['temperature'])) if 'temperature' in p else 'off'}, lr {p['lr']:.3g}, freeze depth {p.get('freeze_depth', 0)}, "
                    f"regulariser {p.get('regularizer', 'none')}"
                    + (f" ({p['reg_strength']:.3g})" if "reg_strength" in p else "") + ".", ""]
         md += ["| strategy | val error | test error |", "|---|---|---|"]

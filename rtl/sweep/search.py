@@ -27,6 +27,8 @@ from typing import Any
 
 from ray.tune.search import Searcher
 
+from rtl.errors import ConfigError
+
 log = logging.getLogger(__name__)
 
 TUNE_ID = "rtl.tune_trial_id"
@@ -55,7 +57,7 @@ def define_space(trial: Any, space: dict[str, Any], units: list[str], control: s
     mask = [u for u in units if u == anchor or trial.suggest_categorical(f"src.{u}", [0, 1]) == 1]
     out["mask"] = mask  # never empty: the anchor is always on
     temp = space["temperature"]
-    on = "on" if not temp["off"] else trial.suggest_categorical("importance", ["off", "on"])
+    on = "on" if not temp["allow_off"] else trial.suggest_categorical("importance", ["off", "on"])
     out["temperature"] = trial.suggest_float("temperature", temp["low"], temp["high"], log=True) if on == "on" else None
     return out
 
@@ -70,11 +72,11 @@ def control_params(control: str, spec: Any, units: list[str]) -> dict[str, Any]:
         p["anchor"] = units[0]
         p.update({f"src.{u}": 1 for u in units[1:]})
         if control == "uniform":
-            if not spec.search.temperature.off:
-                raise ValueError("uniform control needs search.temperature.off: true")
+            if not spec.search.temperature.allow_off:
+                raise ConfigError(f"{spec.spec_file}: controls.uniform: needs search.temperature.allow_off: true")
             p["importance"] = "off"
         else:
-            if spec.search.temperature.off:
+            if spec.search.temperature.allow_off:
                 p["importance"] = "on"
             p["temperature"] = spec.controls.importance_temperature
     return p

@@ -69,7 +69,7 @@ class IntRange(_M):
 
 
 class Temperature(LogRange):
-    off: bool = True  # also try "off" (uniform sampling of the masked corpus, no importance weights)
+    allow_off: bool = True  # also try "off" (uniform sampling of the masked corpus, no importance weights)
 
 
 class Sources(_M):

@@ -16,7 +16,8 @@ buffer. ``__getitem__`` slices that buffer zero-copy. DataLoader worker processe
 share it copy-on-write (Arrow memory is not touched by Python refcounting, so pages stay shared).
 
 Augmentation (CONTRACTS.md "Training input from the corpus"): train = random ``crop``-square crop +
-horizontal flip; eval = centre crop. When the sampler yields ``(row, key)`` pairs the crop/flip RNG
+horizontal flip; eval = centre crop; normalisation = `rtl.train.target_data.mean_std` (ImageNet statistics),
+identical to the fine-tuning inputs. When the sampler yields ``(row, key)`` pairs the crop/flip RNG
 is seeded from ``(seed, key)``, so augmentation depends only on the global draw position, not on the
 number of workers.
 """
@@ -32,18 +33,10 @@ import torch
 from torch.utils.data import Dataset
 
 from rtl.errors import RtlError
+from rtl.train.target_data import mean_std
 
 PIXEL_COLUMNS = ["pixels", "height", "width", "channels", "class_id"]
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".pgm", ".ppm"}
-
-
-def normalization(channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """ImageNet mean/std per channel; 1-channel models use the mean of the three."""
-    if channels == 3:
-        return IMAGENET_MEAN, IMAGENET_STD
-    return (float(np.mean(IMAGENET_MEAN)),), (float(np.mean(IMAGENET_STD)),)
 
 
 def read_view_table(view: Any, columns: list[str] = PIXEL_COLUMNS) -> pa.Table:
@@ -89,9 +82,7 @@ class CorpusDataset(Dataset):
                                 for c in ("height", "width", "channels")], axis=1)  # (N, 3)
         self.class_ids = table.column("class_id").to_numpy().astype(np.int64)  # (N,)
         self.crop, self.in_channels, self.train, self.seed = int(crop), int(in_channels), train, int(seed)
-        mean, std = normalization(self.in_channels)
-        self._mean = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)
-        self._std = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
+        self._mean, self._std = mean_std(self.in_channels)  # (C, 1, 1): same as the fine-tuning inputs
 
     def __len__(self) -> int:
         return len(self.class_ids)

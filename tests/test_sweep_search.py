@@ -1,0 +1,89 @@
+"""The Optuna ask/tell searcher: never an empty source subset; ASHA-stopped trials stored as PRUNED;
+idempotent tells; trials lost with a killed driver re-enqueued (no Ray cluster needed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from rtl.sweep.search import OptunaAskTell, define_space, open_study
+
+SPACE = {"lr": {"low": 1e-3, "high": 1e-1}, "freeze_depth": {"low": 0, "high": 2},
+         "regularizer": {"choices": ["none", "l2sp"], "strength": {"low": 1e-3, "high": 1e-1}},
+         "temperature": {"low": 0.5, "high": 4.0, "allow_off": True}}
+UNITS = ["a", "b", "c"]
+
+
+@pytest.mark.parametrize("sampler", ["tpe", "random"])
+def test_mask_never_empty(sampler: str) -> None:
+    from rtl.sweep.search import make_sampler
+
+    study = optuna.create_study(sampler=make_sampler(sampler, 0, 5))
+    seen = set()
+    for _ in range(120):
+        t = study.ask()
+        p = define_space(t, SPACE, UNITS, None)
+        assert p["mask"], "empty source subset proposed"
+        seen.add(tuple(p["mask"]))
+        # reward the smallest subsets so TPE is pushed towards the empty one (it must never reach it)
+        study.tell(t, float(len(p["mask"])))
+    assert len(seen) >= 5  # the encoding still reaches most non-empty subsets
+
+
+def _searcher(tmp_path: Path, **kw) -> OptunaAskTell:
+    return OptunaAskTell(storage_url=f"sqlite:///{tmp_path / 'o.db'}", study_name="s/t", space=SPACE, units=UNITS,
+                         seed=0, n_startup_trials=2, **kw)
+
+
+def _states(tmp_path: Path) -> list[str]:
+    return [t.state.name for t in open_study(f"sqlite:///{tmp_path / 'o.db'}", "s/t").trials]
+
+
+def test_stopped_trials_are_pruned_complete_only_when_finished(tmp_path: Path) -> None:
+    s = _searcher(tmp_path)
+    a, b, c = (s.suggest(i)["trial"] for i in ("ta", "tb", "tc"))
+    assert [a["number"], b["number"], c["number"]] == [0, 1, 2]
+    for tid in ("ta", "tb"):
+        s.on_trial_result(tid, {"val_error": 0.4, "epoch": 1, "finished": False})
+    s.on_trial_complete("ta", {"val_error": 0.4, "epoch": 1, "finished": False})  # ASHA stopped it
+    s.on_trial_complete("tb", {"val_error": 0.3, "test_error": 0.35, "epoch": 4, "finished": True})
+    s.on_trial_complete("tc", None, error=True)
+    s.on_trial_complete("tb", {"val_error": 0.1, "epoch": 4, "finished": True})  # re-reported: ignored
+    study = open_study(f"sqlite:///{tmp_path / 'o.db'}", "s/t")
+    t0, t1, t2 = study.trials
+    assert (t0.state, t1.state, t2.state) == (TrialState.PRUNED, TrialState.COMPLETE, TrialState.FAIL)
+    assert t0.intermediate_values == {1: 0.4}
+    assert t1.value == 0.3 and t1.user_attrs["rtl.test_error"] == 0.35
+
+
+def test_controls_first_and_orphans_reenqueued(tmp_path: Path) -> None:
+    ctl = [("scratch", 0, {"lr": 0.01, "regularizer": "none"}),
+           ("uniform", 0, {"lr": 0.01, "regularizer": "none", "freeze_depth": 0, "anchor": "a", "src.b": 1,
+                           "src.c": 1, "importance": "off"})]
+    s = _searcher(tmp_path, controls=ctl)
+    first = s.suggest("t1")["trial"]
+    second = s.suggest("t2")["trial"]
+    assert (first["control"], first["init"], first["mask"]) == ("scratch", "scratch", None)
+    assert (second["control"], second["mask"], second["temperature"]) == ("uniform", ["a", "b", "c"], None)
+    # driver dies; Tune's last checkpoint knew t1 only -> t2 is an orphan, its control must run again
+    s2 = _searcher(tmp_path, controls=ctl)
+    assert s2.reconcile({"t1"}) == [1]
+    again = s2.suggest("t3")["trial"]
+    assert again["control"] == "uniform" and again["mask"] == ["a", "b", "c"]
+    assert _states(tmp_path) == ["RUNNING", "FAIL", "RUNNING"]
+    # the restored searcher finds t1 through storage and tells it once
+    s2.on_trial_complete("t1", {"val_error": 0.2, "epoch": 2, "finished": True})
+    assert _states(tmp_path) == ["COMPLETE", "FAIL", "RUNNING"]
+
+
+def test_pickle_roundtrip_reopens_study(tmp_path: Path) -> None:
+    import pickle
+
+    s = _searcher(tmp_path)
+    s.suggest("x")
+    s3 = pickle.loads(pickle.dumps(s))
+    s3.on_trial_complete("x", {"val_error": 0.5, "epoch": 2, "finished": True})
+    assert _states(tmp_path) == ["COMPLETE"]

@@ -1,0 +1,43 @@
+"""MLflow tracking: a trial run is re-attached by its trial id, never duplicated; params readable."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rtl.sweep.tracking import Tracker, default_tracking_uri, mask_params
+
+
+def test_default_uri_and_env(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert default_tracking_uri(str(tmp_path)) == f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow:5000")
+    assert default_tracking_uri(str(tmp_path)) == "http://mlflow:5000"
+
+
+def test_mask_params() -> None:
+    assert mask_params(["c", "a"], ["a", "b", "c"]) == {"mask": "a,c", "mask_bits": "101"}
+    assert mask_params(None, ["a"]) == {"mask": "none", "mask_bits": ""}
+
+
+def test_trial_run_reattached_not_duplicated(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    uri = default_tracking_uri(str(tmp_path))
+    t = Tracker(uri, "sweep", str(tmp_path / "art"))
+    r1 = t.get_or_create_trial_run("trial-1", target="tgt", name="tgt#0")
+    t.log_params(r1, {"lr": 0.1, **mask_params(["a"], ["a", "b"])})
+    t.log_metrics(r1, {"val_error": 0.5}, step=1)
+    t.finish(r1)
+    # a new process after a crash: same trial id -> same run; re-logging params is a no-op
+    t2 = Tracker(uri, "sweep", str(tmp_path / "art"))
+    r2 = t2.get_or_create_trial_run("trial-1", target="tgt", name="tgt#0")
+    t2.log_params(r2, {"lr": 0.1})
+    t2.get_or_create_trial_run("trial-2", target="tgt", name="tgt#1")
+    assert r1 == r2
+    runs = t2.trial_runs("tgt")
+    assert sorted(r.data.tags["rtl.trial_id"] for r in runs) == ["trial-1", "trial-2"]
+    run = t2.client.get_run(r1)
+    assert run.data.params["mask"] == "a" and run.data.params["mask_bits"] == "10"
+    assert run.data.tags["mlflow.parentRunId"] == t2.get_or_create_target_run("tgt")
+    assert t2.experiment_id == t.experiment_id
+    pre = t2.get_or_create_pretrain_run("k" * 64, {"mask": "a"})
+    assert t2.find_pretrain_run("k" * 64) == pre == t2.get_or_create_pretrain_run("k" * 64, {"mask": "a"})
