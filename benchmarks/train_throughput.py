@@ -7,7 +7,7 @@ Same model, corpus, global batch and total thread count (default 2):
 Throughput = images / second of the last training epoch as measured inside the loop (startup
 excluded; wall-clock including Ray start-up is printed too). Target: Ray >= 0.85x local on CPU.
 
-Peak memory: a /proc sampler sums RSS and PSS of this process and every descendant (Ray workers,\nraylet, GCS; RSS counts shared pages once per process and over-estimates, PSS does not) during the Ray runs on a
+Peak memory: a /proc sampler sums RSS and PSS of this process and every descendant (Ray workers, raylet, GCS; RSS counts shared pages once per process and over-estimates, PSS does not) during the Ray runs on a
 demo-sized corpus. Target: < 4 GiB.
 
     .venv/bin/python benchmarks/train_throughput.py [--rows 3000 --side 64 --model small_cnn --epochs 2]

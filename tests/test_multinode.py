@@ -132,8 +132,8 @@ def test_sweep_job_runs_trials_on_both_nodes_and_tracks_each_once(cluster) -> No
     assert r.returncode == 0, _job_failure(c, "sweep-mn", r)
     runs = _assert_one_complete_run_per_trial(server, "mn", trials)
     both = {c.head.node_id, c.workers[0].node_id}
-    placed = _trial_nodes(c, "sweep-mn")
-    assert set(placed) == both and sum(placed.values()) >= trials, placed
+    placed = _trial_nodes(c, "sweep-mn")  # Tune reuses trial actors: count nodes, not actors
+    assert set(placed) == both, placed
     tagged = [run_tags(x).get("rtl.node_id") for x in runs]
     if any(tagged):  # once the trainable tags its node (see docs/cluster.md), every run must carry it
         assert set(tagged) == both, tagged

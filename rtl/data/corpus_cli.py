@@ -66,7 +66,11 @@ def summary(m: dict, out: Path | None = None) -> str:
     if m.get("warnings"):
         lines.append(f"  warnings: {len(m['warnings'])} (see manifest.json)")
     t = m.get("timings", {})
-    lines.append(f"  time: {m.get('seconds', 0):.1f}s  (" + ", ".join(f"{k} {v:.1f}s" for k, v in t.items()) + ")")
+    parts = [f"{k} {t[k]:.1f}s" for k in ("labels", "ray_init", "process", "finalize") if k in t]
+    if t.get("process"):
+        parts.append(f"decode parallelism {t.get('decode_task_seconds', 0) / t['process']:.2f} "
+                     f"over {t.get('decode_workers', '?')} workers")
+    lines.append(f"  time: {m.get('seconds', 0):.1f}s  (" + ", ".join(parts) + ")")
     return "\n".join(lines)
 
 
