@@ -376,7 +376,7 @@ class MlflowServer:
         self.log = self.root / "mlflow-server.log"
         cmd = [
             str(VENV_BIN / "mlflow"), "server", "--host", LOOPBACK, "--port", str(self.port),
-            "--workers", "2",
+            "--workers", "1",
             "--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}",
             "--default-artifact-root", (self.root / "artifacts").as_uri(),
         ]  # fmt: skip

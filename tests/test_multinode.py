@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import shutil
 import sys
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -125,7 +124,7 @@ def test_concurrent_logging_from_both_nodes_loses_and_duplicates_nothing(cluster
 
 def test_sweep_job_runs_trials_on_both_nodes_and_tracks_each_once(cluster) -> None:
     c, server = cluster
-    trials = 4
+    trials = 3
     spec = _sweep_spec(c, "mn", trials, epochs=1)
     r = c.submit_job(["rtl", "sweep", "run", str(spec)], env_vars={"MLFLOW_TRACKING_URI": server.url},
                      submission_id="sweep-mn", timeout=420)
@@ -151,15 +150,19 @@ def test_worker_killed_mid_sweep_sweep_still_completes(cluster) -> None:
                      submission_id=sid, wait=False, timeout=120)
     assert r.returncode == 0, _job_failure(c, sid, r)
 
-    def trial_running_on_worker() -> bool:
-        if c.job(sid).get("status") in ("SUCCEEDED", "FAILED", "STOPPED"):
+    def trial_live_on_worker() -> bool:
+        """A trial actor of this job is alive on the worker and both trial slots have an MLflow run
+        RUNNING, so the kill interrupts a trial that already registered its run."""
+        job = c.job(sid)
+        if job.get("status") in ("SUCCEEDED", "FAILED", "STOPPED"):
             raise AssertionError("sweep ended before a trial ran on the worker:\n" + _job_failure(c, sid))
-        job_id = c.job(sid).get("job_id")
-        return any(a.get("class_name") == TRIAL_ACTOR and a.get("job_id") == job_id and a["state"] == "ALIVE"
-                   and a["node_id"] == worker.node_id for a in c.actors())
+        on_worker = any(a.get("class_name") == TRIAL_ACTOR and a.get("job_id") == job.get("job_id")
+                        and a["state"] == "ALIVE" and a["node_id"] == worker.node_id for a in c.actors())
+        return on_worker and sum(r["info"]["status"] == "RUNNING" for r in _trial_runs(server, "kill")) == 2
 
-    wait_until(trial_running_on_worker, 240, "a trial running on the worker node", interval=0.3)
-    time.sleep(1.0)  # let the trial start real work (its MLflow run) so the kill interrupts a live trial
+    wait_until(trial_live_on_worker, 240, "a trial running on the worker node", interval=0.3)
+    supervisor = [a for a in c.actors() if a.get("name") == f"_ray_internal_job_actor_{sid}"]
+    assert [a["node_id"] for a in supervisor] == [c.head.node_id], "the job driver must live on the head"
     c.kill_node(worker)
     wait_until(lambda: worker.node_id not in {n["node_id"] for n in c.nodes()}, 90, "GCS to mark the node dead")
 

@@ -111,9 +111,9 @@ def test_weighted_strategy_checks_weights_file(corpus: Path, tmp_path: Path) -> 
     (tmp_path / "bad.json").write_text("{not json")
     with pytest.raises(RtlError, match="bad.json"):
         pretrain_local(_cfg(corpus, tmp_path, strategy="weighted", class_weights=str(tmp_path / "bad.json")))
-    ok = _weights(corpus, tmp_path / "ok.json", {0: 1.0, 2: 1.0})
-    with pytest.raises(RtlError, match=r"2 \(b/ok\)"):  # class 2 is not in the dataset-a view
-        pretrain_local(_cfg(corpus, tmp_path, strategy="weighted", class_weights=str(ok), datasets=["a"]))
+    only_b = _weights(corpus, tmp_path / "only_b.json", {2: 1.0, 3: 1.0})
+    with pytest.raises(RtlError, match="no class with positive weight"):  # all mass outside the dataset-a view
+        pretrain_local(_cfg(corpus, tmp_path, strategy="weighted", class_weights=str(only_b), datasets=["a"]))
     with pytest.raises(RtlError, match="needs --class-weights"):
         pretrain_local(_cfg(corpus, tmp_path, strategy="weighted"))
 
@@ -172,3 +172,22 @@ def test_joint_appends_classes(corpus: Path, tmp_path: Path) -> None:
     assert [(c["id"], c["label"]) for c in meta["class_table"][4:]] == [(4, "cat"), (5, "dog")]
     with pytest.raises(RtlError, match="joint"):
         pretrain_local(_cfg(corpus, tmp_path, strategy="joint", joint_dir=str(tmp_path / "missing")))
+
+
+def test_weights_file_samples_by_class_mass_and_drops_classes_outside_view(corpus: Path, tmp_path: Path,
+                                                                          capsys) -> None:
+    """Regression: the sampler must use `class_mass` (target-matched class frequency), not the per-example
+    importance weight w(y), else rare source classes are over-sampled (prior divided out twice)."""
+    from rtl.train.strategies import load_class_weights
+
+    manifest = json.loads((corpus / "manifest.json").read_text())
+    doc = {"corpus_version": manifest["version"], "temperature": 1.0,
+           "classes": [{"id": i, "dataset": c["dataset"], "label": c["label"],
+                        "weight": [0.1, 0.2, 0.3, 0.4][i], "class_mass": [0.4, 0.3, 0.2, 0.1][i]}
+                       for i, c in enumerate(manifest["classes"])]}
+    path = tmp_path / "w.json"
+    path.write_text(json.dumps(doc))
+    assert load_class_weights(path, open_view(str(corpus))) == {0: 0.4, 1: 0.3, 2: 0.2, 3: 0.1}
+    in_a = load_class_weights(path, open_view(str(corpus), datasets=["a"]))
+    assert in_a == {0: 0.4, 1: 0.3, 2: 0.0, 3: 0.0}
+    assert "30.0% of the mass is dropped" in capsys.readouterr().out

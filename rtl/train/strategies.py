@@ -61,10 +61,17 @@ def open_view(corpus: str | Path, datasets: list[str] | None = None, domains: li
 
 
 def load_class_weights(path: str | Path, view: Any) -> dict[int, float]:
-    """Read a weights.json (CONTRACTS.md "Selection") for `view` -> {class_id: weight}.
+    """Read a weights.json (CONTRACTS.md "Selection") for `view` -> {class_id: sampling mass}.
 
+    The sampler makes CLASS frequencies proportional to what this returns, so it reads `class_mass`
+    (= w(y)·P_s(y), the target-matched class frequency of Ngiam et al. 2018) and falls back to `weight`
+    only for hand-written files that have no `class_mass`. Reading the per-example weight w(y) here would
+    divide by the source prior twice and over-sample rare source classes.
+
+    Classes outside the view (e.g. weights computed on the full corpus, pretraining on a subset) are
+    dropped and the rest renormalised by the sampler, with a notice of how much mass was dropped.
     Raises RtlError for an unreadable/malformed file, a corpus_version other than the corpus', unknown
-    class ids, or positive weight on classes that have no rows in the view.
+    class ids, or no positive mass left in the view.
     """
     path = Path(path)
     try:
@@ -81,9 +88,9 @@ def load_class_weights(path: str | Path, view: Any) -> dict[int, float]:
     weights: dict[int, float] = {}
     for i, c in enumerate(doc["classes"]):
         try:
-            cid, w = int(c["id"]), float(c["weight"])
+            cid, w = int(c["id"]), float(c["class_mass"] if "class_mass" in c else c["weight"])
         except (KeyError, TypeError, ValueError):
-            raise RtlError(f"{path}: classes[{i}] needs numeric 'id' and 'weight'") from None
+            raise RtlError(f"{path}: classes[{i}] needs numeric 'id' and 'class_mass' (or 'weight')") from None
         if not 0 <= cid < view.num_classes:
             raise RtlError(f"{path}: classes[{i}] id {cid} outside the corpus class table (0..{view.num_classes - 1})")
         if not w >= 0 or w == float("inf"):
@@ -92,12 +99,17 @@ def load_class_weights(path: str | Path, view: Any) -> dict[int, float]:
     if not any(w > 0 for w in weights.values()):
         raise RtlError(f"{path}: every class weight is zero")
     counts = view.class_counts()
-    empty = sorted(k for k, w in weights.items() if w > 0 and counts.get(k, 0) == 0)
-    if empty:
-        names = {int(c["id"]): f"{c['dataset']}/{c['label']}" for c in view.manifest["classes"]}
-        shown = ", ".join(f"{k} ({names.get(k, '?')})" for k in empty[:10])
-        raise RtlError(f"{path}: classes with positive weight have no examples in this corpus view: {shown}"
-                       + (f" (+{len(empty) - 10} more)" if len(empty) > 10 else ""))
+    outside = sorted(k for k, w in weights.items() if w > 0 and counts.get(k, 0) == 0)
+    if outside:
+        total = sum(weights.values())
+        dropped = sum(weights[k] for k in outside)
+        if dropped >= total:
+            raise RtlError(f"{path}: no class with positive weight has examples in this corpus view; "
+                           "compute the weights on the same datasets/domains you pretrain on")
+        print(f"rtl: note: {path}: {len(outside)} weighted classes are outside this corpus view; "
+              f"their {dropped / total:.1%} of the mass is dropped and the rest renormalised", flush=True)
+        for k in outside:
+            weights[k] = 0.0
     return weights
 
 
