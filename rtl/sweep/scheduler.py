@@ -1,0 +1,31 @@
+"""Early stopping that never stops the baselines.
+
+ASHA (Li et al. 2020, "A System for Massively Parallel Hyperparameter Tuning") stops weak trials at
+rungs. Control trials (scratch, uniform corpus, importance suggestion, ImageNet) are the yardsticks the
+report compares against, so they must run their full fine-tuning budget: a control stopped at epoch 1
+would make every searched configuration look like a gain. Their results still enter the rungs, so
+searched trials are judged against them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ray.tune.schedulers import ASHAScheduler, TrialScheduler
+
+
+def is_control(config: dict[str, Any]) -> bool:
+    """True for the fixed baseline trials the searcher enqueues (config["trial"]["control"] non-empty)."""
+    return bool((config.get("trial") or {}).get("control"))
+
+
+class ControlAwareASHA(ASHAScheduler):
+    """`ASHAScheduler` whose STOP decisions do not apply to control trials."""
+
+    def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
+        decision = super().on_trial_result(tune_controller, trial, result)
+        early = result.get(self._time_attr, self._max_t) < self._max_t and not result.get("finished")
+        if decision == TrialScheduler.STOP and early and is_control(trial.config):
+            self._num_stopped -= 1
+            return TrialScheduler.CONTINUE
+        return decision
