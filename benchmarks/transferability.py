@@ -196,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
 
     print("\n## per target: scores and accuracies (test accuracy; ft = mean over seeds " + str(seeds) + ")")
     for tname, r in results.items():
-        print(f"\n{tname} (train/val/test = {r['n']['train']}/{r['n']['val']}/{r['n']['test']})")
+        print(f"\n**{tname}** (train/val/test = {r['n']['train']}/{r['n']['val']}/{r['n']['test']})\n")
         print("| checkpoint | " + " | ".join(SCORE_NAMES) + " | ft_acc | probe_acc |")
         print("|---|" + "---|" * (len(SCORE_NAMES) + 2))
         for c, row in sorted(r["checkpoints"].items(), key=lambda kv: -kv[1]["ft_acc"]):

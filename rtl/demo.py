@@ -44,8 +44,10 @@ def run_demo(workspace: str | Path, *, spec_path: str | Path = DEFAULT_SPEC, siz
         sources = sorted(p for p in (data / "sources").iterdir() if p.is_dir())
         print(f"[2/4] corpus: {len(sources)} sources -> {corpus} "
               f"(sides {spec.image.min_side}-{spec.image.max_side}, cap {cap})", flush=True)
+        # CPU demo sides are tiny: patch only beyond a 16x shrink and never by box size, so defect and
+        # OK images keep one geometry, like the (whole-shrunk) targets; docs/measurements/selection.md.
         m = build_corpus(sources, corpus, min_side=spec.image.min_side, max_side=spec.image.max_side,
-                         cap=cap, seed=seed, address=address)
+                         cap=cap, seed=seed, address=address, max_downscale=16.0, min_defect_px=0.0)
         print(f"      {m['n_images_in']} images in, {m['n_rows_out']} rows out, {len(m['rejects'])} rejects, "
               f"{len(m['classes'])} classes, version {m['version']}", flush=True)
     else:

@@ -128,6 +128,24 @@ def _pids_in_group(pgid: int) -> list[int]:
     return out
 
 
+def pids_mentioning(text: str) -> list[int]:
+    """Live (non-zombie) processes whose command line contains `text` (e.g. a cluster's temp dir)."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmd = f.read().decode(errors="replace")
+            with open(f"/proc/{entry}/stat") as f:
+                zombie = f.read().rsplit(")", 1)[1].split()[0] == "Z"
+        except OSError:
+            continue
+        if text in cmd and not zombie:
+            out.append(int(entry))
+    return out
+
+
 def kill_tree(proc: subprocess.Popen, sig: int = signal.SIGKILL, grace: float = 0.0) -> None:
     """Signal the process group led by `proc` (started with start_new_session) and every descendant.
 
@@ -268,6 +286,11 @@ class LoopbackCluster:
     def actors(self) -> list[dict]:
         """Actors (alive and dead) from the state API: class_name, state, node_id, pid, ..."""
         out = http_json(f"{self.dashboard_url}/api/v0/actors?limit=10000&detail=1", token=self.token)
+        return out.get("data", {}).get("result", {}).get("result", []) if out else []
+
+    def tasks(self) -> list[dict]:
+        """Tasks (incl. actor tasks) from the state API: name, state, node_id, job_id, ..."""
+        out = http_json(f"{self.dashboard_url}/api/v0/tasks?limit=10000&detail=1", token=self.token)
         return out.get("data", {}).get("result", {}).get("result", []) if out else []
 
     def submit_job(self, entrypoint: list[str], *, env_vars: dict[str, str], submission_id: str,

@@ -13,7 +13,9 @@ Everything is torn down in the fixture finaliser, also when a test fails.
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import sys
 from collections import Counter
 from pathlib import Path
@@ -21,7 +23,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from cluster_utils import LoopbackCluster, MlflowServer, run_tags, wait_until  # noqa: E402
+from cluster_utils import LoopbackCluster, MlflowServer, pids_mentioning, run_tags, wait_until  # noqa: E402
 
 pytestmark = pytest.mark.slow
 TRIAL_ACTOR = "ImplicitFunc"  # Ray Tune's actor class for a function trainable
@@ -41,7 +43,11 @@ def cluster():
     finally:
         c.shutdown()
         server.stop()
+        left = pids_mentioning(str(c.root))  # every node/server process names its temp dir
+        for pid in left:
+            os.kill(pid, signal.SIGKILL)
         shutil.rmtree(c.root, ignore_errors=True)
+        assert not left, f"processes survived teardown: {left}"
 
 
 def _job_failure(c: LoopbackCluster, sid: str, proc=None) -> str:
@@ -62,11 +68,13 @@ def _trial_nodes(c: LoopbackCluster, sid: str) -> Counter:
                    and a.get("job_id") == job_id)
 
 
-def _sweep_spec(c: LoopbackCluster, name: str, trials: int, epochs: int) -> Path:
-    from sweep_helpers import write_spec
+def _sweep_spec(c: LoopbackCluster, name: str, trials: int, epochs: int, train_images: int = 4) -> Path:
+    from sweep_helpers import write_spec, write_target
 
+    ws = c.root / f"ws-{name}"
+    write_target(ws / "targets" / "tgt", "tgt", per_split=(train_images, 2, 2))  # per class
     return write_spec(
-        c.root / f"ws-{name}", name=name, trials=trials,
+        ws, name=name, trials=trials,
         budget={"pretrain_epochs": 1, "finetune_epochs": epochs, "trials_per_target": trials,
                 "max_concurrent": 2, "batch_size": 8},
         scheduler={"name": "fifo"},  # every trial runs to the end: exact, comparable counts
@@ -144,21 +152,25 @@ def test_worker_killed_mid_sweep_sweep_still_completes(cluster) -> None:
     c, server = cluster
     worker = c.workers[0]
     trials = 3
-    spec = _sweep_spec(c, "kill", trials, epochs=3)
+    spec = _sweep_spec(c, "kill", trials, epochs=3, train_images=24)  # trials long enough to overlap
     sid = "sweep-kill"
     r = c.submit_job(["rtl", "sweep", "run", str(spec)], env_vars={"MLFLOW_TRACKING_URI": server.url},
                      submission_id=sid, wait=False, timeout=120)
     assert r.returncode == 0, _job_failure(c, sid, r)
 
     def trial_live_on_worker() -> bool:
-        """A trial actor of this job is alive on the worker and both trial slots have an MLflow run
-        RUNNING, so the kill interrupts a trial that already registered its run."""
+        """A trial is mid-run on the worker with its MLflow run registered. Each node has 1 CPU and
+        each trial takes 1, so 2 RUNNING trial runs mean one trial per node; with the trainable's
+        `rtl.node_id` tag the worker's run is identified directly."""
         job = c.job(sid)
         if job.get("status") in ("SUCCEEDED", "FAILED", "STOPPED"):
             raise AssertionError("sweep ended before a trial ran on the worker:\n" + _job_failure(c, sid))
-        on_worker = any(a.get("class_name") == TRIAL_ACTOR and a.get("job_id") == job.get("job_id")
-                        and a["state"] == "ALIVE" and a["node_id"] == worker.node_id for a in c.actors())
-        return on_worker and sum(r["info"]["status"] == "RUNNING" for r in _trial_runs(server, "kill")) == 2
+        running = [r for r in _trial_runs(server, "kill") if r["info"]["status"] == "RUNNING"]
+        if any("rtl.node_id" in run_tags(r) for r in running):
+            return any(run_tags(r).get("rtl.node_id") == worker.node_id for r in running)
+        return len(running) == 2 and any(
+            a.get("class_name") == TRIAL_ACTOR and a.get("job_id") == job.get("job_id")
+            and a["state"] == "ALIVE" and a["node_id"] == worker.node_id for a in c.actors())
 
     wait_until(trial_live_on_worker, 240, "a trial running on the worker node", interval=0.3)
     supervisor = [a for a in c.actors() if a.get("name") == f"_ray_internal_job_actor_{sid}"]

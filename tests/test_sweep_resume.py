@@ -69,5 +69,84 @@ def test_kill_and_resume(tmp_path: Path) -> None:
     ids = [x.data.tags["rtl.trial_id"] for x in runs]
     assert len(ids) == len(set(ids)) == N  # one MLflow run per trial id, never a duplicate
     assert all(x.info.status == "FINISHED" for x in runs)
+    for x in runs:  # an epoch logged before the kill is never logged again (exact resume / dedupe)
+        steps = [m.step for m in tracker.client.get_metric_history(x.info.run_id, "val_error")]
+        assert len(steps) == len(set(steps)) == spec.budget.finetune_epochs, (x.data.tags["rtl.trial_id"], steps)
     run = next(x for x in runs if x.data.tags["rtl.trial_id"] == first)
     assert len(tracker.client.get_metric_history(run.info.run_id, "final_val_error")) == 1  # not re-run
+
+
+class _Killed(Exception):
+    pass
+
+
+class _FakeTune:
+    """Stands in for the Tune session inside `run_trial` (no Ray): keeps reports and a copy of each
+    checkpoint; `kill_after` raises once that epoch's checkpoint was taken (SIGKILL of the trial)."""
+
+    def __init__(self, trial_id: str, tmp: Path, checkpoint=None, kill_after: int | None = None) -> None:
+        self.trial_id, self.tmp, self.checkpoint, self.kill_after = trial_id, tmp, checkpoint, kill_after
+        self.reports: list[dict] = []
+
+    def install(self, monkeypatch) -> None:
+        import types
+
+        from ray import tune
+
+        monkeypatch.setattr(tune, "get_context", lambda: types.SimpleNamespace(get_trial_id=lambda: self.trial_id))
+        monkeypatch.setattr(tune, "get_checkpoint", lambda: self.checkpoint)
+        monkeypatch.setattr(tune, "report", self.report)
+
+    def report(self, metrics: dict, checkpoint=None) -> None:
+        import shutil
+
+        from ray import tune
+
+        dst = self.tmp / f"ckpt_{len(list(self.tmp.glob('ckpt_*')))}"
+        shutil.copytree(checkpoint.path, dst)
+        self.checkpoint = tune.Checkpoint.from_directory(str(dst))
+        self.reports.append(dict(metrics))
+        if metrics["epoch"] == self.kill_after:
+            raise _Killed
+
+
+def test_trial_restarts_from_its_last_checkpoint(tmp_path: Path, monkeypatch) -> None:
+    """`run_trial` killed after epoch 1 and restarted with its checkpoint runs epochs 2-3 only, and its
+    per-epoch MLflow metrics equal those of an uninterrupted trial of the same configuration."""
+    import pytest
+
+    from rtl.sweep.spec import save_resolved
+    from rtl.sweep.trial import run_trial, tracker_for
+
+    spec = load_spec(write_spec(tmp_path, name="x", budget={"pretrain_epochs": 1, "finetune_epochs": 3,
+                                                            "trials_per_target": 4, "max_concurrent": 1,
+                                                            "batch_size": 4}))
+    os.makedirs(spec.results_dir, exist_ok=True)
+    save_resolved(spec, os.path.join(spec.results_dir, "spec.json"))
+    trial = {"number": 0, "control": "scratch", "seed": 0, "init": "scratch", "mask": None, "temperature": None,
+             "lr": 0.05, "freeze_depth": 0, "regularizer": "none", "reg_strength": 0.0}
+    config = {"rtl": {"results_dir": spec.results_dir, "target": "tgt"}, "trial": trial}
+
+    straight = _FakeTune("straight", tmp_path)
+    straight.install(monkeypatch)
+    run_trial(config)
+
+    first = _FakeTune("killed", tmp_path, kill_after=1)
+    first.install(monkeypatch)
+    with pytest.raises(_Killed):
+        run_trial(config)
+    second = _FakeTune("killed", tmp_path, checkpoint=first.checkpoint)
+    second.install(monkeypatch)
+    run_trial(config)
+
+    assert [r["epoch"] for r in first.reports + second.reports] == [1, 2, 3]  # no epoch reported twice
+    assert second.reports[-1]["finished"] and second.reports[-1] == straight.reports[-1]
+    tracker = tracker_for(spec)
+    runs = {r.data.tags["rtl.trial_id"]: r for r in tracker.trial_runs("tgt")}
+    assert runs["killed"].data.tags["rtl.resumed_after_epoch"] == "1"
+    for key in ("train_loss", "val_loss"):
+        a = {m.step: m.value for m in tracker.client.get_metric_history(runs["straight"].info.run_id, key)}
+        b = [(m.step, m.value) for m in tracker.client.get_metric_history(runs["killed"].info.run_id, key)]
+        assert sorted(s for s, _ in b) == [1, 2, 3]
+        for step, v in b:
+            assert v == pytest.approx(a[step], abs=1e-6), (key, step)

@@ -175,9 +175,21 @@ def test_fit_size_keeps_gray_channels_and_aspect():
 
 
 def test_needs_patches_threshold():
-    assert not needs_patches(1024, 700, 224, 256)  # 4x exactly: shrink is fine
-    assert needs_patches(1025, 700, 224, 256)
+    assert not needs_patches(1024, 700, 224, 256, max_downscale=4.0)  # 4x exactly: shrink is fine
+    assert needs_patches(1025, 700, 224, 256, max_downscale=4.0)
     assert needs_patches(300, 200, 32, 64, max_downscale=4.0)
+    assert not needs_patches(2048, 1500, 224, 256)  # default: 8x exactly is fine
+    assert needs_patches(2049, 1500, 224, 256)
+
+
+def test_needs_patches_when_a_boxed_defect_would_vanish():
+    small = [Box(100, 100, 124, 120, "spot")]  # 20 px short side
+    big = [Box(100, 100, 400, 300, "crack")]
+    # 1024 px -> 256: 4x shrink leaves the 20 px spot 5 px wide (< 6): patch; the big crack survives
+    assert needs_patches(1024, 800, 224, 256, boxes=small)
+    assert not needs_patches(1024, 800, 224, 256, boxes=big)
+    assert not needs_patches(1024, 800, 224, 256, boxes=small, min_defect_px=0)  # box trigger off
+    assert not needs_patches(200, 200, 224, 256, boxes=small)  # no shrink at all
 
 
 def test_patch_crop_boxes_whole_inside_their_patch():

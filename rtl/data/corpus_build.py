@@ -80,8 +80,9 @@ def _process_unit(unit: dict, p: dict, shard_dir: str) -> dict:
             continue
         h, w = arr.shape[:2]
         before.append([h, w])
-        if needs_patches(h, w, p["min_side"], p["max_side"], max_downscale=p["max_downscale"]):
-            bx = [Box(*b) for b in boxes]
+        bx = [Box(*b) for b in boxes]
+        if needs_patches(h, w, p["min_side"], p["max_side"], boxes=bx, max_downscale=p["max_downscale"],
+                         min_defect_px=p.get("min_defect_px", 6.0)):
             pseed = int.from_bytes(hashlib.blake2b(f"{p['seed']}\0{ds}\0{rel}".encode(),
                                                    digest_size=4).digest(), "big")
             pieces = patch_crop(arr, bx, size=p["max_side"], max_patches=p["max_patches"], seed=pseed)
@@ -219,7 +220,8 @@ def _units(rows: list[list], headers: list[str], n_cpu: int) -> list[dict]:
 def build_corpus(dataset_dirs: list[str | Path], out: str | Path, *, min_side: int = 224, max_side: int = 256,
                  cap: int | None = 1000, seed: int = 0, keep_gray: bool = True,
                  class_table: ClassTable | str | Path | list | dict | None = None, address: str | None = None,
-                 max_patches: int = 8, max_downscale: float = 4.0, max_pixels: int = 64_000_000,
+                 max_patches: int = 8, max_downscale: float = 8.0, min_defect_px: float = 6.0,
+                 max_pixels: int = 64_000_000,
                  progress: bool = True) -> dict:
     """Build (or rebuild) the corpus at `out` from dataset folders; returns the manifest dict.
 
@@ -264,7 +266,8 @@ def build_corpus(dataset_dirs: list[str | Path], out: str | Path, *, min_side: i
     timings["labels"] = time.perf_counter() - t_start
 
     params = {"min_side": min_side, "max_side": max_side, "cap": cap, "seed": seed, "keep_gray": keep_gray,
-              "max_patches": max_patches, "max_downscale": max_downscale, "max_pixels": max_pixels}
+              "max_patches": max_patches, "max_downscale": max_downscale, "min_defect_px": min_defect_px,
+              "max_pixels": max_pixels}
     out.mkdir(parents=True, exist_ok=True)
     for stale in out.glob(".building-*"):  # left by a killed build
         shutil.rmtree(stale, ignore_errors=True)

@@ -23,6 +23,10 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     b.add_argument("--seed", type=int, default=0, help="undersampling / patch seed")
     b.add_argument("--rgb", action="store_true", help="store gray images as 3 channels")
     b.add_argument("--max-patches", type=int, default=8, help="patches per very large image")
+    b.add_argument("--max-downscale", type=float, default=8.0,
+                   help="patch-crop images that would shrink by more than this (default 8)")
+    b.add_argument("--min-defect-px", type=float, default=6.0,
+                   help="patch-crop images whose smallest VOC box would shrink below this many px; 0 = off")
     b.add_argument("--class-table", metavar="PATH", help="manifest.json / corpus dir whose class ids to keep")
     b.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or a local Ray)")
     b.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -44,6 +48,7 @@ def _build(args: argparse.Namespace) -> int:
     m = build_corpus(args.datasets, args.out, min_side=args.min_side, max_side=args.max_side,
                      cap=args.cap or None, seed=args.seed, keep_gray=not args.rgb,
                      class_table=args.class_table, address=args.address, max_patches=args.max_patches,
+                     max_downscale=args.max_downscale, min_defect_px=args.min_defect_px,
                      progress=not args.quiet)
     print(summary(m, Path(args.out)))
     return 0

@@ -184,15 +184,28 @@ def _resize(img: np.ndarray, h: int, w: int) -> np.ndarray:
     return out[..., None] if out.ndim == 2 else out
 
 
-def needs_patches(h: int, w: int, min_side: int, max_side: int, *, max_downscale: float = 4.0) -> bool:
-    """True when fitting (h, w) into max_side would shrink it by more than `max_downscale`.
+def needs_patches(h: int, w: int, min_side: int, max_side: int, *, boxes=(), max_downscale: float = 8.0,
+                  min_defect_px: float = 6.0) -> bool:
+    """True when fitting (h, w) into max_side would lose small defects, so patches are cut instead.
 
-    Beyond that factor small defects (a few pixels wide) vanish, so the image is cut into native-resolution
-    patches instead (`patch_crop`). `min_side` is unused by the rule but kept in the signature so callers
-    pass the corpus geometry as one unit.
+    Two triggers: a shrink by more than `max_downscale` (defect size unknown: anything small is lost), or
+    VOC boxes whose smallest short side would shrink below `min_defect_px` pixels (0 turns this off).
+    Patching is kept rare on purpose: targets are shrunk whole, and a corpus of mostly native-resolution
+    patches looks unlike them (docs/measurements/selection.md: selection precision dropped when most demo
+    images were patched). The box trigger only fires on images that have boxes — usually the defect
+    classes — so at very small sides (the CPU demo) turn it off to keep one geometry across classes.
+    `min_side` is unused by the rule but kept so callers pass the corpus geometry as one unit.
     """
     del min_side
-    return max(h, w) / max_side > max_downscale
+    scale = max(h, w) / max_side  # downscale factor fit_size would apply
+    if scale <= 1:
+        return False
+    if scale > max_downscale:
+        return True
+    if boxes and min_defect_px > 0:
+        smallest = min(min(b.xmax - b.xmin, b.ymax - b.ymin) for b in boxes)
+        return smallest / scale < min_defect_px
+    return False
 
 
 def patch_crop(img: np.ndarray, boxes, *, size: int, max_patches: int,

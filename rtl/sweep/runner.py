@@ -9,6 +9,11 @@ Why our own searcher (rtl.sweep.search) instead of OptunaSearch: pruned trials r
 state goes straight to the RDB storage, and trials lost with a killed driver are re-enqueued, so the
 history is intact and the number of trials per target equals the spec. Control trials (scratch,
 uniform, importance, ImageNet when weights exist; one per seed) are enqueued first in the study.
+After a target's search finished, when the spec has more than one seed, the best searched configuration
+is re-run once per other seed as "confirm" trials (`confirm_configs`), in a second Tune experiment
+`<results>/ray_confirm/<target>/trial_<best number>` (FIFO, no searcher). They are not Optuna trials, so
+the search's trial count still equals the spec, and the report gets mean ± std over seeds for the best
+configuration as for the controls. Resume restores that experiment (finished confirm trials not re-run).
 Tune checkpoints its experiment state every `TUNE_GLOBAL_CHECKPOINT_S` (we default it to 2 s; state is
 tiny) to shrink the window in which a killed driver loses trial bookkeeping.
 """
@@ -20,8 +25,9 @@ import time
 from typing import Any
 
 from rtl.errors import RtlError
-from rtl.sweep.search import OptunaAskTell, control_params
+from rtl.sweep.search import OptunaAskTell, control_params, define_space
 from rtl.sweep.spec import SweepSpec, join, load_resolved, save_resolved
+from rtl.sweep.status import best_searched, confirm_experiment
 from rtl.sweep.trial import run_trial, tracker_for, units_of
 
 
@@ -108,7 +114,10 @@ def _callbacks(results_dir: str, target: str) -> list[Any]:
 
 
 def trial_dirname(trial: Any) -> str:
-    return f"trial_{trial.config['trial']['number']:04d}_{trial.trial_id}"
+    t = trial.config["trial"]
+    if t.get("kind") == "confirm":
+        return f"confirm_{t['number']:04d}_seed{t['seed']}_{trial.trial_id}"
+    return f"trial_{t['number']:04d}_{trial.trial_id}"
 
 
 def _trainable(spec: SweepSpec) -> Any:
@@ -160,6 +169,79 @@ def _run_target(spec: SweepSpec, target: str, units: list[str]) -> None:
     tuner.fit()
 
 
+def confirm_configs(spec: SweepSpec, target: str, units: list[str], best: Any) -> list[dict[str, Any]]:
+    """Trainable configs re-running `best` (a searched Optuna trial) with every other seed of the spec."""
+    from optuna.trial import FixedTrial
+
+    params = define_space(FixedTrial(best.params), spec.search.model_dump(), units, None)
+    used = int(best.user_attrs.get("rtl.seed", spec.seeds[0]))
+    return [{"number": best.number, "control": "", "seed": s, "kind": "confirm", **params}
+            for s in dict.fromkeys(spec.seeds) if s != used]
+
+
+def _confirm_callbacks(results_dir: str, target: str) -> list[Any]:
+    from ray import tune
+    from ray.tune.logger import JsonLoggerCallback
+
+    def mark(trial: Any, state: str) -> None:
+        tracker = tracker_for(load_resolved(results_dir))
+        for r in tracker.find_runs({"rtl.kind": "confirm", "rtl.tune_trial_id": trial.trial_id}):
+            tracker.set_tags(r.info.run_id, {"rtl.state": state})
+            if r.info.status == "RUNNING":
+                tracker.finish(r.info.run_id, "FINISHED" if state == "complete" else "KILLED")
+
+    class ConfirmProgress(tune.Callback):
+        def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            mark(trial, "complete" if (trial.last_result or {}).get("finished") else "stopped")
+            print(f"[{target}] confirm seed {trial.config['trial']['seed']}: val "
+                  f"{(trial.last_result or {}).get('val_error', float('nan')):.4f}", flush=True)
+
+        def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            mark(trial, "errored")
+
+    return [ConfirmProgress(), JsonLoggerCallback()]
+
+
+def _run_confirm(spec: SweepSpec, target: str, units: list[str]) -> None:
+    """Confirm trials of one target (after its search): a new experiment, or restore the existing one.
+
+    The experiment is named after the best trial, so if the best changes (an errored searched trial
+    completed on a later resume) the new best is confirmed too instead of restoring the old run."""
+    from ray import tune
+
+    if len(spec.seeds) < 2:
+        return
+    best = best_searched(spec.results_dir, target)
+    if best is None:
+        print(f"[{target}] no searched trial completed: no confirm trials", flush=True)
+        return
+    exp_path = confirm_experiment(spec, target, best.number)
+    trainable = _trainable(spec)
+    if tune.Tuner.can_restore(exp_path):
+        tuner = tune.Tuner.restore(exp_path, trainable=trainable, resume_unfinished=True, resume_errored=True,
+                                   restart_errored=False)
+    else:
+        configs = confirm_configs(spec, target, units, best)
+        if not configs:
+            return
+        print(f"[{target}] confirming best trial #{best.number} with seeds {[c['seed'] for c in configs]}",
+              flush=True)
+        tuner = tune.Tuner(
+            trainable,
+            param_space={"rtl": {"results_dir": spec.results_dir, "target": target},
+                         "trial": tune.grid_search(configs)},
+            tune_config=tune.TuneConfig(num_samples=1, max_concurrent_trials=spec.budget.max_concurrent,
+                                        trial_dirname_creator=trial_dirname, trial_name_creator=trial_dirname,
+                                        reuse_actors=True),
+            run_config=tune.RunConfig(
+                name=os.path.basename(exp_path), storage_path=os.path.dirname(exp_path), verbose=0,
+                callbacks=_confirm_callbacks(spec.results_dir, target),
+                failure_config=tune.FailureConfig(max_failures=1),
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=1)),
+        )
+    tuner.fit()
+
+
 def _init_ray(address: str | None) -> None:
     import ray
 
@@ -197,6 +279,7 @@ def run_sweep(spec: SweepSpec, *, address: str | None = None) -> str:
     _init_ray(address)
     for target in spec.target_names():
         _run_target(spec, target, units)
+        _run_confirm(spec, target, units)
     for target in spec.target_names():
         tracker.finish(tracker.get_or_create_target_run(target))
     print(f"results: {spec.results_dir}\nMLflow:  rtl ui --workspace {spec.results_dir}", flush=True)

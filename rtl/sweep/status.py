@@ -1,7 +1,9 @@
 """`rtl sweep status DIR`: per target, trials done / running / pruned / errored and the best val so far.
 
 Read from the Optuna RDB storage (the search's source of truth: states as told by the searcher) and
-the Tune experiment state (what Tune will resume); works while a sweep runs or after it died.
+the Tune experiment state (what Tune will resume); works while a sweep runs or after it died. Confirm
+trials (best configuration re-run with the other seeds, not Optuna trials) are shown from their own
+Tune experiment `<results>/ray_confirm/<target>/trial_<best number>`.
 """
 
 from __future__ import annotations
@@ -20,6 +22,19 @@ def target_trials(results_dir: str, target: str) -> list[Any]:
     return [t for t in study.get_trials(deepcopy=False) if not t.user_attrs.get("rtl.orphaned")]
 
 
+def best_searched(results_dir: str, target: str) -> Any:
+    """The COMPLETE non-control trial with the lowest val error (ties: lowest number); None if none.
+    The runner confirms this trial over seeds and the report shows it: one definition for both."""
+    done = [t for t in target_trials(results_dir, target)
+            if t.state.name == "COMPLETE" and not t.user_attrs.get("rtl.control")]
+    return min(done, key=lambda t: (t.value, t.number), default=None)
+
+
+def confirm_experiment(spec: Any, target: str, number: int) -> str:
+    """Tune experiment path of the confirm trials of searched trial `number`."""
+    return join(spec.results_dir, "ray_confirm", target, f"trial_{number:04d}")
+
+
 def sweep_status(results_dir: str) -> list[dict[str, Any]]:
     spec = load_resolved(results_dir)
     rows = []
@@ -35,11 +50,23 @@ def sweep_status(results_dir: str) -> list[dict[str, Any]]:
             "best_trial": best.number if best else None,
             "best_mask": best.user_attrs.get("rtl.mask") if best else None,
             "tune": _tune_counts(join(spec.results_dir, "ray_results", target)),
+            "confirm": _confirm_counts(spec, results_dir, target),
         })
     return rows
 
 
+def _confirm_counts(spec: Any, results_dir: str, target: str) -> dict[str, int] | None:
+    if len(set(spec.seeds)) < 2:
+        return None
+    best = best_searched(results_dir, target)
+    return _tune_counts(confirm_experiment(spec, target, best.number)) if best is not None else None
+
+
 def _tune_counts(exp_path: str) -> dict[str, int] | None:
+    import os
+
+    if "://" not in exp_path and not os.path.isdir(exp_path):
+        return None
     try:
         import logging
 
@@ -61,6 +88,8 @@ def format_status(rows: list[dict[str, Any]]) -> str:
     for r in rows:
         best = f"{r['best_val']:.4f} (#{r['best_trial']}, {r['best_mask']})" if r["best_val"] is not None else "-"
         tune = ", ".join(f"{k.lower()} {v}" for k, v in sorted(r["tune"].items())) if r["tune"] else "not started"
+        if r.get("confirm"):
+            tune += "; confirm seeds: " + ", ".join(f"{k.lower()} {v}" for k, v in sorted(r["confirm"].items()))
         lines.append(f"{r['target']:<20} {r['done']:>5} {r['pruned']:>6} {r['errored']:>7} {r['running']:>7} "
                      f"{r['queued']:>6} {r['budget']:>6}  {best:<26} {tune}")
     return "\n".join(lines)

@@ -12,14 +12,25 @@ Steps (all idempotent, so a trial re-executed after a crash or `rtl sweep resume
 4. fine-tune; every epoch `tune.report({"val_error", "epoch", ...}, checkpoint=...)` so ASHA can stop it;
    the last report carries `finished: True` and the test error (the searcher tells PRUNED otherwise).
 
-Fine-tuning has no mid-run state API, so an in-flight trial restarts fine-tuning from its cached
-pretrained checkpoint (seeded, so replayed epochs give the same values and are not re-reported).
+Exact resume: each per-epoch checkpoint holds `state.json` (epoch) and `fit_state.pt` — the fine-tune's
+resumable state (model, optimizer, scheduler, history, best weights, every RNG; `rtl.train.engine.fit`),
+written with `torch.save` and read with `weights_only=True`. A trial restarted by `rtl sweep resume` or
+after a lost node continues with the next epoch (the pretrained init is still resolved through the
+cache, a hit); an epoch already reported is never run or reported again. A checkpoint without
+`fit_state.pt` (older sweeps, unreadable file) falls back to a seeded replay from the init.
+
+Confirm trials (`trial["kind"] == "confirm"`, launched by the runner after a target's search) re-run the
+best searched configuration with another seed: same code path, but their MLflow run is tagged
+`rtl.kind=confirm` and keyed by (best trial, seed) rather than by Tune trial id, so a confirm trial
+re-created after a driver crash re-attaches to its run — and, when that run already holds its final
+result (`rtl.final` tag), re-reports it instead of fine-tuning again.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import tempfile
 from pathlib import Path
@@ -27,7 +38,9 @@ from typing import Any
 
 from rtl.sweep.cache import PretrainCache, cache_key
 from rtl.sweep.spec import SweepSpec, load_resolved
-from rtl.sweep.tracking import Tracker, default_tracking_uri, mask_params
+from rtl.sweep.tracking import Tracker, _retry, default_tracking_uri, mask_params
+
+log = logging.getLogger(__name__)
 
 
 def tracker_for(spec: SweepSpec) -> Tracker:
@@ -138,24 +151,71 @@ def _importance(spec: SweepSpec, generalist: Path, target: str, mask: list[str],
                          class_table=view.manifest["classes"], weights=w, mass=class_mass(w, prior))
 
 
-def _read_state(ckpt: Any) -> dict[str, Any]:
+FIT_STATE = "fit_state.pt"
+
+
+def _read_state(ckpt: Any) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """(state.json, fine-tune resume state or None) from the trial's last Tune checkpoint."""
     if ckpt is None:
-        return {}
+        return {}, None
     with ckpt.as_directory() as d:
         p = Path(d) / "state.json"
-        return json.loads(p.read_text()) if p.exists() else {}
+        state = json.loads(p.read_text()) if p.exists() else {}
+        fit_state = None
+        f = Path(d) / FIT_STATE
+        if f.exists() and "final" not in state:
+            import torch
+
+            try:
+                fit_state = torch.load(f, map_location="cpu", weights_only=True)
+            except Exception as e:  # unreadable: replay from the init instead of failing the trial
+                log.warning("cannot read %s (%s): fine-tuning restarts from its init", f, e)
+    if fit_state is not None and int(fit_state.get("epoch", -2)) + 1 != int(state.get("epoch", -1)):
+        log.warning("fine-tune state (epoch %s) does not match checkpoint epoch %s: ignored",
+                    fit_state.get("epoch"), state.get("epoch"))
+        fit_state = None
+    return state, fit_state
 
 
-def _report(metrics: dict[str, Any], state: dict[str, Any]) -> None:
+def _report(metrics: dict[str, Any], state: dict[str, Any], fit_state: dict[str, Any] | None = None) -> None:
     from ray import tune
 
     with tempfile.TemporaryDirectory() as d:
         (Path(d) / "state.json").write_text(json.dumps(state))
+        if fit_state is not None:
+            import torch
+
+            torch.save(fit_state, Path(d) / FIT_STATE)
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
 
 
+def confirm_key(number: int, seed: int) -> str:
+    """MLflow identity of a confirm trial: (best searched Optuna trial, seed), stable across restarts."""
+    return f"confirm-{number}-seed{seed}"
+
+
+def _trial_run(tracker: Tracker, trial_id: str, target: str, t: dict[str, Any]) -> tuple[str, dict | None]:
+    """-> (MLflow run id, final result already recorded on a confirm run, else None)."""
+    if t.get("kind") != "confirm":
+        return tracker.get_or_create_trial_run(
+            trial_id, target=target, name=f"{target}#{t['number']}" + (f"-{t['control']}" if t["control"] else ""),
+            tags={"rtl.optuna_number": t["number"], "rtl.control": t["control"] or "search"}), None
+    key = confirm_key(int(t["number"]), int(t["seed"]))
+    parent = tracker.get_or_create_target_run(target)
+    run_id = tracker._get_or_create(  # Tracker has no confirm-run helper; same find-or-create by tags
+        {"rtl.kind": "confirm", "rtl.trial_id": key, "rtl.target": target},
+        {"mlflow.parentRunId": parent, "rtl.optuna_number": str(t["number"]), "rtl.control": "search",
+         "rtl.seed": str(t["seed"])}, f"{target}#{t['number']}-confirm-seed{t['seed']}")
+    tracker.set_tags(run_id, {"rtl.tune_trial_id": trial_id})
+    prior = _retry(tracker.client.get_run)(run_id).data.tags.get("rtl.final")
+    if prior is None:
+        _retry(tracker.client.update_run)(run_id, status="RUNNING")
+    return run_id, json.loads(prior) if prior else None
+
+
 def run_trial(config: dict[str, Any]) -> None:
-    """Tune function trainable. config = {"rtl": {"results_dir", "target"}, "trial": searcher output}."""
+    """Tune function trainable. config = {"rtl": {"results_dir", "target"}, "trial": searcher output}
+    (or a confirm trial's fixed configuration, `trial["kind"] == "confirm"`)."""
     import torch
     from ray import tune
 
@@ -166,41 +226,57 @@ def run_trial(config: dict[str, Any]) -> None:
     target = dict(zip(spec.target_names(), spec.target_paths()))[target_name]
     torch.set_num_threads(max(1, int(spec.resources.cpus)))
     trial_id = tune.get_context().get_trial_id()
-    state = _read_state(tune.get_checkpoint())
+    state, fit_state = _read_state(tune.get_checkpoint())
     tracker = tracker_for(spec)
-    run_id = tracker.get_or_create_trial_run(
-        trial_id, target=target_name, name=f"{target_name}#{t['number']}" + (f"-{t['control']}" if t["control"] else ""),
-        tags={"rtl.optuna_number": t["number"], "rtl.control": t["control"] or "search"})
+    run_id, prior = _trial_run(tracker, trial_id, target_name, t)
     tracker.log_params(run_id, {**mask_params(t["mask"], units_of(spec) if t["mask"] is not None else []),
                                 "temperature": t["temperature"] if t["temperature"] is not None else "off",
                                 "lr": t["lr"], "freeze_depth": t["freeze_depth"], "regularizer": t["regularizer"],
                                 "reg_strength": t["reg_strength"], "init": t["init"], "seed": t["seed"],
-                                "control": t["control"] or "search", "backbone": spec.backbone})
+                                "control": t["control"] or "search", "backbone": spec.backbone}
+                       | ({"confirm_of": t["number"]} if t.get("kind") == "confirm" else {}))
+    if "final" not in state and prior is not None:  # confirm trial re-created after its result was logged
+        state = {"epoch": prior["epoch"], "final": prior}
     if "final" in state:  # finished before the driver died: never re-run
         tracker.finish(run_id)
         _report(state["final"], state)
         return
     init, tags = prepare_init(spec, t, target, tracker)
     tracker.set_tags(run_id, tags)
-    done_epochs = int(state.get("epoch", 0))
+    done_epochs = int(state.get("epoch", 0))  # reported before the restart: never logged/reported again
+    # epochs logged to MLflow but not checkpointed by Tune before a kill are run again: log each step once
+    logged = {m.step for m in _retry(tracker.client.get_metric_history)(run_id, "val_error")}
+    latest: dict[int, dict[str, Any]] = {}
+
+    def keep_state(epoch: int, st: dict[str, Any]) -> None:
+        latest.clear()
+        latest[epoch] = st
 
     def on_epoch(epoch: int, m: dict[str, Any]) -> bool:
         e = epoch + 1
-        tracker.log_metrics(run_id, {k: m[k] for k in ("train_loss", "val_error", "val_loss", "best_val_error")
-                                     if k in m}, step=e)
-        if e > done_epochs and e < spec.budget.finetune_epochs:  # the last epoch is reported as final
-            _report({"val_error": float(m["best_val_error"]), "epoch": e, "finished": False}, {"epoch": e})
+        if e <= done_epochs:  # only in a seeded replay (no resume state): already logged and reported
+            return False
+        if e not in logged:
+            tracker.log_metrics(run_id, {k: m[k] for k in ("train_loss", "val_error", "val_loss", "best_val_error")
+                                         if k in m}, step=e)
+        if e < spec.budget.finetune_epochs:  # the last epoch is reported as final
+            _report({"val_error": float(m["best_val_error"]), "epoch": e, "finished": False}, {"epoch": e},
+                    latest.get(epoch))
         return False
 
     ft = FinetuneConfig(target=target, init=init, model=spec.backbone, lr=t["lr"], freeze_depth=t["freeze_depth"],
                         reg=t["regularizer"], reg_alpha=t["reg_strength"] or 0.01, epochs=spec.budget.finetune_epochs,
                         seed=int(t["seed"]), batch_size=spec.budget.batch_size, min_side=spec.image.min_side,
                         max_side=spec.image.max_side, device="cuda" if spec.resources.gpus > 0 else "cpu")
-    res = run_finetune(ft, on_epoch=on_epoch)
+    if fit_state is not None:
+        log.info("trial %s resumes fine-tuning after epoch %d", trial_id, done_epochs)
+    res = run_finetune(ft, on_epoch=on_epoch, resume_state=fit_state, state_callback=keep_state)
     final = {"val_error": float(res.val_error), "test_error": res.test_error, "epoch": len(res.history),
              "finished": True, "best_epoch": res.best_epoch}
     tracker.log_metrics(run_id, {"final_val_error": res.val_error, "final_test_error": res.test_error})
     _log_artifacts(tracker, run_id, res, tags.get("rtl.weights_path"))
+    tracker.set_tags(run_id, {"rtl.final": json.dumps(final),
+                              "rtl.resumed_after_epoch": int(fit_state["epoch"]) + 1 if fit_state else 0})
     tracker.finish(run_id)
     _report(final, {"epoch": final["epoch"], "final": final})
 

@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from rtl.errors import RtlError
 
 OnEpoch = Callable[[int, dict[str, Any]], bool | None]
+StateCallback = Callable[[int, dict[str, Any]], None]  # (epoch, resumable state)
 
 
 @dataclass
@@ -219,15 +220,80 @@ def _state_copy(model: nn.Module) -> dict[str, Tensor]:
     return {k: v.detach().to("cpu", copy=True) for k, v in unwrap(model).state_dict().items()}
 
 
+def _to_cpu(obj: Any) -> Any:
+    """Deep copy of a (nested) state dict with every tensor on CPU (safe to torch.save / pickle)."""
+    if isinstance(obj, Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: _to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_cpu(v) for v in obj)
+    return obj
+
+
+def rng_state(generator: torch.Generator | None = None) -> dict[str, Any]:
+    """Every RNG a training epoch draws from: torch (CPU + CUDA), numpy, python `random`, and the train
+    loader's shuffling generator. Plain tensors / lists / ints only, so `torch.load(weights_only=True)` works."""
+    import random
+
+    np_name, np_keys, np_pos, np_gauss, np_cached = np.random.get_state()
+    py_version, py_internal, py_gauss = random.getstate()
+    out: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": [np_name, torch.from_numpy(np.asarray(np_keys, dtype=np.int64)), int(np_pos), int(np_gauss),
+                  float(np_cached)],
+        "python": [py_version, list(py_internal), py_gauss],
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        "loader": generator.get_state() if generator is not None else None,
+    }
+    return out
+
+
+def set_rng_state(state: dict[str, Any], generator: torch.Generator | None = None) -> None:
+    """Inverse of `rng_state` (CUDA states only when the device count matches)."""
+    import random
+
+    torch.set_rng_state(state["torch"])
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), int(pos), int(has_gauss), float(cached)))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    cuda = state.get("cuda")
+    if cuda is not None and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda)
+    if generator is not None and state.get("loader") is not None:
+        generator.set_state(state["loader"])
+
+
+# FitConfig fields that must match between the run that saved a resume state and the one resuming it
+# (they shape the optimiser and the schedule); `device`, `amp`, `channels_last` may differ.
+_RESUME_FIELDS = ("epochs", "lr", "backbone_lr_mult", "weight_decay", "optimizer", "momentum", "warmup_epochs",
+                  "label_smoothing", "grad_clip", "patience")
+
+
+def _loader_generator(loader: Any) -> torch.Generator | None:
+    gen = getattr(loader, "generator", None)
+    return gen if isinstance(gen, torch.Generator) else None
+
+
 def fit(
     model: nn.Module, train_loader: Any, val_loader: Any, cfg: FitConfig, *,
     regularizer: nn.Module | None = None, on_epoch: OnEpoch | None = None,
+    resume_state: dict[str, Any] | None = None, state_callback: StateCallback | None = None,
 ) -> FitResult:
     """Train for cfg.epochs, evaluate on val after every epoch, keep the best-on-val weights.
 
     Best = lowest (val error, val loss); early stopping counts epochs without a lower val error.
     `on_epoch(epoch, metrics)` returning True stops training (Ray Tune / ASHA, Ray Train reporting).
     The model is left holding its last weights; `FitResult.best_state` holds the best ones (CPU).
+
+    Exact resume: `state_callback(epoch, state)` is called after every epoch (before `on_epoch`) with a
+    CPU copy of everything the next epoch depends on — model, optimizer, scheduler, AMP scaler, history,
+    best weights / scores, patience counter and every RNG (torch, CUDA, numpy, python, the train loader's
+    generator). Passing that dict back as `resume_state` continues with epoch `state["epoch"] + 1` and
+    gives the same history and weights as an uninterrupted run (same data, same FitConfig). While a
+    `state_callback` is set, the RNGs are restored after the callbacks so that what they do (logging,
+    reporting) cannot perturb training — otherwise a resumed run would diverge from a straight one.
     """
     device = torch.device(cfg.device)
     on_cuda = device.type == "cuda"
@@ -244,10 +310,33 @@ def fit(
     optimizer = build_optimizer(model, cfg)
     scheduler = build_scheduler(optimizer, cfg, steps)
     scaler = torch.amp.GradScaler("cuda") if cfg.amp and on_cuda else None
+    loader_gen = _loader_generator(train_loader)
     res = FitResult()
     best_key = (math.inf, math.inf)
     since_improved = 0
-    for epoch in range(cfg.epochs):
+    start = 0
+    if resume_state is not None:
+        saved = resume_state.get("config", {})
+        bad = [k for k in _RESUME_FIELDS if k in saved and saved[k] != getattr(cfg, k)]
+        if bad:
+            raise RtlError(f"resume state was saved with a different training config ({', '.join(bad)} differ)")
+        unwrap(model).load_state_dict(resume_state["model"])
+        optimizer.load_state_dict(resume_state["optimizer"])
+        scheduler.load_state_dict(resume_state["scheduler"])
+        if scaler is not None and resume_state.get("scaler"):
+            scaler.load_state_dict(resume_state["scaler"])
+        res.history = [dict(h) for h in resume_state["history"]]
+        res.best_epoch = int(resume_state["best_epoch"])
+        res.best_val_error = float(resume_state["best_val_error"])
+        res.best_state = _to_cpu(resume_state["best_state"]) if resume_state["best_state"] is not None else None
+        best_key = tuple(float(v) for v in resume_state["best_key"])  # type: ignore[assignment]
+        since_improved = int(resume_state["since_improved"])
+        start = int(resume_state["epoch"]) + 1
+        set_rng_state(resume_state["rng"], loader_gen)
+        if resume_state.get("stopped"):
+            res.stopped_early = bool(resume_state.get("stopped_early"))
+            start = cfg.epochs  # the saved run had already stopped (patience): nothing left to do
+    for epoch in range(start, cfg.epochs):
         tr = train_epoch(model, train_loader, optimizer, scheduler, regularizer=regularizer, scaler=scaler,
                          device=device, label_smoothing=cfg.label_smoothing, grad_clip=cfg.grad_clip,
                          channels_last=channels_last)
@@ -263,10 +352,23 @@ def fit(
                    "val_error": ev["error"], "val_loss": ev["loss"], "lr": optimizer.param_groups[-1]["lr"],
                    "best_val_error": res.best_val_error, "best_epoch": res.best_epoch}
         res.history.append(metrics)
+        patience_stop = cfg.patience is not None and since_improved >= cfg.patience
+        rng = None
+        if state_callback is not None:
+            rng = rng_state(loader_gen)
+            state_callback(epoch, {
+                "epoch": epoch, "model": _state_copy(model), "optimizer": _to_cpu(optimizer.state_dict()),
+                "scheduler": _to_cpu(scheduler.state_dict()), "scaler": scaler.state_dict() if scaler else None,
+                "history": [dict(h) for h in res.history], "best_epoch": res.best_epoch,
+                "best_val_error": res.best_val_error, "best_key": [float(v) for v in best_key],
+                "best_state": res.best_state, "since_improved": since_improved, "rng": rng,
+                "stopped": patience_stop, "stopped_early": patience_stop and epoch < cfg.epochs - 1,
+                "config": {k: getattr(cfg, k) for k in _RESUME_FIELDS},
+            })
         stop = bool(on_epoch(epoch, dict(metrics))) if on_epoch is not None else False
-        if not stop and cfg.patience is not None and since_improved >= cfg.patience:
-            stop = True
-        if stop:
+        if rng is not None:
+            set_rng_state(rng, loader_gen)
+        if stop or patience_stop:
             res.stopped_early = epoch < cfg.epochs - 1
             break
     return res

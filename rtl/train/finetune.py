@@ -6,7 +6,8 @@ Protocol (what makes numbers comparable across source choices):
 - the validation error alone picks the best epoch (or, for the linear probe, the best C);
 - the test error is computed ONCE, with the selected weights, and only reported;
 - everything is seeded (python, numpy, torch, DataLoader shuffling/augmentation) so one seed = one
-  reproducible run; `run_finetune_seeds` reports mean ± sample std over seeds.
+  reproducible run; `run_finetune_seeds` reports mean ± sample std over seeds;
+- a run can be checkpointed after any epoch and resumed exactly (`state_callback` / `resume_state`).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from torch.utils.data import DataLoader
 
 from rtl.errors import ConfigError, DatasetError
 from rtl.models.backbones import Backbone, create_model
-from rtl.train.engine import FitConfig, OnEpoch, evaluate, fit
+from rtl.train.engine import FitConfig, OnEpoch, StateCallback, evaluate, fit
 from rtl.train.regularizers import build_regularizer
 from rtl.train.target_data import TargetDataset
 
@@ -163,8 +164,16 @@ def _loader(ds: TargetDataset, cfg: FinetuneConfig, *, shuffle: bool, gen: torch
 
 
 def run_finetune(cfg: FinetuneConfig | dict[str, Any], on_epoch: OnEpoch | None = None, *,
-                 data: dict[str, TargetDataset] | None = None) -> FinetuneResult:
-    """Fine-tune (or linear-probe) per `cfg`; `data` lets callers reuse decoded splits across seeds."""
+                 data: dict[str, TargetDataset] | None = None, resume_state: dict[str, Any] | None = None,
+                 state_callback: StateCallback | None = None) -> FinetuneResult:
+    """Fine-tune (or linear-probe) per `cfg`; `data` lets callers reuse decoded splits across seeds.
+
+    Exact resume (Ray Tune trials restart from their last checkpoint): `state_callback(epoch, state)`
+    receives after every epoch the engine's resumable state (`rtl.train.engine.fit`); calling again with
+    the same `cfg` and `resume_state=state` continues with the next epoch and ends with the same history
+    and weights as an uninterrupted run. The init checkpoint is still loaded (architecture, L2-SP/DELTA
+    start point); its weights are then replaced by the saved ones. The linear probe has no epochs to
+    resume: it ignores both arguments."""
     cfg = FinetuneConfig.parse(cfg)
     gen = seed_everything(cfg.seed)
     probe_classes = None
@@ -202,7 +211,8 @@ def run_finetune(cfg: FinetuneConfig | dict[str, Any], on_epoch: OnEpoch | None 
     fit_cfg = FitConfig(epochs=cfg.epochs, lr=cfg.lr, backbone_lr_mult=cfg.backbone_lr_mult,
                         weight_decay=weight_decay, optimizer=cfg.optimizer, warmup_epochs=cfg.warmup_epochs,
                         label_smoothing=cfg.label_smoothing, patience=cfg.patience, device=cfg.device)
-    fr = fit(model, train_loader, val_loader, fit_cfg, regularizer=regularizer, on_epoch=on_epoch)
+    fr = fit(model, train_loader, val_loader, fit_cfg, regularizer=regularizer, on_epoch=on_epoch,
+             resume_state=resume_state, state_callback=state_callback)
     model.load_state_dict(fr.best_state)  # selected on val only
     final_split = "test" if len(data["test"]) else "val"
     ev = evaluate(model, _loader(data[final_split], cfg, shuffle=False, gen=None), device=cfg.device,
