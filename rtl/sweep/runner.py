@@ -128,12 +128,14 @@ def _trainable(spec: SweepSpec) -> Any:
 
 
 def _scheduler(spec: SweepSpec) -> Any:
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune.schedulers import FIFOScheduler
+
+    from rtl.sweep.scheduler import ControlAwareASHA
 
     if spec.scheduler.name == "fifo":
         return FIFOScheduler()
     # time_attr "epoch": the trainable's final report repeats the last epoch with finished=True
-    return ASHAScheduler(time_attr="epoch", metric="val_error", mode="min", max_t=spec.budget.finetune_epochs,
+    return ControlAwareASHA(time_attr="epoch", metric="val_error", mode="min", max_t=spec.budget.finetune_epochs,
                          grace_period=spec.scheduler.grace_period, reduction_factor=spec.scheduler.reduction_factor)
 
 
