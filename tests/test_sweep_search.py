@@ -87,3 +87,19 @@ def test_pickle_roundtrip_reopens_study(tmp_path: Path) -> None:
     s3 = pickle.loads(pickle.dumps(s))
     s3.on_trial_complete("x", {"val_error": 0.5, "epoch": 2, "finished": True})
     assert _states(tmp_path) == ["COMPLETE"]
+
+
+def _open(url: str) -> int:
+    from rtl.sweep.search import open_study
+
+    return len(open_study(url, "race/tgt").get_trials())
+
+
+def test_processes_opening_a_new_study_storage_at_once_all_succeed(tmp_path) -> None:
+    """Regression: `rtl sweep status` reading optuna.db while the sweep creates it raced on Optuna's schema
+    set-up (IntegrityError on alembic_version) and killed the sweep."""
+    import multiprocessing as mp
+
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    with mp.get_context("spawn").Pool(3) as pool:
+        assert pool.map(_open, [url] * 3, chunksize=1) == [0] * 3

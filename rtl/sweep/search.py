@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from typing import Any
 
 from ray.tune.search import Searcher
@@ -264,6 +265,18 @@ def open_study(storage_url: str, study_name: str) -> Any:
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     kw: dict[str, Any] = {"connect_args": {"timeout": 30}} if storage_url.startswith("sqlite") else {}
-    storage = optuna.storages.RDBStorage(storage_url, engine_kwargs=kw)
-    return optuna.create_study(storage=storage, study_name=study_name, direction="minimize",
-                               load_if_exists=True)
+    for attempt in range(6):
+        try:
+            storage = optuna.storages.RDBStorage(storage_url, engine_kwargs=kw)
+            return optuna.create_study(storage=storage, study_name=study_name, direction="minimize",
+                                       load_if_exists=True)
+        except Exception as e:  # noqa: BLE001
+            # Two processes creating a new storage at once (a sweep starting while `rtl sweep status`
+            # reads it) race on Optuna's schema set-up: the loser sees an IntegrityError on
+            # alembic_version or a locked database. The schema exists by then, so trying again works.
+            text = str(e).lower()
+            if attempt == 5 or not any(s in text for s in ("alembic_version", "locked", "unique constraint",
+                                                           "already exists")):
+                raise
+            time.sleep(0.2 * (attempt + 1))
+    raise AssertionError("unreachable")

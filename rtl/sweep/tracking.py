@@ -103,7 +103,7 @@ class Tracker:
         runs = self.find_runs(match)
         if runs:
             return runs[0].info.run_id
-        all_tags = match | tags
+        all_tags = {k: str(v) for k, v in (match | tags).items()}  # a tracking server accepts strings only
         run = self.client.create_run(self.experiment_id, tags=all_tags, run_name=name)
         return run.info.run_id
 
