@@ -122,7 +122,11 @@ def pick_unrelated(related: list[str], target_domain: set[str], manifest: dict) 
 # ------------------------------------------------------------------------------------------- runs
 def pretrain(args: argparse.Namespace, work: Path, corpus: Path, version: str,
              datasets: list[str] | None) -> tuple[Path, float, bool]:
-    """Cached in-process pretraining; returns (checkpoint dir, seconds, was_cached)."""
+    """Cached in-process pretraining; returns (checkpoint dir, seconds, was_cached).
+
+    The resume state lives under a folder keyed by `spec` INCLUDING epochs: rtl's run name leaves epochs
+    out on purpose (more epochs = resume), but a resumed run keeps the finished run's momentum and
+    restarts the cosine schedule mid-way (warm restart), which is not the clean N-epoch run we compare."""
     from rtl.train.pretrain import PretrainConfig, pretrain_local
 
     spec = {"corpus_version": version, "datasets": sorted(datasets) if datasets else None,
@@ -134,7 +138,7 @@ def pretrain(args: argparse.Namespace, work: Path, corpus: Path, version: str,
                          out=str(out), epochs=args.pt_epochs, batch_size=args.pt_batch, lr=args.pt_lr,
                          warmup_epochs=min(1.0, args.pt_epochs / 5), cpus_per_worker=args.threads,
                          datasets=sorted(datasets) if datasets else None, samples_per_epoch=args.pt_samples,
-                         storage_path=str(work / "runs"), seed=0)
+                         storage_path=str(work / "runs" / out.name), seed=0)
     t0 = time.perf_counter()
     pretrain_local(cfg)
     return out, time.perf_counter() - t0, False

@@ -288,11 +288,6 @@ class LoopbackCluster:
         out = http_json(f"{self.dashboard_url}/api/v0/actors?limit=10000&detail=1", token=self.token)
         return out.get("data", {}).get("result", {}).get("result", []) if out else []
 
-    def tasks(self) -> list[dict]:
-        """Tasks (incl. actor tasks) from the state API: name, state, node_id, job_id, ..."""
-        out = http_json(f"{self.dashboard_url}/api/v0/tasks?limit=10000&detail=1", token=self.token)
-        return out.get("data", {}).get("result", {}).get("result", []) if out else []
-
     def submit_job(self, entrypoint: list[str], *, env_vars: dict[str, str], submission_id: str,
                    wait: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
         """`ray job submit --address http://127.0.0.1:<dashboard> ...` as a user runs it (CLI process).
@@ -468,10 +463,6 @@ class MlflowServer:
 
 def run_tags(run: dict) -> dict[str, str]:
     return {t["key"]: t["value"] for t in run.get("data", {}).get("tags", [])}
-
-
-def run_params(run: dict) -> dict[str, str]:
-    return {p["key"]: p["value"] for p in run.get("data", {}).get("params", [])}
 
 
 # --------------------------------------------------------------------------------------------------

@@ -151,24 +151,26 @@ def test_worker_killed_mid_sweep_sweep_still_completes(cluster) -> None:
     trial on the surviving node and ends with exactly `trials` complete runs, none duplicated."""
     c, server = cluster
     worker = c.workers[0]
-    trials = 3
-    spec = _sweep_spec(c, "kill", trials, epochs=3, train_images=24)  # trials long enough to overlap
+    trials = 2  # 1 control + 1 searched, started together on the two nodes
+    spec = _sweep_spec(c, "kill", trials, epochs=4, train_images=24)
     sid = "sweep-kill"
     r = c.submit_job(["rtl", "sweep", "run", str(spec)], env_vars={"MLFLOW_TRACKING_URI": server.url},
                      submission_id=sid, wait=False, timeout=120)
     assert r.returncode == 0, _job_failure(c, sid, r)
 
     def trial_live_on_worker() -> bool:
-        """A trial is mid-run on the worker with its MLflow run registered. Each node has 1 CPU and
-        each trial takes 1, so 2 RUNNING trial runs mean one trial per node; with the trainable's
+        """The worker's trial is mid-run with its MLflow run registered. The two trials start together,
+        one per node (1 CPU each), and Tune stops a trial's actor when it ends (no trial is pending), so:
+        both runs registered + the worker's trial actor alive + a run still RUNNING. With the trainable's
         `rtl.node_id` tag the worker's run is identified directly."""
         job = c.job(sid)
         if job.get("status") in ("SUCCEEDED", "FAILED", "STOPPED"):
             raise AssertionError("sweep ended before a trial ran on the worker:\n" + _job_failure(c, sid))
-        running = [r for r in _trial_runs(server, "kill") if r["info"]["status"] == "RUNNING"]
-        if any("rtl.node_id" in run_tags(r) for r in running):
-            return any(run_tags(r).get("rtl.node_id") == worker.node_id for r in running)
-        return len(running) == 2 and any(
+        runs = _trial_runs(server, "kill")
+        if any("rtl.node_id" in run_tags(r) for r in runs):
+            return any(run_tags(r).get("rtl.node_id") == worker.node_id and r["info"]["status"] == "RUNNING"
+                       for r in runs)
+        return len(runs) == trials and any(r["info"]["status"] == "RUNNING" for r in runs) and any(
             a.get("class_name") == TRIAL_ACTOR and a.get("job_id") == job.get("job_id")
             and a["state"] == "ALIVE" and a["node_id"] == worker.node_id for a in c.actors())
 

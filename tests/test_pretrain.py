@@ -191,3 +191,23 @@ def test_weights_file_samples_by_class_mass_and_drops_classes_outside_view(corpu
     in_a = load_class_weights(path, open_view(str(corpus), datasets=["a"]))
     assert in_a == {0: 0.4, 1: 0.3, 2: 0.0, 3: 0.0}
     assert "30.0% of the mass is dropped" in capsys.readouterr().out
+
+
+def test_relative_paths_resolved_for_ray_workers(corpus: Path, tmp_path: Path, monkeypatch) -> None:
+    """Regression: `rtl pretrain --corpus corpus` failed inside Ray Train workers, whose cwd differs."""
+    monkeypatch.chdir(corpus.parent)
+    cfg = PretrainConfig(corpus=corpus.name, out="ckpt", class_weights="w.json", strategy="source")
+    assert cfg.corpus == str(corpus.resolve())
+    assert cfg.out == str((corpus.parent / "ckpt").resolve())
+    assert Path(cfg.class_weights).is_absolute()
+    assert PretrainConfig(corpus=corpus.name, storage_path="s3://bucket/runs").storage_path == "s3://bucket/runs"
+
+
+def test_worker_failure_becomes_one_line(tmp_path: Path) -> None:
+    from ray.train import WorkerGroupError
+
+    from rtl.train.pretrain import _worker_failure_line
+
+    err = WorkerGroupError("boom", {0: RtlError("corpus: corpus folder not found")})
+    line = _worker_failure_line(err, "run-x", "/tmp/runs")
+    assert "\n" not in line and "corpus folder not found" in line and "/tmp/runs/run-x" in line

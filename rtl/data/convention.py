@@ -30,6 +30,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from rtl.errors import DatasetError
+from rtl.yamlio import parse_yaml
 
 SPLITS = ("train", "val", "test")
 IMAGE_EXTS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".pgm", ".ppm"})
@@ -142,13 +143,7 @@ def read_dataset_yaml(root: str | Path) -> DatasetMeta:
         raise DatasetError(f"{path}: missing (every dataset needs a dataset.yaml)") from None
     except (OSError, UnicodeDecodeError) as e:
         raise DatasetError(f"{path}: cannot read: {e}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        line = f":{mark.line + 1}" if mark is not None else ""
-        why = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise DatasetError(f"{path}{line}: invalid YAML: {why}") from None
+    data = parse_yaml(text, path, DatasetError)
     if not isinstance(data, dict):
         raise DatasetError(f"{path}:1: expected a mapping with name, domain, description, license")
     try:

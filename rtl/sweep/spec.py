@@ -18,11 +18,11 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from rtl.errors import ConfigError
 from rtl.registry import Registry
+from rtl.yamlio import parse_yaml
 
 # Names a user picks; the runner registers the constructors (kept Ray-free here).
 SEARCHERS: Registry[str] = Registry("searcher")
@@ -273,13 +273,7 @@ def load_spec(path: str | os.PathLike[str], overrides: dict[str, Any] | None = N
         text = p.read_text()
     except OSError as e:
         raise ConfigError(f"{p}: cannot read spec ({e.strerror or e})") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        line = f":{mark.line + 1}" if mark is not None else ""
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise ConfigError(f"{p}{line}: malformed YAML: {problem}") from None
+    data = parse_yaml(text, p, ConfigError)
     spec = spec_from_dict(data, str(p), overrides)
     ws = spec.workspace
     if not is_remote(ws) and not os.path.isabs(ws):

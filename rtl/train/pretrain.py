@@ -72,6 +72,11 @@ class PretrainConfig:
         if self.lr <= 0:
             raise RtlError(f"lr must be > 0, got {self.lr}")
         STRATEGIES.get(self.strategy)
+        # Ray Train workers do not share the driver's working directory: make local paths absolute.
+        for name in ("corpus", "out", "class_weights", "joint_dir", "storage_path"):
+            value = getattr(self, name)
+            if value and "://" not in str(value):
+                setattr(self, name, str(Path(value).expanduser().resolve()))
 
     def resolved_storage(self) -> str:
         return self.storage_path or str(Path(self.out).resolve().parent / "ray_runs")
@@ -288,8 +293,25 @@ def run_pretrain(cfg: PretrainConfig) -> Path:
                              failure_config=FailureConfig(max_failures=cfg.max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=2)),
     )
-    result = trainer.fit()
+    from ray.train import TrainingFailedError
+
+    try:
+        result = trainer.fit()
+    except TrainingFailedError as e:
+        raise RtlError(_worker_failure_line(e, run_name(cfg, plan), cfg.resolved_storage())) from None
     if result.checkpoint is None:
         raise RtlError(f"pretraining run {run_name(cfg, plan)} produced no checkpoint")
     with result.checkpoint.as_directory() as d:
         return _export(Path(d), Path(cfg.out))
+
+
+def _worker_failure_line(error: Exception, name: str, storage: str) -> str:
+    """One line for a failed Ray Train run: the workers' root error (an RtlError's own message when a
+    worker hit bad input) and where the full logs are."""
+    failures = getattr(error, "worker_failures", None) or {}
+    root = next(iter(failures.values()), error)
+    while getattr(root, "cause", None) is not None and root is not root.cause:  # RayTaskError wrapping
+        root = root.cause
+    text = str(root).strip().splitlines()
+    last = text[-1] if text else type(root).__name__
+    return f"pretraining {name} failed on a worker: {last} (logs: {storage}/{name})"
