@@ -139,7 +139,12 @@ def _scheduler(spec: SweepSpec) -> Any:
                          grace_period=spec.scheduler.grace_period, reduction_factor=spec.scheduler.reduction_factor)
 
 
-def _run_target(spec: SweepSpec, target: str, units: list[str]) -> None:
+def _errored(grid: Any) -> list[str]:
+    """Paths of the trials of a finished Tuner.fit() that ended in error (their error.txt is there)."""
+    return [str(r.path) for r in grid if r.error is not None]
+
+
+def _run_target(spec: SweepSpec, target: str, units: list[str]) -> list[str]:
     from ray import tune
 
     storage = join(spec.results_dir, "ray_results")
@@ -168,7 +173,7 @@ def _run_target(spec: SweepSpec, target: str, units: list[str]) -> None:
                 failure_config=tune.FailureConfig(max_failures=1),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1)),
         )
-    tuner.fit()
+    return _errored(tuner.fit())
 
 
 def confirm_configs(spec: SweepSpec, target: str, units: list[str], best: Any) -> list[dict[str, Any]]:
@@ -204,7 +209,7 @@ def _confirm_callbacks(results_dir: str, target: str) -> list[Any]:
     return [ConfirmProgress(), JsonLoggerCallback()]
 
 
-def _run_confirm(spec: SweepSpec, target: str, units: list[str]) -> None:
+def _run_confirm(spec: SweepSpec, target: str, units: list[str]) -> list[str]:
     """Confirm trials of one target (after its search): a new experiment, or restore the existing one.
 
     The experiment is named after the best trial, so if the best changes (an errored searched trial
@@ -212,11 +217,11 @@ def _run_confirm(spec: SweepSpec, target: str, units: list[str]) -> None:
     from ray import tune
 
     if len(spec.seeds) < 2:
-        return
+        return []
     best = best_searched(spec.results_dir, target)
     if best is None:
         print(f"[{target}] no searched trial completed: no confirm trials", flush=True)
-        return
+        return []
     exp_path = confirm_experiment(spec, target, best.number)
     trainable = _trainable(spec)
     if tune.Tuner.can_restore(exp_path):
@@ -225,7 +230,7 @@ def _run_confirm(spec: SweepSpec, target: str, units: list[str]) -> None:
     else:
         configs = confirm_configs(spec, target, units, best)
         if not configs:
-            return
+            return []
         print(f"[{target}] confirming best trial #{best.number} with seeds {[c['seed'] for c in configs]}",
               flush=True)
         tuner = tune.Tuner(
@@ -241,7 +246,7 @@ def _run_confirm(spec: SweepSpec, target: str, units: list[str]) -> None:
                 failure_config=tune.FailureConfig(max_failures=1),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1)),
         )
-    tuner.fit()
+    return _errored(tuner.fit())
 
 
 def _init_ray(address: str | None) -> None:
@@ -279,12 +284,17 @@ def run_sweep(spec: SweepSpec, *, address: str | None = None) -> str:
     for target in spec.target_names():
         tracker.get_or_create_target_run(target)
     _init_ray(address)
+    errored: list[str] = []
     for target in spec.target_names():
-        _run_target(spec, target, units)
-        _run_confirm(spec, target, units)
+        errored += _run_target(spec, target, units)
+        errored += _run_confirm(spec, target, units)
     for target in spec.target_names():
         tracker.finish(tracker.get_or_create_target_run(target))
     print(f"results: {spec.results_dir}\nMLflow:  rtl ui --workspace {spec.results_dir}", flush=True)
+    if errored:  # finished trials are kept; a job runner must not report success
+        raise RtlError(f"{len(errored)} trial(s) errored (see error.txt in {errored[0]}"
+                       + (f" and {len(errored) - 1} more" if len(errored) > 1 else "")
+                       + f"); finished trials are kept: `rtl sweep resume {spec.results_dir}` retries them")
     return spec.results_dir
 
 

@@ -216,6 +216,7 @@ def _trial_run(tracker: Tracker, trial_id: str, target: str, t: dict[str, Any]) 
 def run_trial(config: dict[str, Any]) -> None:
     """Tune function trainable. config = {"rtl": {"results_dir", "target"}, "trial": searcher output}
     (or a confirm trial's fixed configuration, `trial["kind"] == "confirm"`)."""
+    import ray
     import torch
     from ray import tune
 
@@ -229,6 +230,10 @@ def run_trial(config: dict[str, Any]) -> None:
     state, fit_state = _read_state(tune.get_checkpoint())
     tracker = tracker_for(spec)
     run_id, prior = _trial_run(tracker, trial_id, target_name, t)
+    # where the trial (last) ran: set, not create-time, so a retried trial records the node it finished on
+    if ray.is_initialized():
+        tracker.set_tags(run_id, {"rtl.node_id": ray.get_runtime_context().get_node_id(),
+                                  "rtl.node_ip": ray.util.get_node_ip_address()})
     tracker.log_params(run_id, {**mask_params(t["mask"], units_of(spec) if t["mask"] is not None else []),
                                 "temperature": t["temperature"] if t["temperature"] is not None else "off",
                                 "lr": t["lr"], "freeze_depth": t["freeze_depth"], "regularizer": t["regularizer"],
