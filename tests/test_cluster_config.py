@@ -112,6 +112,24 @@ def test_dashboard_and_mlflow_never_bind_all_interfaces(prepared: dict) -> None:
         assert not re.search(r"-p\s+5432:|-p\s+0\.0\.0\.0:", cmd), f"database port published publicly: {cmd}"
 
 
+EFS_MOUNT = re.compile(r"mount -t (nfs4|efs)\b.*\bfs-[0-9a-f]+\.efs\.[a-z0-9-]+\.amazonaws\.com:/ /mnt/efs\b")
+
+
+def test_every_node_mounts_efs_into_its_container(prepared: dict) -> None:
+    """Sweep workspaces are on EFS (sweeps/cluster.yaml: /mnt/efs/rtl): every node type mounts it on the
+    host before Docker starts, binds it into the container, and the container setup refuses a node without
+    it (a node writing spec.json or the cache where no other node sees it would split the sweep)."""
+    for name, t in prepared["available_node_types"].items():
+        init = t.get("initialization_commands", prepared["initialization_commands"])
+        assert any(EFS_MOUNT.search(c) for c in init), f"{name}: no EFS mount in initialization_commands"
+    d = prepared["docker"]
+    assert "-v /mnt/efs:/mnt/efs" in d["run_options"]
+    assert any("/mnt/efs" in c and "nfs" in c for c in prepared["setup_commands"])
+    assert EFS_MOUNT.search("sudo mount -t nfs4 -o x fs-0abc.efs.us-west-2.amazonaws.com:/ /mnt/efs")
+    spec = yaml.safe_load((ROOT / "sweeps" / "cluster.yaml").read_text())
+    assert spec["workspace"].startswith("/mnt/efs/") and "://" not in spec["workspace"]
+
+
 def test_every_command_is_valid_shell(prepared: dict) -> None:
     """`bash -n` on every command Ray will run: catches quoting mistakes before a 10-minute `ray up`."""
     for cmd in _all_commands(prepared):

@@ -1,9 +1,16 @@
 """Sweep spec: the YAML a user copies from `sweeps/` and edits, validated into a `SweepSpec`.
 
 Every problem is one line naming the file and the field (`sweeps/x.yaml: search.lr.low: must be > 0`);
-malformed YAML is reported as `file:line: ...`. Paths: `workspace` is relative to the spec file (or an
-`s3://` URI); relative `corpus` and `targets` are relative to the workspace, so overriding only the
-workspace (`rtl demo --workspace W`) moves everything together.
+malformed YAML is reported as `file:line: ...`. Paths: `workspace` is relative to the spec file;
+relative `corpus` and `targets` are relative to the workspace (and may not climb out of it with `..`), so
+overriding only the workspace (`rtl demo --workspace W`) moves everything together.
+
+The workspace is always a filesystem path shared by every node (a local dir on a laptop, an NFS/EFS mount
+on a cluster), never a URL: `spec.json`, `status`/`report`/`resume` and the pretraining cache (`flock`)
+need POSIX files. What may be remote is named in `storage`: Optuna on PostgreSQL (`storage.optuna`) and an
+`mlflow server` (`storage.tracking_uri`, which can keep artifacts on S3). `${VAR}` in `storage.*` is taken
+from the environment when used (`optuna_url()`, `tracking_uri()`, `cache_dir()`), so a password never lands
+in the resolved `spec.json`.
 
 Layout of one sweep (its *results dir*): `<workspace>/<name>/{spec.json, ray_results/, optuna.db,
 mlflow.db, report/}`; the pretraining cache is shared by every sweep of a workspace at
@@ -15,6 +22,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -33,6 +41,7 @@ for _n in ("asha", "fifo"):
     SCHEDULERS.register(_n)(_n)
 
 CONTROL_NAMES = ("scratch", "uniform", "importance", "imagenet")
+NAME_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$"
 
 
 class _M(BaseModel):
@@ -166,16 +175,24 @@ class Image(_M):
 
 
 class Storage(_M):
-    """Where state lives when the workspace is not a local path (s3://): Optuna RDB URL (PostgreSQL on a
-    cluster), MLflow tracking URI (an `mlflow server`), and a shared POSIX dir (NFS) for the cache."""
+    """State outside the results dir: Optuna RDB URL (PostgreSQL on a cluster), MLflow tracking URI (an
+    `mlflow server`) and the pretraining cache dir (default `<workspace>/cache`). Strings may hold `${VAR}`
+    (e.g. a DB password), expanded only when used; see `SweepSpec.storage_value`."""
 
     optuna: str | None = None
     tracking_uri: str | None = None
     cache: str | None = None
 
+    @field_validator("cache")
+    @classmethod
+    def _posix(cls, v: str | None) -> str | None:
+        if v is not None and is_remote(v):
+            raise ValueError("must be a directory on a shared POSIX filesystem (the cache uses flock), not a URL")
+        return v
+
 
 class SweepSpec(_M):
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    name: str = Field(pattern=NAME_PATTERN)  # a directory under the workspace: never `.`, `..` or hidden
     workspace: str
     corpus: str
     targets: list[str] = Field(min_length=1)
@@ -191,13 +208,25 @@ class SweepSpec(_M):
     storage: Storage = Storage()
     spec_file: str = ""  # set by load_spec, for messages
 
-    @model_validator(mode="after")
-    def _remote_needs_storage(self) -> SweepSpec:
-        if is_remote(self.workspace):
-            for f in ("optuna", "cache"):
-                if getattr(self.storage, f) is None:
-                    raise ValueError(f"storage.{f} is required when workspace is {self.workspace.split('/')[0]}//")
-        return self
+    @field_validator("workspace")
+    @classmethod
+    def _shared_fs(cls, v: str) -> str:
+        if is_remote(v):
+            raise ValueError(
+                f"{v!r} is a URL; use a filesystem path shared by every node (e.g. an EFS mount such as "
+                "/mnt/efs/rtl): spec.json and the flock-based pretraining cache need POSIX files (MLflow "
+                "artifacts may still go to S3 via the tracking server, Optuna to PostgreSQL via storage.optuna)")
+        return v
+
+    @field_validator("corpus")
+    @classmethod
+    def _corpus_inside(cls, v: str) -> str:
+        return _inside_workspace(v)
+
+    @field_validator("targets")
+    @classmethod
+    def _targets_inside(cls, v: list[str]) -> list[str]:
+        return [_inside_workspace(t) for t in v]
 
     # ---- resolved locations -------------------------------------------------------------------------
     @property
@@ -214,10 +243,26 @@ class SweepSpec(_M):
         return [Path(t).name for t in self.targets]
 
     def cache_dir(self) -> str:
-        return self.storage.cache or join(self.workspace, "cache")
+        return self.storage_value("cache") or join(self.workspace, "cache")
 
     def optuna_url(self) -> str:
-        return self.storage.optuna or f"sqlite:///{os.path.join(self.results_dir, 'optuna.db')}"
+        return self.storage_value("optuna") or f"sqlite:///{os.path.join(self.results_dir, 'optuna.db')}"
+
+    def tracking_uri(self) -> str | None:
+        """`storage.tracking_uri` with `${VAR}` expanded (None: let `MLFLOW_TRACKING_URI` / SQLite decide)."""
+        return self.storage_value("tracking_uri")
+
+    def storage_value(self, field: str) -> str | None:
+        """`storage.<field>` with `$VAR`/`${VAR}` expanded from this process's environment, at use time only:
+        the spec object (and so `spec.json`) keeps the reference, never the secret it stands for."""
+        raw = getattr(self.storage, field)
+        if raw is None:
+            return None
+        missing = unset_vars(raw)
+        if missing:
+            raise ConfigError(f"{self.spec_file or self.results_dir}: storage.{field}: "
+                              f"environment variable {missing[0]} is not set")
+        return os.path.expandvars(raw)
 
     def _rel(self, p: str) -> str:
         return p if (is_remote(p) or os.path.isabs(p)) else join(self.workspace, p)
@@ -231,7 +276,25 @@ def is_remote(p: str) -> bool:
 
 
 def join(base: str, *parts: str) -> str:
-    return "/".join([base.rstrip("/"), *parts]) if is_remote(base) else os.path.join(base, *parts)
+    """Path under the workspace (always a filesystem path: remote workspaces are refused)."""
+    return os.path.join(base, *parts)
+
+
+_VAR = re.compile(r"\$(?:\{([^}]*)\}|([A-Za-z_][A-Za-z0-9_]*))")
+
+
+def unset_vars(s: str) -> list[str]:
+    """Names referenced as `$VAR` / `${VAR}` in `s` that the environment does not define (in order)."""
+    return [a or b for a, b in _VAR.findall(s) if (a or b) not in os.environ]
+
+
+def _inside_workspace(p: str) -> str:
+    """Relative paths are joined to the workspace and must stay inside it; absolute paths are explicit."""
+    if not os.path.isabs(p) and not is_remote(p):
+        n = os.path.normpath(p)
+        if n == ".." or n.startswith(".." + os.sep):
+            raise ValueError(f"{p!r} escapes the workspace; use a path inside it or an absolute path")
+    return p
 
 
 def _loc(err: dict[str, Any]) -> str:
@@ -250,6 +313,9 @@ def _msg(err: dict[str, Any]) -> str:
         msg = "unknown field"
     elif err["type"] == "missing":
         msg = "required field missing"
+    elif err["type"] == "string_pattern_mismatch" and err["loc"] == ("name",):
+        msg = (f"must match pattern {NAME_PATTERN}: letters, digits, '_', '.', '-', starting with a letter, "
+               "digit or '_' (it is a directory under the workspace)")
     return msg.lower() if msg[:1].isupper() and not msg[:2].isupper() else msg
 
 
@@ -275,14 +341,19 @@ def load_spec(path: str | os.PathLike[str], overrides: dict[str, Any] | None = N
         raise ConfigError(f"{p}: cannot read spec ({e.strerror or e})") from None
     data = parse_yaml(text, p, ConfigError)
     spec = spec_from_dict(data, str(p), overrides)
+    for field, raw in spec.storage.model_dump().items():  # fail now, not hours later in a trial
+        missing = unset_vars(raw) if raw else []
+        if missing:
+            raise ConfigError(f"{p}: storage.{field}: environment variable {missing[0]} is not set")
     ws = spec.workspace
-    if not is_remote(ws) and not os.path.isabs(ws):
+    if not os.path.isabs(ws):
         ws = os.path.normpath(os.path.join(p.resolve().parent, ws))
     return spec.model_copy(update={"workspace": ws, "spec_file": str(p)})
 
 
 def save_resolved(spec: SweepSpec, path: str) -> None:
-    """Write the resolved spec as JSON (what `resume`, `status` and `report` read back)."""
+    """Write the resolved spec as JSON (what `resume`, `status` and `report` read back). `storage.*` keep
+    their `${VAR}` references: secrets are expanded where used, never written here."""
     os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = f"{path}.tmp"
     with open(tmp, "w") as f:

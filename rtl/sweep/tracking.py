@@ -24,8 +24,6 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
-from rtl.errors import RtlError
-
 T = TypeVar("T")
 
 
@@ -36,8 +34,6 @@ def default_tracking_uri(results_dir: str, configured: str | None = None) -> str
         return env
     if configured:
         return configured
-    if "://" in results_dir:
-        raise RtlError(f"{results_dir}: a remote workspace needs storage.tracking_uri or MLFLOW_TRACKING_URI")
     return f"sqlite:///{os.path.abspath(os.path.join(results_dir, 'mlflow.db'))}"
 
 

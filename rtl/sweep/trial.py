@@ -44,7 +44,7 @@ log = logging.getLogger(__name__)
 
 
 def tracker_for(spec: SweepSpec) -> Tracker:
-    uri = default_tracking_uri(spec.results_dir, spec.storage.tracking_uri)
+    uri = default_tracking_uri(spec.results_dir, spec.tracking_uri())
     art = None if uri.startswith(("http", "databricks")) else os.path.join(spec.results_dir, "mlartifacts")
     return Tracker(uri, spec.name, art)
 
