@@ -211,3 +211,14 @@ def test_worker_failure_becomes_one_line(tmp_path: Path) -> None:
     err = WorkerGroupError("boom", {0: RtlError("corpus: corpus folder not found")})
     line = _worker_failure_line(err, "run-x", "/tmp/runs")
     assert "\n" not in line and "corpus folder not found" in line and "/tmp/runs/run-x" in line
+
+
+def test_killed_worker_is_retried_from_its_last_checkpoint(ray_session, corpus: Path, tmp_path: Path) -> None:
+    """A worker that dies after epoch 0 (os._exit, like a lost node) is restarted by FailureConfig and
+    the run continues at epoch 1 from the epoch-0 checkpoint: no epoch repeated, none missing."""
+    marker = tmp_path / "crashed"
+    cfg = _cfg(corpus, tmp_path, epochs=2, max_failures=1,
+               extra={"fault_after_epoch": 0, "fault_marker": str(marker)})
+    _, meta = load_checkpoint(run_pretrain(cfg))
+    assert marker.exists(), "the fault was not injected"
+    assert [h["epoch"] for h in meta["history"]] == [0, 1]

@@ -59,7 +59,7 @@ class PretrainConfig:
     in_channels: int = 3
     min_side: int | None = None  # default: corpus manifest params
     max_side: int | None = None
-    max_failures: int = 0
+    max_failures: int = 2  # worker failures Ray Train recovers from (restart from the last checkpoint)
     loader_workers: int = 0  # DataLoader processes per Ray worker
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -223,6 +223,17 @@ def train_loop(config: dict[str, Any]) -> None:
         finally:
             if tmp is not None:
                 shutil.rmtree(tmp, ignore_errors=True)
+        _maybe_inject_fault(cfg, epoch)
+
+
+def _maybe_inject_fault(cfg: PretrainConfig, epoch: int) -> None:
+    """Chaos knob for recovery tests: `extra={"fault_after_epoch": k, "fault_marker": path}` kills this
+    worker process (no clean-up, like a lost node) once, after epoch k's checkpoint was reported."""
+    k, marker = cfg.extra.get("fault_after_epoch"), cfg.extra.get("fault_marker")
+    if k is None or epoch != int(k) or not marker or os.path.exists(marker):
+        return
+    Path(marker).write_text(str(os.getpid()))
+    os._exit(1)
 
 
 def _meta(cfg: PretrainConfig, plan: dict[str, Any], epoch: int, history: list[dict]) -> dict[str, Any]:

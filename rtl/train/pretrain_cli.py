@@ -41,7 +41,7 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--samples-per-epoch", type=int, help="default: rows of the (sub-)corpus")
     p.add_argument("--in-channels", type=int, default=3, choices=(1, 3))
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--max-failures", type=int, default=0, help="worker failures to recover from")
+    p.add_argument("--max-failures", type=int, default=2, help="worker failures to recover from (default 2)")
     p.add_argument("--loader-workers", type=int, default=0, help="DataLoader processes per Ray worker")
     p.add_argument("--local", action="store_true", help="single process, no Ray (debugging / baseline)")
     p.set_defaults(func=cmd_pretrain)
