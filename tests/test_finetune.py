@@ -153,3 +153,23 @@ def test_bad_config_is_a_one_line_error(target):
         FinetuneConfig.parse({"target": str(target), "lr": -1})
     with pytest.raises(RtlError, match="not found"):
         run_finetune(_cfg(target, init=str(target / "no_ckpt")))
+
+
+def test_cli_logs_one_mlflow_run_per_seed_when_a_tracking_uri_is_set(target, tmp_path, monkeypatch, capsys):
+    from mlflow.tracking import MlflowClient
+
+    from rtl.cli import main
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    rc = main(["finetune", "--target", str(target), "--init", "scratch", "--epochs", "2", "--seeds", "0,1",
+               "--min-side", "32", "--max-side", "40", "--batch-size", "8", "--lr", "0.01"])
+    assert rc == 0, capsys.readouterr().err
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("rtl-finetune")
+    runs = client.search_runs([exp.experiment_id])
+    assert sorted(r.data.params["seed"] for r in runs) == ["0", "1"]
+    for r in runs:
+        assert r.data.params["lr"] == "0.01" and r.info.status == "FINISHED"
+        assert {"val_error", "final_val_error", "final_test_error"} <= set(r.data.metrics)
+        assert [m.step for m in client.get_metric_history(r.info.run_id, "val_error")] == [0, 1]  # per epoch

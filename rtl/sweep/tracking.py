@@ -175,3 +175,28 @@ class Tracker:
 def log_figure_file(tracker: Tracker, run_id: str, path: str, artifact_path: str = "report") -> None:
     """Log a file produced by the report (PNG/Markdown) to a run."""
     tracker.log_artifact(run_id, path, artifact_path)
+
+
+def log_standalone_run(experiment: str, name: str, *, params: dict[str, Any], history: list[dict[str, Any]],
+                       final: dict[str, Any], artifact_dirs: list[str] = (), tracking_uri: str | None = None,
+                       ) -> str | None:
+    """One MLflow run for a stand-alone `rtl pretrain` / `rtl finetune`, only when a tracking URI is set
+    (`MLFLOW_TRACKING_URI` or `tracking_uri`): params, per-epoch metrics (numeric history fields, step =
+    epoch), final metrics, and the given folders (e.g. the checkpoint) as artifacts. Returns the run id."""
+    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if not uri:
+        return None
+    tracker = Tracker(uri, experiment)
+    run = _retry(tracker.client.create_run)(tracker.experiment_id, run_name=name, tags={"rtl.kind": experiment})
+    run_id = run.info.run_id
+    tracker.log_params(run_id, params)
+    for row in history:
+        step = int(row.get("epoch", 0))
+        tracker.log_metrics(run_id, {k: v for k, v in row.items()
+                                     if k != "epoch" and isinstance(v, int | float) and not isinstance(v, bool)},
+                            step=step)
+    tracker.log_metrics(run_id, {k: v for k, v in final.items() if isinstance(v, int | float) and v == v})
+    for d in artifact_dirs:
+        _retry(tracker.client.log_artifacts)(run_id, d, os.path.basename(os.path.normpath(d)))
+    tracker.finish(run_id)
+    return run_id

@@ -87,6 +87,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     )
     summary = run_finetune_seeds(cfg, args.seeds)
     print(format_summary(summary))
+    _log_mlflow(cfg, summary)
     if args.json is not None:
         try:
             args.json.parent.mkdir(parents=True, exist_ok=True)
@@ -105,3 +106,19 @@ def _no_nan(obj):
     if isinstance(obj, (list, tuple)):
         return [_no_nan(v) for v in obj]
     return obj
+
+
+def _log_mlflow(cfg, summary) -> None:
+    """One MLflow run per seed when MLFLOW_TRACKING_URI is set (rtl.sweep.tracking is the MLflow module)."""
+    import os
+
+    if not os.environ.get("MLFLOW_TRACKING_URI"):
+        return
+    from rtl.sweep.tracking import log_standalone_run
+
+    target = os.path.basename(os.path.normpath(cfg.target))
+    for r in summary.results:
+        log_standalone_run("rtl-finetune", f"{target}:seed{r.seed}",
+                           params={**cfg.model_dump(), "seed": r.seed}, history=r.history,
+                           final={"final_val_error": r.val_error, "final_test_error": r.test_error,
+                                  "best_epoch": r.best_epoch})

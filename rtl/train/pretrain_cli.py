@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import os
+from pathlib import Path
 
 from rtl.errors import RtlError
 
@@ -65,4 +67,11 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     last = meta["history"][-1] if meta["history"] else {}
     loss = f"  train_loss {last['train_loss']:.4f}" if last else ""
     print(f"checkpoint {out}  strategy {meta['strategy']}  epochs {meta['epoch']}{loss}")
+    if os.environ.get("MLFLOW_TRACKING_URI"):  # params, per-epoch metrics and the checkpoint itself
+        from rtl.sweep.tracking import log_standalone_run
+
+        run_id = log_standalone_run("rtl-pretrain", f"{meta['strategy']}:{Path(out).name}",
+                                    params=meta["config"], history=meta["history"],
+                                    final={"train_loss": last.get("train_loss")}, artifact_dirs=[str(out)])
+        print(f"MLflow run {run_id}")
     return 0
