@@ -244,7 +244,7 @@ def report(rows: list[dict[str, Any]], trials: int, total: float, load0: tuple[f
         tb = r["to_best"] if r["to_best"] is not None else f"not reached (>{r['n']})"
         print(f"| {r['seed']} | {r['target']} | {r['arm']} | {_f(r['best_val'])} | {_f(r['best_test'])} | {tb} "
               f"| {_f(r['epochs_to_best'])} | {r['complete']}/{r['pruned']} | {r['epochs']} | {r['trial_s']:.0f} |")
-    print("\n| seed | arm | wall-clock (both targets) | pretrainings (cold cache) |")
+    print("\n| seed | arm | wall-clock (all targets) | pretrainings (cold cache) |")
     print("|---|---|---|---|")
     seen = set()
     for r in rows:
