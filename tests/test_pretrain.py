@@ -93,15 +93,17 @@ def test_dataset_crops_and_channels(corpus: Path) -> None:
 
 
 def test_local_source_and_resume(corpus: Path, tmp_path: Path) -> None:
-    cfg = _cfg(corpus, tmp_path)
-    out = pretrain_local(cfg)
-    _, meta = load_checkpoint(out)
-    assert [h["epoch"] for h in meta["history"]] == [0]
-    cfg2 = _cfg(corpus, tmp_path, epochs=2)
-    _, meta2 = load_checkpoint(pretrain_local(cfg2))
-    assert [h["epoch"] for h in meta2["history"]] == [0, 1]
-    assert meta2["history"][0] == meta["history"][0]  # epoch 0 was not re-run
-    assert meta2["epoch"] == 2 and meta2["corpus_version"] == "test000000000000"
+    marker = tmp_path / "crashed"
+    cfg = _cfg(corpus, tmp_path, epochs=2,
+               extra={"fault_after_epoch": 0, "fault_marker": str(marker), "fault_mode": "raise"})
+    with pytest.raises(RuntimeError, match="injected fault"):
+        pretrain_local(cfg)
+    saved = [json.loads(p.read_text())["history"] for p in tmp_path.rglob("meta.json")]
+    assert len(saved) == 1 and [h["epoch"] for h in saved[0]] == [0]
+    _, meta = load_checkpoint(pretrain_local(cfg))  # same config again: continues after epoch 0
+    assert [h["epoch"] for h in meta["history"]] == [0, 1]
+    assert meta["history"][0] == saved[0][0]  # epoch 0 was not re-run
+    assert meta["epoch"] == 2 and meta["corpus_version"] == "test000000000000"
 
 
 def test_weighted_strategy_checks_weights_file(corpus: Path, tmp_path: Path) -> None:
@@ -142,10 +144,29 @@ def test_ray_two_workers_match_single_process_and_resume(ray_session, corpus: Pa
     h_local, h_ddp = meta_local["history"][0], meta_ddp["history"][0]
     assert h_ddp["world_size"] == 2 and h_ddp["images"] == h_local["images"] == 40
     assert h_ddp["train_loss"] == pytest.approx(h_local["train_loss"], rel=0.05)
-    # resume: same config with epochs=2 continues after epoch 0 instead of redoing it
-    _, meta2 = load_checkpoint(run_pretrain(_cfg(corpus, tmp_path / "ray", epochs=2, workers=2, batch_size=16)))
-    assert [h["epoch"] for h in meta2["history"]] == [0, 1]
-    assert meta2["history"][0] == meta_ddp["history"][0]
+
+
+def test_interrupted_run_resumes_from_its_last_checkpoint(ray_session, corpus: Path, tmp_path: Path) -> None:
+    """A run that dies after epoch 0 (no retries left) is continued by re-running the same config: epoch 0
+    is taken from the checkpoint (not recomputed), epoch 1 is trained, no epoch repeated."""
+    marker = tmp_path / "crashed"
+    cfg = _cfg(corpus, tmp_path, epochs=2, max_failures=0, extra={"fault_after_epoch": 0, "fault_marker": str(marker)})
+    with pytest.raises(RtlError, match="failed on a worker"):
+        run_pretrain(cfg)
+    saved = [json.loads(p.read_text())["history"] for p in Path(cfg.resolved_storage()).rglob("meta.json")]
+    assert saved and all(len(h) == 1 for h in saved)  # only epoch 0 was checkpointed before the crash
+    _, meta = load_checkpoint(run_pretrain(cfg))
+    assert [h["epoch"] for h in meta["history"]] == [0, 1]
+    assert meta["history"][0] == saved[0][0]  # same record, seconds included: resumed, not retrained
+
+
+def test_more_epochs_is_a_new_run_not_a_warm_restart(corpus: Path, tmp_path: Path) -> None:
+    from rtl.train.strategies import plan_pretrain, run_name
+
+    a, b = _cfg(corpus, tmp_path, epochs=1), _cfg(corpus, tmp_path, epochs=2)
+    assert run_name(a, plan_pretrain(a)) != run_name(b, plan_pretrain(b))
+    assert run_name(a, plan_pretrain(a)) == run_name(_cfg(corpus, tmp_path, epochs=1, workers=2, batch_size=8),
+                                                     plan_pretrain(a))
 
 
 def test_ray_weighted_matches_local_exactly(ray_session, corpus: Path, tmp_path: Path) -> None:

@@ -107,11 +107,12 @@ class _LocalContext:
 
 
 class _RayContext:
-    def __init__(self) -> None:
+    def __init__(self, run_dir: str | None = None) -> None:
         import ray.train
 
         ctx = ray.train.get_context()
         self.rank, self.world_size = ctx.get_world_rank(), ctx.get_world_size()
+        self.run_dir = run_dir
 
     @contextmanager
     def checkpoint_dir(self):
@@ -119,7 +120,10 @@ class _RayContext:
 
         ckpt = ray.train.get_checkpoint()
         if ckpt is None:
-            yield None
+            # Ray registers a checkpoint when its controller polls the report; a worker that dies right
+            # after uploading loses that registration, and a re-run would start over. The upload itself
+            # is complete (written before report returns), so fall back to the newest one on disk.
+            yield _newest_uploaded_checkpoint(self.run_dir)
             return
         with ckpt.as_directory() as d:
             yield Path(d)
@@ -129,6 +133,21 @@ class _RayContext:
 
         ckpt = ray.train.Checkpoint.from_directory(str(ckpt_dir)) if ckpt_dir is not None else None
         ray.train.report(metrics, checkpoint=ckpt)
+
+
+def _newest_uploaded_checkpoint(run_dir: str | None) -> Path | None:
+    """The checkpoint_* folder under a local/NFS run dir with the most finished epochs, if any."""
+    if not run_dir or "://" in run_dir or not Path(run_dir).is_dir():
+        return None
+    best, best_epoch = None, -1
+    for d in Path(run_dir).glob("checkpoint_*"):
+        try:
+            epoch = int(json.loads((d / "meta.json").read_text())["epoch"])
+        except (OSError, ValueError, KeyError):
+            continue  # incomplete upload: never resume from it
+        if (d / STATE_FILE).is_file() and (d / "model.pt").is_file() and epoch > best_epoch:
+            best, best_epoch = d, epoch
+    return best
 
 
 # ------------------------------------------------------------------------------ the worker loop
@@ -167,7 +186,7 @@ def train_loop(config: dict[str, Any]) -> None:
 
     cfg, plan = PretrainConfig(**config["cfg"]), config["plan"]
     local = config.get("local")
-    ctx = _LocalContext(Path(local)) if local else _RayContext()
+    ctx = _LocalContext(Path(local)) if local else _RayContext(config.get("run_dir"))
     torch.set_num_threads(cfg.cpus_per_worker)
     if local:
         device = torch.device("cuda" if cfg.use_gpu and torch.cuda.is_available() else "cpu")
@@ -228,11 +247,14 @@ def train_loop(config: dict[str, Any]) -> None:
 
 def _maybe_inject_fault(cfg: PretrainConfig, epoch: int) -> None:
     """Chaos knob for recovery tests: `extra={"fault_after_epoch": k, "fault_marker": path}` kills this
-    worker process (no clean-up, like a lost node) once, after epoch k's checkpoint was reported."""
+    worker process (no clean-up, like a lost node) once, after epoch k's checkpoint was reported;
+    `"fault_mode": "raise"` raises instead (in-process runs, where exiting would end the caller)."""
     k, marker = cfg.extra.get("fault_after_epoch"), cfg.extra.get("fault_marker")
     if k is None or epoch != int(k) or not marker or os.path.exists(marker):
         return
     Path(marker).write_text(str(os.getpid()))
+    if cfg.extra.get("fault_mode") == "raise":
+        raise RuntimeError(f"injected fault after epoch {epoch}")
     os._exit(1)
 
 
@@ -296,7 +318,9 @@ def run_pretrain(cfg: PretrainConfig) -> Path:
 
     trainer = TorchTrainer(
         train_loop,
-        train_loop_config={"cfg": asdict(cfg), "plan": plan},
+        train_loop_config={"cfg": asdict(cfg), "plan": plan,
+                           "run_dir": str(Path(cfg.resolved_storage()) / run_name(cfg, plan))
+                           if "://" not in cfg.resolved_storage() else None},
         torch_config=TorchConfig(backend="nccl" if cfg.use_gpu else "gloo"),
         scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=cfg.use_gpu,
                                      resources_per_worker={"CPU": cfg.cpus_per_worker}),

@@ -165,9 +165,12 @@ def plan_pretrain(cfg: Any) -> dict[str, Any]:
 
 
 def run_name(cfg: Any, plan: dict[str, Any]) -> str:
-    """Stable Ray run name: a hash of everything that determines the training trajectory, except
-    `epochs` (so re-running with more epochs resumes the same run) and resources (workers, GPU)."""
-    key = {k: getattr(cfg, k) for k in ("corpus", "strategy", "model", "batch_size", "lr", "weight_decay",
+    """Stable Ray run name: a hash of everything that determines the training trajectory (resources —
+    workers, GPU — excluded: the global batch and sample order do not depend on them). `epochs` is part
+    of it because the cosine schedule is: re-running with more epochs must be a clean N-epoch run, not a
+    warm restart of a finished one (measured in docs/measurements/training.md). Re-running the SAME
+    config resumes an interrupted run from its last checkpoint."""
+    key = {k: getattr(cfg, k) for k in ("corpus", "strategy", "model", "epochs", "batch_size", "lr", "weight_decay",
                                         "momentum", "warmup_epochs", "seed", "samples_per_epoch", "in_channels",
                                         "datasets", "domains", "splits", "joint_dir")}
     key["corpus"] = str(Path(key["corpus"]).resolve()) if key["corpus"] else None
