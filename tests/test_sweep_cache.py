@@ -84,3 +84,20 @@ def test_killed_builder_leaves_no_entry(tmp_path: Path) -> None:
     built = cache.get_or_create(key, lambda d: (d / "model.pt").write_text("ok"))
     assert (built / "model.pt").read_text() == "ok" and not (built / "part").exists()
     assert not list((tmp_path / "tmp").iterdir())  # the dead builder's tmp dir was cleaned
+
+
+def test_every_source_subset_gets_the_same_pretraining_steps_by_default(tmp_path) -> None:
+    """Under the default "steps" budget every mask pretrains on as many examples per epoch as the whole
+    searchable corpus holds (a small related subset must not be under-trained); "epochs" opts out."""
+    from sweep_helpers import write_spec
+
+    from rtl.sweep.spec import load_spec
+    from rtl.sweep.trial import samples_per_epoch
+    from rtl.train.strategies import open_view
+
+    spec = load_spec(write_spec(tmp_path))
+    full = len(open_view(spec.corpus_path()))
+    one = len(open_view(spec.corpus_path(), datasets=[open_view(spec.corpus_path()).datasets[0]]))
+    assert one < full and samples_per_epoch(spec) == full
+    budget = spec.budget.model_copy(update={"pretrain_budget": "epochs"})
+    assert samples_per_epoch(spec.model_copy(update={"budget": budget})) is None

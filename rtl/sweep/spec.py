@@ -115,7 +115,13 @@ class Search(_M):
 
 
 class Budget(_M):
+    """`pretrain_budget`: "steps" (default) gives every source subset the same number of optimiser steps
+    — `pretrain_epochs` passes over the whole searchable corpus — so a small related subset is not
+    under-trained next to the full corpus (docs/measurements/training.md: at equal epochs a 2-dataset
+    subset got ~8x fewer steps and its gain mostly vanished). "epochs": passes over the subset itself."""
+
     pretrain_epochs: int = Field(2, ge=1)
+    pretrain_budget: Literal["steps", "epochs"] = "steps"
     finetune_epochs: int = Field(4, ge=1)
     trials_per_target: int = Field(8, ge=1)
     max_concurrent: int = Field(2, ge=1)

@@ -82,16 +82,28 @@ def _pretrain(spec: SweepSpec, out: Path, storage: Path, seed: int, strategy: st
 
     r = spec.resources
     cfg = PretrainConfig(corpus=spec.corpus_path(), strategy=strategy, model=spec.backbone, out=str(out),
-                         epochs=spec.budget.pretrain_epochs, batch_size=spec.budget.batch_size * r.train_workers,
+                         epochs=spec.budget.pretrain_epochs, samples_per_epoch=samples_per_epoch(spec),
+                         batch_size=spec.budget.batch_size * r.train_workers,
                          workers=r.train_workers, cpus_per_worker=max(1, int(r.cpus)), use_gpu=r.gpus > 0,
                          class_weights=class_weights, storage_path=str(storage), seed=seed,
                          min_side=spec.image.min_side, max_side=spec.image.max_side, **_view_args(spec, mask))
     (run_pretrain if r.train_workers > 1 else pretrain_local)(cfg)
 
 
+def samples_per_epoch(spec: SweepSpec) -> int | None:
+    """Examples per pretraining epoch: the size of the whole searchable corpus under the "steps" budget
+    (every mask gets the same number of steps), None (= the subset's own size) under "epochs"."""
+    if spec.budget.pretrain_budget == "epochs":
+        return None
+    from rtl.train.strategies import open_view
+
+    return len(open_view(spec.corpus_path(), **_view_args(spec, units_of(spec))))
+
+
 def _schedule(spec: SweepSpec) -> dict[str, Any]:
     return {"epochs": spec.budget.pretrain_epochs, "batch_size": spec.budget.batch_size,
-            "sides": [spec.image.min_side, spec.image.max_side]}
+            "sides": [spec.image.min_side, spec.image.max_side], "budget": spec.budget.pretrain_budget,
+            "samples_per_epoch": samples_per_epoch(spec)}
 
 
 def prepare_init(spec: SweepSpec, t: dict[str, Any], target: str, tracker: Tracker | None
