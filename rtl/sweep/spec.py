@@ -134,6 +134,13 @@ class Resources(_M):
     train_workers: int = Field(1, ge=1)
 
 
+def _registered(registry: Any, name: str) -> str:
+    """`name` if the registry has it, else a validation error listing the valid names."""
+    if name not in registry:
+        raise ValueError(f"unknown {registry.kind} {name!r}; valid: {', '.join(registry.names())}")
+    return name
+
+
 class Scheduler(_M):
     name: str = "asha"
     grace_period: int = Field(1, ge=1)
@@ -142,9 +149,7 @@ class Scheduler(_M):
     @field_validator("name")
     @classmethod
     def _reg(cls, v: str) -> str:
-        if v not in SCHEDULERS:
-            raise ValueError(f"unknown scheduler {v!r}; valid: {', '.join(SCHEDULERS.names())}")
-        return v
+        return _registered(SCHEDULERS, v)
 
 
 class Searcher(_M):
@@ -154,9 +159,7 @@ class Searcher(_M):
     @field_validator("name")
     @classmethod
     def _reg(cls, v: str) -> str:
-        if v not in SEARCHERS:
-            raise ValueError(f"unknown searcher {v!r}; valid: {', '.join(SEARCHERS.names())}")
-        return v
+        return _registered(SEARCHERS, v)
 
 
 class Controls(_M):
