@@ -39,5 +39,9 @@ def test_trial_run_reattached_not_duplicated(tmp_path: Path, monkeypatch) -> Non
     assert run.data.params["mask"] == "a" and run.data.params["mask_bits"] == "10"
     assert run.data.tags["mlflow.parentRunId"] == t2.get_or_create_target_run("tgt")
     assert t2.experiment_id == t.experiment_id
-    pre = t2.get_or_create_pretrain_run("k" * 64, {"mask": "a"})
-    assert t2.find_pretrain_run("k" * 64) == pre == t2.get_or_create_pretrain_run("k" * 64, {"mask": "a"})
+    history = [{"epoch": 0, "train_loss": 2.0, "lr": 0.1}, {"epoch": 1, "train_loss": 1.5, "lr": 0.05}]
+    pre = t2.get_or_create_pretrain_run("k" * 64, {"mask": "a"}, history)
+    assert t2.find_pretrain_run("k" * 64) == pre == t2.get_or_create_pretrain_run("k" * 64, {"mask": "a"}, history)
+    # per-epoch pretraining metrics logged once, although two trials linked the same cached pretraining
+    losses = t2.client.get_metric_history(pre, "train_loss")
+    assert [(m.step, m.value) for m in losses] == [(0, 2.0), (1, 1.5)]

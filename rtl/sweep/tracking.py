@@ -116,10 +116,18 @@ class Tracker:
         self._set_status(run_id, "RUNNING")
         return run_id
 
-    def get_or_create_pretrain_run(self, cache_key: str, params: dict[str, Any]) -> str:
+    def get_or_create_pretrain_run(self, cache_key: str, params: dict[str, Any],
+                                   history: list[dict[str, Any]] = ()) -> str:
+        """The run of one cached pretraining: params, and its per-epoch metrics logged once (a later
+        trial that hits the cache finds them there and logs nothing again)."""
         run_id = self._get_or_create({"rtl.kind": "pretrain", "rtl.cache_key": cache_key}, {},
                                      f"pretrain:{cache_key[:12]}")
         self.log_params(run_id, params)
+        if history and "train_loss" not in self.client.get_run(run_id).data.metrics:
+            for row in history:
+                self.log_metrics(run_id, {k: row[k] for k in ("train_loss", "images_per_s", "lr") if k in row},
+                                 step=int(row.get("epoch", 0)))
+            self.finish(run_id)
         return run_id
 
     def find_pretrain_run(self, cache_key: str) -> str | None:

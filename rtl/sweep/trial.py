@@ -139,8 +139,12 @@ def prepare_init(spec: SweepSpec, t: dict[str, Any], target: str, tracker: Track
 def _linked(ckpt: str, key: str, mask: list[str], temp: float | None, tracker: Tracker | None,
             tags: dict[str, str]) -> tuple[str, dict[str, str]]:
     if tracker is not None:  # one pretraining run per cache key, linked from every trial that uses it
+        try:
+            history = json.loads((Path(ckpt) / "meta.json").read_text()).get("history", [])
+        except (OSError, ValueError):
+            history = []
         tags["rtl.pretrain_run_id"] = tracker.get_or_create_pretrain_run(
-            key, {"mask": ",".join(sorted(mask)), "temperature": temp, "checkpoint": ckpt})
+            key, {"mask": ",".join(sorted(mask)), "temperature": temp, "checkpoint": ckpt}, history)
     return ckpt, tags
 
 
