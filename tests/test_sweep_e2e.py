@@ -36,6 +36,8 @@ def test_tiny_sweep_end_to_end(tmp_path: Path, ray_session) -> None:
     trials = target_trials(results, "tgt")
     assert len(trials) == 4 and {t.state.name for t in trials} <= {"COMPLETE", "PRUNED"}
     for t in trials:
+        if t.user_attrs.get("rtl.control"):  # baselines always run their whole fine-tuning budget
+            assert t.state.name == "COMPLETE", t.user_attrs
         if t.state.name == "PRUNED":  # stopped by ASHA before the last fine-tuning epoch
             assert max(t.intermediate_values) < spec.budget.finetune_epochs
         else:
