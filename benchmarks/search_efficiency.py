@@ -57,10 +57,13 @@ def make_spec(workdir: Path, corpus: Path, targets: list[Path], arm: str, seed: 
 
     demo = yaml.safe_load((Path(__file__).resolve().parents[1] / "sweeps" / "demo.yaml").read_text())
     searcher, scheduler = ARMS[arm]
+    if arm == "tpe_asha":  # --tpe-scheduler / --grace isolate the searcher from the early stopping
+        scheduler = os.environ.get("RTL_BENCH_TPE_SCHEDULER", scheduler)
     data = {**demo, "name": f"eff{tag}-s{seed}-{arm}", "workspace": str(workdir / "ws"), "corpus": str(corpus),
             "targets": [str(t) for t in targets], "seeds": [seed],
             "budget": {**demo["budget"], "trials_per_target": trials, "max_concurrent": concurrent},
-            "scheduler": {**demo["scheduler"], "name": scheduler},
+            "scheduler": {**demo["scheduler"], "name": scheduler,
+                          "grace_period": int(os.environ.get("RTL_BENCH_GRACE", demo["scheduler"]["grace_period"]))},
             "searcher": {**demo["searcher"], "name": searcher},
             "controls": {"scratch": False, "uniform": False, "importance": False, "imagenet": False},
             "storage": {"cache": str(workdir / "ws" / f"cache{tag}-s{seed}-{arm}")}}
@@ -160,7 +163,13 @@ def main() -> None:
     ap.add_argument("--corpus", default=None, help="corpus dir (default <workdir>/corpus, built when absent)")
     ap.add_argument("--fresh", action="store_true", help="delete this run's sweeps first (else finished ones are reused)")
     ap.add_argument("--json", default=None, help="also write the rows as JSON here")
+    ap.add_argument("--tpe-scheduler", choices=["asha", "fifo"], default="asha",
+                    help="scheduler of the TPE arm (fifo: compare searchers alone; the arm keeps its name)")
+    ap.add_argument("--grace", type=int, default=None, help="ASHA grace period (default: sweeps/demo.yaml)")
     args = ap.parse_args()
+    os.environ["RTL_BENCH_TPE_SCHEDULER"] = args.tpe_scheduler  # read by make_spec (workers never need it)
+    if args.grace is not None:
+        os.environ["RTL_BENCH_GRACE"] = str(args.grace)
     trials = args.trials or (8 if args.quick else 12)
     names = args.targets[:1] if args.quick else args.targets
     work = Path(args.workdir)
