@@ -89,7 +89,15 @@ def test_dataset_crops_and_channels(corpus: Path) -> None:
     assert torch.allclose(raw[0], raw[1], atol=1e-5) and torch.allclose(raw[0], raw[2], atol=1e-5)  # gray -> 3
     assert torch.equal(train[(0, 123)][0], x)  # the same draw key -> the same augmentation
     ev = CorpusDataset(table, crop=SIDE, in_channels=1, train=False)
-    assert torch.equal(ev[0][0], ev[0][0]) and ev[0][0].shape == (1, SIDE, SIDE)
+    x_ev = ev[0][0]
+    assert x_ev.shape == (1, SIDE, SIDE)
+    # eval = the centre SIDE x SIDE crop of the stored pixels, normalised
+    h, w = table.column("height")[0].as_py(), table.column("width")[0].as_py()
+    img = np.frombuffer(table.column("pixels")[0].as_py(), np.uint8).reshape(h, w, 1)
+    top, left = (h - SIDE) // 2, (w - SIDE) // 2
+    want = torch.from_numpy(img[top:top + SIDE, left:left + SIDE, 0].astype(np.float32) / 255)
+    m1, s1 = mean_std(1)
+    assert torch.allclose(x_ev[0] * s1[0] + m1[0], want, atol=1e-5)
 
 
 def test_local_source_and_resume(corpus: Path, tmp_path: Path) -> None:
