@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from rtl.errors import RtlError
+from rtl.select.transferability import as_matrix
 
 __all__ = [
     "target_class_distribution",
@@ -48,14 +49,8 @@ __all__ = [
 
 
 def _check_logits(logits: np.ndarray) -> np.ndarray:
-    x = np.asarray(logits, dtype=np.float64)
-    if x.ndim != 2:
-        raise RtlError(f"target logits must be a 2-d (N, K) array, got shape {x.shape}")
-    if x.shape[0] == 0 or x.shape[1] == 0:
-        raise RtlError(f"target logits are empty (shape {x.shape}): no target images or no classes")
-    if not np.all(np.isfinite(x)):
-        raise RtlError("target logits contain NaN or inf")
-    return x
+    """(N, K) source-model logits over the target images, finite and non-empty."""
+    return as_matrix(logits, "target logits")
 
 
 def target_class_distribution(

@@ -37,7 +37,8 @@ def _labels(labels: np.ndarray, n: int | None, what: str) -> np.ndarray:
     return codes.reshape(-1)
 
 
-def _matrix(x: np.ndarray, what: str) -> np.ndarray:
+def as_matrix(x: np.ndarray, what: str) -> np.ndarray:
+    """`x` as a finite, non-empty 2-d float64 array, else an RtlError naming `what`."""
     a = np.asarray(x, dtype=np.float64)
     if a.ndim != 2:
         raise RtlError(f"{what} must be a 2-d (N, D) array, got shape {a.shape}")
@@ -67,7 +68,7 @@ def logme(
     features: (N, D) penultimate features; labels: (N,) target class labels. Returns L / N averaged
     over classes (higher = better transfer).
     """
-    f = _matrix(features, "features")
+    f = as_matrix(features, "features")
     n, d = f.shape
     y = _labels(labels, n, "labels")
     onehot = np.zeros((n, int(y.max()) + 1), dtype=np.float64)  # (N, C)
@@ -123,7 +124,7 @@ def leep(probs: np.ndarray, labels: np.ndarray) -> float:
     target labels. With the empirical joint P(y, z) = 1/N sum_i theta(x_i)_z [y_i = y] and
     P(y | z) = P(y, z) / P(z), LEEP = 1/N sum_i log sum_z P(y_i | z) theta(x_i)_z  (<= 0).
     """
-    p = _matrix(probs, "probs")
+    p = as_matrix(probs, "probs")
     n = p.shape[0]
     y = _labels(labels, n, "labels")
     if np.any(p < -1e-9) or np.any(np.abs(p.sum(axis=1) - 1.0) > 1e-3):
@@ -164,7 +165,7 @@ def h_score(features: np.ndarray, labels: np.ndarray, *, shrinkage: bool = True)
     S_a = (1 - a) cov(f) + a (tr cov(f) / D) I, as recommended by Ibrahim, Ponomareva, Mazumder, "Newer is not always better: rethinking transferability metrics"
     (arXiv 2110.06893). shrinkage=False gives the original (pseudo-inverse) score.
     """
-    f = _matrix(features, "features")
+    f = as_matrix(features, "features")
     y = _labels(labels, f.shape[0], "labels")
     n, d = f.shape
     fc = f - f.mean(axis=0, keepdims=True)  # (N, D)
