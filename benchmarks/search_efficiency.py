@@ -173,12 +173,19 @@ def main() -> None:
     trials = args.trials or (8 if args.quick else 12)
     names = args.targets[:1] if args.quick else args.targets
     work = Path(args.workdir)
-    targets = [DEMO_WS / "data" / "targets" / n for n in names]
+    data = DEMO_WS / "data"  # the demo family of `rtl demo --workspace /tmp/demo-ws`, else our own
+    if not (data / "relations.json").is_file():
+        from rtl.data.synth import generate_family
+
+        data = work / "data"
+        if not (data / "relations.json").is_file():
+            generate_family(data, size="demo", seed=0)
+    targets = [data / "targets" / n for n in names]
     corpus = Path(args.corpus) if args.corpus else work / "corpus"
     if not (corpus / "manifest.json").is_file():
         from rtl.data.corpus import build_corpus
 
-        sources = sorted(p for p in (DEMO_WS / "data" / "sources").iterdir() if p.is_dir())
+        sources = sorted(p for p in (data / "sources").iterdir() if p.is_dir())
         build_corpus(sources, corpus, min_side=32, max_side=40, cap=300, seed=0, max_downscale=16.0,
                      min_defect_px=0.0)
 
