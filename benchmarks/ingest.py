@@ -14,9 +14,11 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import resource
 import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -68,6 +70,42 @@ def make_dataset(root: Path, n: int, seed: int = 0) -> Path:
     return root
 
 
+SMALL_CLASSES = {"ok": 0.40, "scratch": 0.25, "dent": 0.15, "spot": 0.10, "crack": 0.06, "stain": 0.04}
+
+
+def make_small_dataset(root: Path, n: int, seed: int = 0) -> Path:
+    """N real-looking 200-300 px crops: JPEG and PNG, gray and colour, 6 classes of which ok/scratch/dent
+    exceed a cap of N/7 (so the cap drops images). Cached: regenerated only when N changes."""
+    if (root / "labels.csv").is_file() and len(load_dataset(root).records) == n:
+        return root
+    shutil.rmtree(root, ignore_errors=True)
+    rng = np.random.default_rng(seed)
+    names, probs = list(SMALL_CLASSES), np.array(list(SMALL_CLASSES.values()))
+    labels = rng.choice(len(names), size=n, p=probs / probs.sum())
+    recs = []
+    for i in range(n):
+        label = names[labels[i]]
+        h, w = (int(v) for v in rng.integers(200, 301, 2))
+        yy, xx = np.mgrid[0:h, 0:w]
+        base = (np.sin(xx / rng.uniform(4, 30)) + np.cos(yy / rng.uniform(4, 30))) * 45 + 128
+        gray = i % 4 == 0
+        noise = rng.normal(0, 10, (h, w) if gray else (h, w, 3))
+        img = np.clip((base if gray else base[..., None]) + noise, 0, 255).astype(np.uint8)
+        ext = "png" if i % 3 == 0 else "jpg"
+        rel = f"images/{label}/{i:06d}.{ext}"
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        if ext == "jpg":
+            Image.fromarray(img).save(root / rel, quality=90)
+        else:
+            Image.fromarray(img).save(root / rel, compress_level=6)
+        recs.append(ImageRecord(rel, label, ""))
+    recs = make_splits(recs, seed=seed)
+    write_dataset_yaml(root, name="small", domain=["bench"])
+    write_labels_csv(root, recs)
+    write_splits(root, recs)
+    return root
+
+
 def plain_loop(root: Path, out: Path, min_side: int, max_side: int) -> tuple[int, float]:
     """What one process does without Ray: same transforms, same row bytes, one Parquet file."""
     info = load_dataset(root)
@@ -103,6 +141,136 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+# ------------------------------------------------------------------ small images, whole command (issue 13)
+
+
+def plain_small(root: Path, out: Path, min_side: int, max_side: int, cap: int, seed: int = 0) -> dict:
+    """The single-process baseline a user would write: read labels.csv, keep the same images (same cap
+    rule), decode_image + fit_size + raw bytes, zstd Parquet in 512-row groups. Run as its own process."""
+    import csv
+
+    from rtl.data.sampling import undersample
+
+    t0 = time.perf_counter()
+    with open(root / "labels.csv", newline="", encoding="utf-8") as fh:
+        rows = [(r["label"], r["image"]) for r in csv.DictReader(fh)]
+    kept = undersample(rows, cap or None, seed)
+    out.mkdir(parents=True, exist_ok=True)
+    writer, cols, n = None, {f.name: [] for f in SCHEMA}, 0
+
+    def flush() -> None:
+        nonlocal writer
+        if cols["pixels"]:
+            table = pa.Table.from_pydict(cols, schema=SCHEMA)
+            writer = writer or pq.ParquetWriter(out / "plain.parquet", SCHEMA, compression="zstd",
+                                                compression_level=1)
+            writer.write_table(table)
+            for v in cols.values():
+                v.clear()
+
+    for label, rel in kept:
+        img = fit_size(decode_image(root / rel), min_side, max_side)
+        for name, v in (("pixels", img.tobytes()), ("height", img.shape[0]), ("width", img.shape[1]),
+                        ("channels", img.shape[2]), ("class_id", 0), ("dataset", "small"), ("label", label),
+                        ("source_path", rel), ("patch", 0), ("split", "")):
+            cols[name].append(v)
+        n += 1
+        if len(cols["pixels"]) >= 512:
+            flush()
+    flush()
+    if writer is not None:
+        writer.close()
+    return {"rows": n, "loop_seconds": time.perf_counter() - t0, "peak_rss_mb": peak_rss_mb()}
+
+
+def replicate_dataset(src: Path, dst: Path, n: int) -> Path:
+    """A dataset of `n` images made of hard links to `src`'s files (copy0/, copy1/, ...): the RSS runs
+    need 40k distinct paths, not 40k distinct pictures."""
+    if (dst / "labels.csv").is_file() and len(load_dataset(dst).records) == n:
+        return dst
+    shutil.rmtree(dst, ignore_errors=True)
+    base = load_dataset(src).records
+    recs = []
+    for i in range(n):
+        r = base[i % len(base)]
+        rel = r.path.replace("images/", f"images/copy{i // len(base)}/", 1)
+        (dst / rel).parent.mkdir(parents=True, exist_ok=True)
+        os.link(src / r.path, dst / rel)
+        recs.append(ImageRecord(rel, r.label, r.split))
+    write_dataset_yaml(dst, name="replica", domain=["bench"])
+    write_labels_csv(dst, recs)
+    write_splits(dst, recs)
+    return dst
+
+
+def _run_build(root: Path, out: Path, sides: tuple[int, int], cap: int) -> tuple[float, dict]:
+    shutil.rmtree(out, ignore_errors=True)
+    cmd = [str(Path(sys.executable).with_name("rtl")), "corpus", "build", str(root), "--out", str(out),
+           "--min-side", str(sides[0]), "--max-side", str(sides[1]), "--cap", str(cap), "--quiet"]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    if proc.returncode:
+        raise SystemExit(f"rtl corpus build failed ({proc.returncode}): {proc.stderr.strip()[-800:]}")
+    return wall, json.loads((out / "manifest.json").read_text())
+
+
+def _run_plain(root: Path, out: Path, sides: tuple[int, int], cap: int) -> tuple[float, dict]:
+    shutil.rmtree(out, ignore_errors=True)
+    cmd = [sys.executable, __file__, "--plain-small", str(root), str(out), str(sides[0]), str(sides[1]), str(cap)]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    if proc.returncode:
+        raise SystemExit(f"plain loop failed: {proc.stderr.strip()[-800:]}")
+    return wall, json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def small_case(a: argparse.Namespace) -> None:
+    """Whole `rtl corpus build` commands (new process, Ray start included) vs the plain loop as its own
+    process, interleaved (order alternating per round) on the same files; medians and their ratio."""
+    base = Path(a.dir)
+    t0 = time.perf_counter()
+    root = make_small_dataset(base / f"small{a.small_n}", a.small_n)
+    cap = a.small_cap or max(1, a.small_n // 7)
+    print(f"\n== small images: {a.small_n} images 200-300 px (JPEG+PNG, gray+colour, 6 classes), cap {cap} "
+          f"({time.perf_counter() - t0:.1f}s to generate/check); load average {os.getloadavg()[0]:.1f} "
+          f"on {os.cpu_count()} CPUs shared with other users")
+    for sides in a.small_sides:
+        walls_b, walls_p, ms = [], [], []
+        for r in range(a.rounds):
+            arms = [("build", _run_build), ("plain", _run_plain)]
+            for name, fn in (arms if r % 2 == 0 else arms[::-1]):
+                wall, info = fn(root, base / f"small_{name}", sides, cap)
+                (walls_b if name == "build" else walls_p).append(wall)
+                if name == "build":
+                    ms.append(info)
+                else:
+                    plain_info = info
+        tb, tp = float(np.median(walls_b)), float(np.median(walls_p))
+        m = ms[int(np.argsort(walls_b)[len(walls_b) // 2])]
+        tm = m["timings"]
+        print(f"-- sides {sides[0]}-{sides[1]}: {m['n_images_kept']} images decoded, "
+              f"{m['n_images_in'] - m['n_images_kept']} header-only (over the cap)")
+        print(f"   plain loop process : median {tp:.1f}s (runs {', '.join(f'{t:.1f}' for t in walls_p)}; "
+              f"loop itself {plain_info['loop_seconds']:.1f}s, {plain_info['rows']} rows)")
+        print(f"   rtl corpus build   : median {tb:.1f}s (runs {', '.join(f'{t:.1f}' for t in walls_b)})")
+        print(f"   speed-up           : {tp / tb:.2f}x median, {min(walls_p) / min(walls_b):.2f}x best   "
+              f"[target on 2 cores: >= 1.2x at 64 px, >= 1.6x at 224-256 px]")
+        print(f"   build (median run) : label scan {tm['labels']:.1f}s overlapped with ray start "
+              f"{tm['ray_init']:.1f}s, decode stage {tm['process']:.1f}s at parallelism "
+              f"{tm['decode_task_seconds'] / tm['process']:.2f} over {tm['decode_workers']} workers, "
+              f"finalize {tm['finalize']:.1f}s; build_corpus {m['seconds']:.1f}s of the {tb:.1f}s command; "
+              f"driver peak RSS {tm.get('driver_peak_rss_mb', float('nan')):.0f} MB")
+    for n in a.rss_sizes:
+        rroot = replicate_dataset(root, base / f"replica{n}", n)
+        _, m = _run_build(rroot, base / "small_rss", (64, 72), 0)
+        tm = m["timings"]
+        print(f"-- driver peak RSS, {n} images listed and decoded (64-72 px, cap all): "
+              f"{tm.get('driver_peak_rss_mb', float('nan')):.0f} MB (build {m['seconds']:.1f}s, parallelism "
+              f"{tm['decode_task_seconds'] / tm['process']:.2f})")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=400)
@@ -113,7 +281,25 @@ def main(argv: list[str] | None = None) -> int:
                     help="Ray's default is 15: on a busy machine its workers then lose to every nice-0 process")
     ap.add_argument("--min-side", type=int, default=224)
     ap.add_argument("--max-side", type=int, default=256)
+    ap.add_argument("--case", choices=["large", "small", "all"], default="all",
+                    help="large: 300-1500 px images, build_corpus in-process; small: 200-300 px images, the "
+                         "whole `rtl corpus build` command vs a plain loop process")
+    ap.add_argument("--small-n", type=int, default=9000, help="images of the small case")
+    ap.add_argument("--small-cap", type=int, default=0, help="cap of the small case (default N/7)")
+    ap.add_argument("--small-sides", type=lambda v: [tuple(int(x) for x in p.split("-")) for p in v.split(",")],
+                    default=[(64, 72), (224, 256)], help="min-max side pairs, e.g. 64-72,224-256")
+    ap.add_argument("--rss-sizes", type=lambda v: [int(x) for x in v.split(",") if x], default=[10000, 40000],
+                    help="image counts of the driver-RSS runs (hard-linked replicas); empty to skip")
+    ap.add_argument("--plain-small", nargs=5, metavar=("ROOT", "OUT", "MIN", "MAX", "CAP"), help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
+    if a.plain_small:
+        r, o, lo, hi, c = a.plain_small
+        print(json.dumps(plain_small(Path(r), Path(o), int(lo), int(hi), int(c))))
+        return 0
+    if a.case in ("small", "all"):
+        small_case(a)
+    if a.case == "small":
+        return 0
     base = Path(a.dir)
     t0 = time.perf_counter()
     root = make_dataset(base / "data", a.n)

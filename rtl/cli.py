@@ -7,14 +7,18 @@ import importlib
 import os
 import sys
 
+from rtl.cliargs import check_combinations
 from rtl.errors import RtlError
 
 # Each module exposes `add_parsers(subparsers)`; every sub-parser sets `func=callable(args) -> int | None`.
-_AREAS = ["rtl.data.cli", "rtl.data.corpus_cli", "rtl.train.cli", "rtl.train.pretrain_cli", "rtl.select.cli", "rtl.sweep.cli", "rtl.demo"]
+_AREAS = ["rtl.data.cli", "rtl.data.corpus_cli", "rtl.train.cli", "rtl.train.pretrain_cli", "rtl.select.cli", "rtl.select.rank_cli", "rtl.sweep.cli", "rtl.demo", "rtl.deliver.cli"]
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rtl", description=__doc__)
+    from rtl import __version__
+
+    parser.add_argument("--version", action="version", version=f"rtl {__version__}")
     sub = parser.add_subparsers(dest="verb", metavar="VERB")
     sub.required = True
     for name in _AREAS:
@@ -29,14 +33,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one verb. Exit codes (README): 0 ok; 2 usage or input error (argparse, `RtlError`); 1 runtime
+    failure (`RtlRuntimeError`: errored trials, unreachable cluster/service; an uncaught bug exits 1 too);
+    130 Ctrl-C."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    parser = build_parser()
-    args = parser.parse_args(argv)
     try:
+        parser = build_parser()
+        args = parser.parse_args(argv)  # option values are checked here (rtl.cliargs): exit 2
+        problem = check_combinations(args)
+        if problem:
+            print(f"rtl: error: {problem}", file=sys.stderr)
+            return 2
         rc = args.func(args)
     except RtlError as e:
-        print(f"rtl: error: {e}", file=sys.stderr)
-        return 2
+        from rtl.data.names import printable  # one line even for a path with a newline or non-UTF-8 bytes
+
+        print(f"rtl: error: {printable(str(e))}", file=sys.stderr)
+        return e.exit_code
     except KeyboardInterrupt:
         print("rtl: interrupted", file=sys.stderr)
         return 130

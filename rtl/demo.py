@@ -13,7 +13,11 @@ from pathlib import Path
 
 from rtl.errors import RtlError
 
-DEFAULT_SPEC = Path(__file__).resolve().parents[1] / "sweeps" / "demo.yaml"
+# A source checkout runs its own sweeps/demo.yaml (the copy users edit); an installed wheel has no sweeps/
+# folder and runs the copy shipped as package data (rtl/resources/demo.yaml, kept identical by a test).
+_CHECKOUT_SPEC = Path(__file__).resolve().parents[1] / "sweeps" / "demo.yaml"
+PACKAGED_SPEC = Path(__file__).resolve().parent / "resources" / "demo.yaml"
+DEFAULT_SPEC = _CHECKOUT_SPEC if _CHECKOUT_SPEC.is_file() else PACKAGED_SPEC
 
 
 def run_demo(workspace: str | Path, *, spec_path: str | Path = DEFAULT_SPEC, size: str = "demo",

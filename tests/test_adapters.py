@@ -61,7 +61,7 @@ def test_csv_with_custom_columns_and_name_collisions(tmp_path):
     assert Counter(r.label for r in info.records) == {"ok": 2, "dent": 2}
     assert check_dataset(dst).ok
     (src / "bad.csv").write_text("file,cls\nmissing.png,ok\n")
-    with pytest.raises(DatasetError, match=r"bad.csv:2: image not found"):
+    with pytest.raises(DatasetError, match=r"no usable images .*bad.csv:2: missing.png: image file not found"):
         import_dataset("csv", src / "bad.csv", tmp_path / "dst2", name="c", domain=["film"],
                        path_column="file", label_column="cls")
 
@@ -89,8 +89,8 @@ def test_voc_label_boxes_and_splits(tmp_path):
 def test_errors_are_one_line(tmp_path, capsys):
     with pytest.raises(DatasetError, match="source not found"):
         import_dataset("imagefolder", tmp_path / "nope", tmp_path / "d", name="x", domain=["a"])
-    with pytest.raises(RtlError, match="valid: csv, imagefolder, voc"):
-        import_dataset("coco", tmp_path, tmp_path / "d", name="x", domain=["a"])
+    with pytest.raises(RtlError, match="valid: .*csv, imagefolder, voc"):
+        import_dataset("nonsense", tmp_path, tmp_path / "d", name="x", domain=["a"])
     img(tmp_path / "src/ok/a.png")
     with pytest.raises(DatasetError, match="field 'name'"):
         import_dataset("imagefolder", tmp_path / "src", tmp_path / "d", name="bad name", domain=["a"])
@@ -104,3 +104,28 @@ def test_errors_are_one_line(tmp_path, capsys):
     rc = main(["dataset", "import", "--format", "imagefolder", str(tmp_path / "src"), str(tmp_path / "d"),
                "--name", "x", "--domain", "a"])
     assert rc == 2 and "not empty" in capsys.readouterr().err
+
+
+def test_imagefolder_links_inside_the_tree(tmp_path, capsys):
+    """A symlinked file inside the source is one image (not two, which could land in two splits); symlinked
+    folders are not followed (loops, escapes) and are listed as skipped."""
+    src = tmp_path / "src"
+    img(src / "ok/good.png")
+    img(src / "bad/b.png")
+    (src / "ok/alias.png").symlink_to(src / "ok/good.png")
+    (src / "ok/more").symlink_to(src / "bad", target_is_directory=True)
+    dst = import_dataset("imagefolder", src, tmp_path / "dst", name="x", domain="pcb")
+    assert sorted(r.path for r in load_dataset(dst).records) == ["images/bad/b.png", "images/ok/alias.png"]
+    err = capsys.readouterr().err
+    assert "skipped ok/good.png: same file as ok/alias.png" in err
+    assert "skipped ok/more: symbolic link to a folder: not followed" in err
+
+
+def test_csv_rows_are_checked_before_anything_is_written(tmp_path):
+    """A CSV whose every row is refused creates no destination; the error names the first reason."""
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src/list.csv").write_text("path,label\n/etc/passwd,ok\n")
+    with pytest.raises(DatasetError, match=r"no usable images \(1 skipped; first: .*list.csv:2: /etc/passwd: "
+                                           r"absolute path refused"):
+        import_dataset("csv", tmp_path / "src/list.csv", tmp_path / "dst", name="c", domain=["film"])
+    assert not (tmp_path / "dst").exists()

@@ -68,6 +68,16 @@ def test_voc_xml_round_trip(tmp_path):
         read_voc_xml(p)
 
 
+@pytest.mark.parametrize("coord", ["1e400", "-inf", "nan", "2e6"])
+def test_voc_box_coordinates_out_of_range_are_one_line_errors(tmp_path, coord):
+    """Not pixels of any image: `1e400` used to raise OverflowError in import, check and corpus build."""
+    p = tmp_path / "x.xml"
+    p.write_text(f"<annotation><object><name>a</name><bndbox><xmin>1</xmin><ymin>1</ymin><xmax>{coord}</xmax>"
+                 "<ymax>5</ymax></bndbox></object></annotation>")
+    with pytest.raises(DatasetError, match=r"x.xml: object 'a' has a bndbox coordinate out of range"):
+        read_voc_xml(p)
+
+
 @pytest.mark.parametrize(
     "text, where",
     [("name: [oops\n", "dataset.yaml:2"),           # YAML syntax error: line named

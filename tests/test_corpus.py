@@ -173,13 +173,20 @@ def test_interrupted_build_leaves_no_manifest(family, tmp_path, ray_session, mon
     def boom(*a, **k):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(corpus_build, "_manifest", boom)  # after all shards are written
     out = tmp_path / "c"
-    with pytest.raises(KeyboardInterrupt):
-        build_corpus([family / "sources" / "pcb_a"], out, cap=2, **SIDES)
-    assert not (out / "manifest.json").exists() and not list(out.glob(".building-*"))
-    with pytest.raises(RtlError, match="no manifest"):
+    with monkeypatch.context() as mp:
+        mp.setattr(corpus_build, "_manifest", boom)  # after all shards are written
+        with pytest.raises(KeyboardInterrupt):
+            build_corpus([family / "sources" / "pcb_a"], out, cap=2, **SIDES)
+    assert not out.exists()  # an interrupted first build leaves no folder behind
+    with pytest.raises(RtlError, match="not found"):
         open_corpus(out)
+    m = build_corpus([family / "sources" / "pcb_a"], out, cap=2, **SIDES)
+    monkeypatch.setattr(corpus_build, "_manifest", boom)
+    with pytest.raises(KeyboardInterrupt):
+        build_corpus([family / "sources" / "pcb_a", family / "sources" / "film_a"], out, cap=2, **SIDES)
+    # an interrupted rebuild keeps the previous corpus readable as it was
+    assert open_corpus(out).version == m["version"] and not list(out.glob(".building-*"))
 
 
 def test_cli_build_and_info(family, tmp_path, ray_session, capsys):

@@ -9,7 +9,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from rtl.sweep.search import OptunaAskTell, define_space, open_study
+from rtl.sweep.search import OptunaAskTell, accounted_trials, define_space, open_study, reconcile_orphans
 
 SPACE = {"lr": {"low": 1e-3, "high": 1e-1}, "freeze_depth": {"low": 0, "high": 2},
          "regularizer": {"choices": ["none", "l2sp"], "strength": {"low": 1e-3, "high": 1e-1}},
@@ -70,7 +70,7 @@ def test_controls_first_and_orphans_reenqueued(tmp_path: Path) -> None:
     assert (second["control"], second["mask"], second["temperature"]) == ("uniform", ["a", "b", "c"], None)
     # driver dies; Tune's last checkpoint knew t1 only -> t2 is an orphan, its control must run again
     s2 = _searcher(tmp_path, controls=ctl)
-    assert s2.reconcile({"t1"}) == [1]
+    assert reconcile_orphans(s2.study, {"t1"}) == [1]
     again = s2.suggest("t3")["trial"]
     assert again["control"] == "uniform" and again["mask"] == ["a", "b", "c"]
     assert _states(tmp_path) == ["RUNNING", "FAIL", "RUNNING"]
@@ -103,3 +103,43 @@ def test_processes_opening_a_new_study_storage_at_once_all_succeed(tmp_path) -> 
     url = f"sqlite:///{tmp_path / 'optuna.db'}"
     with mp.get_context("spawn").Pool(3) as pool:
         assert pool.map(_open, [url] * 3, chunksize=1) == [0] * 3
+
+
+def test_orphan_result_is_reattached_and_its_twin_withdrawn(tmp_path: Path) -> None:
+    """A result that arrives for a trial declared an orphan is kept (never dropped) and the re-enqueued
+    copy is withdrawn, so the budget is not spent twice and no WAITING trial is left."""
+    s = _searcher(tmp_path)
+    s.suggest("t1")
+    s.suggest("t2")
+    assert reconcile_orphans(s.study, {"t1"}) == [1]
+    s2 = _searcher(tmp_path)
+    s2.on_trial_complete("t2", {"val_error": 0.25, "epoch": 2, "finished": True})
+    trials = open_study(f"sqlite:///{tmp_path / 'o.db'}", "s/t").trials
+    assert [t.state.name for t in trials] == ["RUNNING", "FAIL", "FAIL", "COMPLETE"]
+    assert trials[2].user_attrs["rtl.superseded"] and trials[3].value == 0.25
+    assert trials[3].user_attrs["rtl.resumed_from"] == 1 and "rtl.orphaned" not in trials[3].user_attrs
+    assert accounted_trials(s2.study) == 2  # t1 running + t2's outcome; orphan and twin not counted
+    s2.on_trial_complete("t2", {"val_error": 0.25, "epoch": 2, "finished": True})  # told twice: once kept
+    assert len(open_study(f"sqlite:///{tmp_path / 'o.db'}", "s/t").trials) == 4
+
+
+def test_accounted_trials_counts_a_retried_error_once(tmp_path: Path) -> None:
+    s = _searcher(tmp_path)
+    s.suggest("t1")
+    s.on_trial_complete("t1", None, error=True)
+    assert accounted_trials(s.study) == 1
+    s.on_trial_complete("t1", {"val_error": 0.3, "epoch": 2, "finished": True})  # resumed, then finished
+    assert [t.state.name for t in s.study.trials] == ["FAIL", "COMPLETE"]
+    assert accounted_trials(s.study) == 1
+
+
+def test_pickled_searcher_holds_no_expanded_secret(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ray pickles the searcher into tuner.pkl in the results dir: the URL template goes in, never the secret."""
+    import pickle
+
+    monkeypatch.setenv("RTL_TEST_DB", str(tmp_path / "secret-o.db"))
+    s = OptunaAskTell(storage_url="sqlite:///${RTL_TEST_DB}", study_name="s/t", space=SPACE, units=UNITS)
+    s.suggest("t1")  # the study opens with the expanded URL
+    blob = pickle.dumps(s)
+    assert b"secret-o.db" not in blob and b"${RTL_TEST_DB}" in blob
+    assert (tmp_path / "secret-o.db").exists()

@@ -12,7 +12,7 @@ from rtl.errors import RtlError
 def _synth(args: argparse.Namespace) -> int:
     from rtl.data.synth import format_summary, generate_family
 
-    result = generate_family(Path(args.out), size=args.size, seed=args.seed)
+    result = generate_family(Path(args.out), size=args.size, seed=args.seed, force=args.force)
     print(format_summary(result))
     print(f"wrote {args.out}/sources, {args.out}/targets, {args.out}/relations.json")
     return 0
@@ -21,6 +21,7 @@ def _synth(args: argparse.Namespace) -> int:
 def _import(args: argparse.Namespace) -> int:
     from rtl.data.adapters import import_dataset
     from rtl.data.convention import check_dataset
+    from rtl.data.names import printable
 
     options = {}
     for kv in args.option or []:
@@ -33,7 +34,7 @@ def _import(args: argparse.Namespace) -> int:
                          description=args.description, license=args.license, link=args.link, seed=args.seed,
                          **options)
     print(check_dataset(dst).summary())
-    print(f"imported {args.src} -> {dst}")
+    print(f"imported {printable(args.src)} -> {printable(dst)}")
     return 0
 
 
@@ -52,8 +53,12 @@ def _check(args: argparse.Namespace) -> int:
 def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("synth", help="generate the synthetic inspection dataset family (no download)")
     p.add_argument("out", help="output folder (sources/, targets/, relations.json)")
-    p.add_argument("--size", choices=["tiny", "demo", "full"], default="demo")
+    p.add_argument("--size", choices=["tiny", "demo", "full", "hard"], default="demo",
+                   help="hard: >= 20 sources, 8 targets with related/harmful/unrelated ground truth (ranking)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--force", action="store_true",
+                   help="write into a non-empty folder that is not a previous synth output of the same size and "
+                        "seed (its dataset folders are replaced)")
     p.set_defaults(func=_synth)
 
     d = subparsers.add_parser("dataset", help="import or check a dataset folder")

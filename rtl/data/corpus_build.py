@@ -16,6 +16,7 @@ Pipeline (label table first, pixels last):
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -24,6 +25,7 @@ import shutil
 import time
 import uuid
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -31,14 +33,16 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from rtl.data.convention import Box, DatasetInfo, check_dataset, resolve_image_path
+from rtl.data.convention import Box, DatasetInfo, check_dataset, read_dataset_yaml, resolve_image_path
 from rtl.data.corpus_view import SCHEMA
+from rtl.data.safety import check_creatable, exclusive_lock
 from rtl.data.sampling import ClassTable, undersample
 from rtl.data.transforms import DecodeError, decode_image, fit_size, needs_patches, patch_crop
 from rtl.errors import DatasetError, RtlError
 
 __all__ = ["build_corpus", "size_bucket"]
 
+LOCK_NAME = ".build.lock"  # flock held by the running build (rtl.data.safety.exclusive_lock)
 _BP_KEY = "backpressure_policies.enabled"  # ray.data ENABLED_BACKPRESSURE_POLICIES_CONFIG_KEY
 _BUCKETS = (32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
 
@@ -165,29 +169,15 @@ def _load(dataset_dirs: list[str | Path]) -> tuple[list[DatasetInfo], list[dict]
 
 def _init_ray(address: str | None) -> bool:
     """Connect to `address`/RAY_ADDRESS or start a local Ray; True when this call started it."""
-    import ray
+    from rtl.raystart import ensure_ray  # a cluster, or a local Ray on 127.0.0.1 only (issue 17)
 
-    if ray.is_initialized():
-        return False
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    addr = address or os.environ.get("RAY_ADDRESS")
-    try:
-        if addr:
-            ray.init(address=addr, configure_logging=False, log_to_driver=False)
-        else:
-            # Ray runs workers at nice 15 by default; a batch build wants its fair share of the CPUs
-            ray.init(include_dashboard=False, configure_logging=False, log_to_driver=False,
-                     _system_config={"worker_niceness": 0})
-    except (ConnectionError, RuntimeError, ValueError) as e:
-        raise RtlError(f"cannot start/connect to Ray{' at ' + addr if addr else ''}: "
-                       f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
-    return True
+    # Ray runs workers at nice 15 by default; a batch build wants its fair share of the CPUs (local only)
+    return ensure_ray(address, _system_config={"worker_niceness": 0})
 
 
 def _prepare_out(out: Path) -> dict | None:
     """Existing manifest of `out` (or None); refuses a non-empty folder that is not a corpus."""
-    if out.exists() and not out.is_dir():
-        raise RtlError(f"{out}: exists and is not a folder")
+    check_creatable(out, "corpus folder")  # not a file, and no file in the way of creating it
     if not out.exists():
         return None
     mpath = out / "manifest.json"
@@ -197,19 +187,22 @@ def _prepare_out(out: Path) -> dict | None:
         except (OSError, ValueError) as e:
             raise RtlError(f"{mpath}: cannot read existing manifest: {e}") from None
     stray = [c.name for c in out.iterdir()
-             if not (c.name.startswith((".building-", ".manifest-")) or c.name == "shards")]
+             if not (c.name.startswith((".building-", ".manifest-")) or c.name in ("shards", LOCK_NAME))]
     if stray:
         raise RtlError(f"{out}: folder exists, is not empty and is not a corpus (has {stray[0]})")
     return None
 
 
-def _units(rows: list[list], headers: list[str], n_cpu: int) -> list[dict]:
+def _units(rows: list[list], headers: list[str], n_cpu: int, max_side: int = 256) -> list[dict]:
     """Cut work into units, one task and one shard each.
 
-    ~6 units per CPU balance the tail (units differ in cost: sizes, patches); 4..128 images per unit keep
-    the per-task gap (~10-150 ms of scheduling, more on a loaded machine) small and shards <= ~25 MB.
+    ~6 units per CPU balance the tail (units differ in cost: sizes, patches). A unit holds at most
+    ~32 MB of output pixels (128 images at 256 px, 1024 at 64-72 px): small images are cheap (~1-3 ms),
+    so they go in big batches that keep the per-task cost (scheduling, worker hand-off, one Parquet file)
+    negligible, while large outputs keep shards of a readable size.
     """
-    size = min(128, max(4, math.ceil(len(rows) / (6 * max(1, n_cpu)))))
+    per_unit = max(16, min(1024, (32 << 20) // (3 * max_side * max_side)))
+    size = min(per_unit, max(4, math.ceil(len(rows) / (6 * max(1, n_cpu)))))
     n = max(1, math.ceil(len(rows) / size))
     units = [{"uid": i, "decode": rows[i * size:(i + 1) * size], "headers": []} for i in range(n)]
     for j, h in enumerate(headers):
@@ -237,49 +230,44 @@ def build_corpus(dataset_dirs: list[str | Path], out: str | Path, *, min_side: i
     if cap is not None and cap < 0:
         raise RtlError(f"cap must be >= 0, got {cap}")
     cap = cap or None
-    out = Path(out)
+    out = Path(out).absolute()  # Ray workers may run in another cwd (a cluster): never a relative path
     old = _prepare_out(out)
-    infos, rejects, warnings = _load(list(dataset_dirs))
+    dirs = list(dataset_dirs)
+    for d in dirs:  # the cheap checks first: a typo must not wait for Ray to start
+        if not Path(d).is_dir():
+            raise DatasetError(f"{d}: dataset folder not found")
+        read_dataset_yaml(d)
     if class_table is not None:
         table = class_table if isinstance(class_table, ClassTable) else ClassTable.load(class_table)
     elif old is not None:
         table = ClassTable.load(old)
     else:
         table = ClassTable()
-    items, rec_of = [], {}
-    for info in infos:
-        for label in info.classes():
-            table.add(info.name, label, info.domain)
-        for r in info.records:
-            cid = table.id(info.name, r.label)
-            items.append((cid, (info.name, r.path)))
-            rec_of[(info.name, r.path)] = (info, r, cid)
-    counts_before = Counter(cid for cid, _ in items)
-    kept = undersample(items, cap, seed)
-    kept_keys = {k for _, k in kept}
-    rows = []
-    for _, key in sorted(kept, key=lambda it: it[1]):
-        info, r, cid = rec_of[key]
-        rows.append([info.name, str(info.root), r.path, r.label, cid, r.split,
-                     [[b.xmin, b.ymin, b.xmax, b.ymax, b.label] for b in r.boxes]])
-    headers = sorted(str(info.root / r.path) for key, (info, r, _) in rec_of.items() if key not in kept_keys)
-    timings["labels"] = time.perf_counter() - t_start
 
     params = {"min_side": min_side, "max_side": max_side, "cap": cap, "seed": seed, "keep_gray": keep_gray,
               "max_patches": max_patches, "max_downscale": max_downscale, "min_defect_px": min_defect_px,
               "max_pixels": max_pixels}
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
-    for stale in out.glob(".building-*"):  # left by a killed build
-        shutil.rmtree(stale, ignore_errors=True)
+    # one build per --out at a time: a second one refuses instead of deleting our .building-* (issue 12)
+    lock = exclusive_lock(out / LOCK_NAME, f"{out}: another `rtl corpus build` is writing this corpus")
     work = out / f".building-{uuid.uuid4().hex[:8]}"
-    (work / "shards").mkdir(parents=True)
-    started = False
+    started = ok = False
+    pool = ThreadPoolExecutor(1, thread_name_prefix="rtl-label-scan")
     try:
+        # The label scan (a stat per listed image) and Ray's start (mostly waiting on new processes)
+        # are independent: run the scan in a thread meanwhile, so a build pays max(scan, start), not both.
+        scan = pool.submit(_plan, dirs, table, cap, seed)
         t0 = time.perf_counter()
         started = _init_ray(address)
         import ray
 
         timings["ray_init"] = time.perf_counter() - t0
+        infos, rejects, warnings, items, rows, headers, timings["labels"] = scan.result()
+        counts_before = Counter(cid for cid, _ in items)
+        for stale in out.glob(".building-*"):  # left by a killed build (we hold the lock)
+            shutil.rmtree(stale, ignore_errors=True)
+        (work / "shards").mkdir(parents=True)
         t0 = time.perf_counter()
         metas = _run(rows, headers, params, str(work / "shards"), progress,
                      int(ray.cluster_resources().get("CPU", 1)))
@@ -293,18 +281,88 @@ def build_corpus(dataset_dirs: list[str | Path], out: str | Path, *, min_side: i
                              len(rows))
         manifest["seconds"] = round(time.perf_counter() - t_start, 3)
         timings["finalize"] = time.perf_counter() - t0
+        timings["driver_peak_rss_mb"] = _peak_rss_mb()
         manifest["timings"] = {k: round(v, 3) for k, v in timings.items()}
         _commit(out, work, manifest)
+        ok = True
         return manifest
     finally:
+        pool.shutdown(wait=False, cancel_futures=True)
         shutil.rmtree(work, ignore_errors=True)
+        lock.release()
+        if created and not ok:  # a failed first build leaves no folder behind
+            (out / LOCK_NAME).unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                out.rmdir()
         if started:
             import ray
 
             ray.shutdown()
 
 
+def _plan(dirs: list, table: ClassTable, cap: int | None, seed: int) -> tuple:
+    """Label table -> (infos, rejects, warnings, items, rows to decode, header-only paths, seconds).
+
+    Adds new (dataset, label) pairs to `table`; runs in a thread while Ray starts.
+    """
+    t0 = time.perf_counter()
+    infos, rejects, warnings = _load(dirs)
+    items, rec_of = [], {}
+    for info in infos:
+        for label in info.classes():
+            table.add(info.name, label, info.domain)
+        for r in info.records:
+            cid = table.id(info.name, r.label)
+            items.append((cid, (info.name, r.path)))
+            rec_of[(info.name, r.path)] = (info, r, cid)
+    kept = undersample(items, cap, seed)
+    kept_keys = {k for _, k in kept}
+    rows = []
+    for _, key in sorted(kept, key=lambda it: it[1]):
+        info, r, cid = rec_of[key]
+        rows.append([info.name, str(info.root), r.path, r.label, cid, r.split,
+                     [[b.xmin, b.ymin, b.xmax, b.ymax, b.label] for b in r.boxes]])
+    headers = sorted(str(info.root / r.path) for key, (info, r, _) in rec_of.items() if key not in kept_keys)
+    return infos, rejects, warnings, items, rows, headers, time.perf_counter() - t0
+
+
 def _run(rows: list, headers: list, params: dict, shard_dir: str, progress: bool, n_cpu: int) -> list[dict]:
+    if os.environ.get("RTL_CORPUS_EXECUTOR", "tasks") == "data":
+        return _run_data(rows, headers, params, shard_dir, progress, n_cpu)
+    return _run_tasks(rows, headers, params, shard_dir, progress, n_cpu)
+
+
+def _run_tasks(rows: list, headers: list, params: dict, shard_dir: str, progress: bool, n_cpu: int
+               ) -> list[dict]:
+    """One Ray task per unit (1 CPU each), all submitted at once; Ray runs as many as there are CPUs."""
+    import sys
+
+    import ray
+
+    units = _units(rows, headers, n_cpu, params["max_side"])
+    task = ray.remote(num_cpus=1)(_process_unit)
+    pending = [task.remote(u, params, shard_dir) for u in units]
+    metas: list[dict] = []
+    n_done, t_print = 0, time.monotonic()
+    while pending:
+        done, pending = ray.wait(pending, num_returns=1)
+        try:
+            m = ray.get(done[0])
+        except ray.exceptions.RayError as e:  # a worker died twice or a shard could not be written
+            cause = getattr(e, "cause", None) or e
+            first = (str(cause).strip().splitlines() or [type(cause).__name__])[-1]
+            raise RtlError(f"corpus build: a decode task failed: {first}") from None
+        metas.append(m)
+        n_done += len(units[m["uid"]]["decode"])
+        if progress and (not pending or time.monotonic() - t_print > 2.0):
+            print(f"corpus build: {len(metas)}/{len(units)} tasks, {n_done}/{len(rows)} images",
+                  file=sys.stderr, flush=True)
+            t_print = time.monotonic()
+    return sorted(metas, key=lambda m: m["uid"])
+
+
+def _run_data(rows: list, headers: list, params: dict, shard_dir: str, progress: bool, n_cpu: int
+              ) -> list[dict]:
     import ray
     import ray.data
 
@@ -316,7 +374,7 @@ def _run(rows: list, headers: list, params: dict, shard_dir: str, progress: bool
     # second task by ~1 s and left ~0.2 s idle between units (25% of the stage). Off for this dataset.
     ctx.set_config(_BP_KEY, [])
     try:
-        units = _units(rows, headers, n_cpu)
+        units = _units(rows, headers, n_cpu, params["max_side"])
         items = [{"unit": json.dumps(u)} for u in units]
         ds = ray.data.from_items(items, override_num_blocks=len(items))
         # one task per unit, 1 CPU each: Ray Data runs as many at once as the cluster has CPUs
@@ -329,6 +387,15 @@ def _run(rows: list, headers: list, params: dict, shard_dir: str, progress: bool
             ctx.remove_config(_BP_KEY)
         else:
             ctx.set_config(_BP_KEY, saved[2])
+
+
+def _peak_rss_mb() -> float:
+    """This process's peak resident memory in MB (Linux reports KB, macOS bytes)."""
+    import resource
+    import sys
+
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / (1024 * 1024 if sys.platform == "darwin" else 1024)
 
 
 def _hist(sizes: list) -> dict[str, int]:

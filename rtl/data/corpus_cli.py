@@ -45,28 +45,29 @@ def _build(args: argparse.Namespace) -> int:
 
     if args.cap < 0:
         raise RtlError(f"--cap must be >= 0, got {args.cap}")
-    m = build_corpus(args.datasets, args.out, min_side=args.min_side, max_side=args.max_side,
+    out = Path(args.out).absolute()  # resolved here, on the driver: Ray workers may have another cwd
+    m = build_corpus(args.datasets, out, min_side=args.min_side, max_side=args.max_side,
                      cap=args.cap or None, seed=args.seed, keep_gray=not args.rgb,
                      class_table=args.class_table, address=args.address, max_patches=args.max_patches,
                      max_downscale=args.max_downscale, min_defect_px=args.min_defect_px,
                      progress=not args.quiet)
-    print(summary(m, Path(args.out)))
+    print(summary(m, out))
     return 0
 
 
 def summary(m: dict, out: Path | None = None) -> str:
     """One screen: images in/kept/out, rejects by reason, classes, time, version."""
     reasons = Counter("label row dropped" if r["path"].startswith("labels.csv:") else r["reason"].split(":")[0]
-                      for r in m["rejects"])
+                      for r in m.get("rejects", []))
     lines = [f"corpus {out or ''}  version {m['version']}",
-             f"  datasets {len(m['datasets'])}  classes {len(m['classes'])}  "
+             f"  datasets {len(m.get('datasets', {}))}  classes {len(m.get('classes', []))}  "
              f"(empty: {len(m.get('empty_classes', []))})",
-             f"  images: {m['n_images_in']} listed, {m.get('n_images_kept', '?')} kept by cap "
-             f"{m['params'].get('cap')}, {m.get('n_images_ok', '?')} decoded -> {m['n_rows_out']} rows "
-             f"in {len(m['shards'])} shards",
+             f"  images: {m.get('n_images_in', '?')} listed, {m.get('n_images_kept', '?')} kept by cap "
+             f"{(m.get('params') or {}).get('cap')}, {m.get('n_images_ok', '?')} decoded -> {m.get('n_rows_out', '?')} rows "
+             f"in {len(m.get('shards', []))} shards",
              f"  sizes before: {_fmt_hist(m.get('size_hist_before', {}))}",
              f"  sizes after:  {_fmt_hist(m.get('size_hist_after', {}))}",
-             f"  rejects: {len(m['rejects'])}" + ("" if not reasons else "  (" + ", ".join(
+             f"  rejects: {len(m.get('rejects', []))}" + ("" if not reasons else "  (" + ", ".join(
                  f"{k}: {n}" for k, n in reasons.most_common(8)) + ")")]
     if m.get("warnings"):
         lines.append(f"  warnings: {len(m['warnings'])} (see manifest.json)")

@@ -10,13 +10,25 @@ from __future__ import annotations
 
 import json
 from functools import cached_property
-from pathlib import Path
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.dataset as pds
 
 from rtl.errors import RtlError
+
+if TYPE_CHECKING:
+    import pyarrow.dataset as pds
+
+
+def _pds():
+    """pyarrow.dataset, imported on first use: ~1 s of import that corpus-build workers (which only need
+    SCHEMA) and `rtl corpus build` itself would otherwise pay at start (issue 13)."""
+    import pyarrow.dataset
+
+    return pyarrow.dataset
+
 
 __all__ = ["SCHEMA", "CorpusView", "open_corpus", "decode_row"]
 
@@ -74,6 +86,7 @@ class CorpusView:
     @cached_property
     def filter_expr(self) -> pds.Expression:
         """pyarrow.dataset expression selecting the view's rows (usable with Ray Data's read_parquet)."""
+        pds = _pds()
         expr = pds.scalar(True)
         if self._filtered:
             expr = pds.field("dataset").isin(self.datasets)
@@ -82,14 +95,26 @@ class CorpusView:
         return expr
 
     def dataset(self) -> pds.Dataset:
-        return pds.dataset(self.files, schema=SCHEMA, format="parquet")
+        """The shards as one pyarrow dataset; RtlError (one line) when a shard is missing or unreadable."""
+        for rel, f in zip(self.manifest.get("shards", []), self.files):
+            if not Path(f).is_file():
+                raise RtlError(f"{self.root}: shard {rel} is missing (damaged corpus; rebuild it with "
+                               f"`rtl corpus build`)")
+        try:
+            return _pds().dataset(self.files, schema=SCHEMA, format="parquet")
+        except (OSError, pa.ArrowException) as e:
+            raise RtlError(f"{self.root}: cannot read the shards: {_first_line(e)}") from None
 
     def table(self, columns: list[str] | None = None) -> pa.Table:
         """Rows of the view (filters applied), all columns unless `columns` is given."""
         if not self.files:
             t = SCHEMA.empty_table()
             return t.select(columns) if columns else t
-        return self.dataset().to_table(columns=columns, filter=self.filter_expr)
+        ds = self.dataset()
+        try:
+            return ds.to_table(columns=columns, filter=self.filter_expr)
+        except (OSError, pa.ArrowException) as e:
+            raise RtlError(f"{self.root}: cannot read the shards: {_first_line(e)}") from None
 
     def class_counts(self) -> dict[int, int]:
         """Rows per class id in this view (classes of the view with no rows are listed with 0)."""
@@ -102,7 +127,11 @@ class CorpusView:
     def __len__(self) -> int:
         if not self.files:
             return 0
-        return self.dataset().count_rows(filter=self.filter_expr)
+        ds = self.dataset()
+        try:
+            return ds.count_rows(filter=self.filter_expr)
+        except (OSError, pa.ArrowException) as e:
+            raise RtlError(f"{self.root}: cannot read the shards: {_first_line(e)}") from None
 
     def __repr__(self) -> str:
         return (f"CorpusView({self.root}, version={self.version}, datasets={self.datasets}, "
@@ -119,10 +148,23 @@ def _read_manifest(root: Path) -> dict:
         raise RtlError(f"{root}: not a corpus (no manifest.json; an unfinished build?)") from None
     except (OSError, ValueError) as e:
         raise RtlError(f"{mpath}: cannot read manifest: {e}") from None
+    if not isinstance(manifest, dict):
+        raise RtlError(f"{mpath}: not a corpus manifest (expected a JSON object)")
     for key in ("version", "classes", "datasets", "shards"):
         if key not in manifest:
             raise RtlError(f"{mpath}: manifest has no '{key}'")
+    shards = manifest["shards"]
+    if not isinstance(shards, list) or not all(isinstance(s, str) for s in shards):
+        raise RtlError(f"{mpath}: 'shards' must be a list of paths")
+    for s in shards:  # shards live inside the corpus folder: never read a path the manifest points elsewhere
+        p = PurePosixPath(s)
+        if p.is_absolute() or ".." in p.parts or not s.strip():
+            raise RtlError(f"{mpath}: shard path {s!r} is not inside the corpus folder")
     return manifest
+
+
+def _first_line(e: BaseException) -> str:
+    return str(e).splitlines()[0] if str(e) else type(e).__name__
 
 
 def open_corpus(path: str | Path, *, datasets: list[str] | None = None, domains: list[str] | None = None,

@@ -425,16 +425,26 @@ def _work(args: tuple) -> dict:
     return generate_dataset(*args)
 
 
-def generate_family(out: Path, *, size: str = "demo", seed: int = 0) -> dict:
+SYNTH_MARKER = ".rtl-synth.json"  # written first: a rerun with the same parameters may overwrite
+
+
+def generate_family(out: Path, *, size: str = "demo", seed: int = 0, force: bool = False) -> dict:
     """Write sources under out/sources/, targets under out/targets/ and out/relations.json.
 
+    `out` must be empty, absent or a previous output of the same size and seed (`SYNTH_MARKER`), unless
+    `force`: generating replaces dataset folders, so a folder holding user data is refused.
     Returns {"sources": [...rows], "targets": [...rows], "relations": {...}, "seconds": float}.
     """
-    if size not in ("tiny", "demo", "full"):
-        raise RtlError(f"unknown synth size {size!r}; valid: tiny, demo, full")
+    from rtl.data.safety import claim_destination
+
+    if size not in ("tiny", "demo", "full", "hard"):
+        raise RtlError(f"unknown synth size {size!r}; valid: tiny, demo, full, hard")
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise RtlError(f"{out}: exists and is not a folder")
+    claim_destination(out, SYNTH_MARKER, {"size": size, "seed": seed}, force=force)
+    if size == "hard":  # the source-ranking family: its own worlds and relations (rtl.data.synth_hard)
+        from rtl.data.synth_hard import generate_hard_family
+
+        return generate_hard_family(out, seed=seed)
     t0 = time.perf_counter()
     specs = _specs()
     jobs = [(s, out / ("targets" if s.target else "sources") / s.name, size, seed) for s in specs]

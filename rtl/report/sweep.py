@@ -75,6 +75,60 @@ def summarize_target(results_dir: str, target: str) -> dict[str, Any]:
             "n_searched": len(searched), "confirm_seeds": sorted(confirm)}
 
 
+INSPECTION = (("macro_f1", "macro F1"), ("balanced_error", "balanced error"), ("defect_recall", "defect recall"),
+              ("false_alarm_rate", "false alarms"), ("auroc", "AUROC"), ("defect_recall_at_far", "recall @ FAR<=5%"))
+
+
+def inspection_summary(results_dir: str, target: str, best: Any) -> tuple[dict[str, dict[str, tuple]], str | None]:
+    """Per strategy (controls, best searched incl. its confirm seeds) mean ± std over seeds of the
+    inspection metrics the trials logged (rtl.deliver.metrics; `test_*`, `val_*` when no test split).
+    -> (rows, ok class name or None)."""
+    from rtl.sweep.trial import tracker_for
+
+    tracker = tracker_for(load_resolved(results_dir))
+    runs = tracker.find_runs({"rtl.kind": "trial", "rtl.target": target})
+    groups: dict[str, list[Any]] = {n: [r for r in runs if r.data.tags.get("rtl.control") == n] for n in CONTROLS}
+    if best is not None:
+        tid = best.user_attrs.get("rtl.tune_trial_id")
+        groups["best (search)"] = [r for r in runs if r.data.tags.get("rtl.trial_id") == tid] + tracker.find_runs(
+            {"rtl.kind": "confirm", "rtl.target": target, "rtl.optuna_number": str(best.number)})
+    rows: dict[str, dict[str, tuple]] = {}
+    ok = None
+    for name, rs in groups.items():
+        rs = [r for r in rs if r.data.tags.get("rtl.eval_split")]
+        if not rs:
+            continue
+        ok = ok or rs[0].data.tags.get("rtl.ok_class") or None
+        rows[name] = {m: _ms([r.data.metrics.get(f"{r.data.tags['rtl.eval_split']}_{m}") for r in rs])
+                      for m, _ in INSPECTION}
+    return rows, ok
+
+
+def _inspection_md(rows: dict[str, dict[str, tuple]], ok: str | None) -> list[str]:
+    if not rows:
+        return []
+    cols = [(m, lab) for m, lab in INSPECTION if any(r[m][2] for r in rows.values())]
+    md = ["", "Inspection metrics (test split, mean ± std over seeds"
+          + (f"; defect = any class but `{ok}`" if ok else "; no ok/good class: defect metrics n/a") + "):", "",
+          "| strategy | " + " | ".join(lab for _, lab in cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    md += [f"| {n} | " + " | ".join(_fmt(*r[m]) for m, _ in cols) + " |" for n, r in rows.items()]
+    return md
+
+
+def _deliverable_md(spec: Any, target: str) -> list[str]:
+    """Where the recommended model is: registered URI (target parent run tag) and the export command."""
+    from rtl.sweep.trial import tracker_for
+
+    runs = tracker_for(spec).find_runs({"rtl.kind": "target", "rtl.target": target})
+    tags = runs[0].data.tags if runs else {}
+    if not tags.get("rtl.model_dir"):
+        return []
+    return ["", f"Model of the best configuration: `{tags['rtl.model_dir']}`"
+            + (f", registered as `{tags['rtl.champion']}` ({tags.get('rtl.registered_model', '')})"
+               if tags.get("rtl.champion") else "")
+            + f". Export: `rtl sweep export {spec.results_dir} --target {target} --out DIR`."]
+
+
 def _importance_mass(results_dir: str, target: str, best: Any) -> dict[str, float] | None:
     """Per-source importance mass from the weights.json of the best trial (or the importance control)."""
     from rtl.sweep.trial import tracker_for
@@ -128,6 +182,17 @@ def _plots(out: str, s: dict[str, Any], mass: dict[str, float] | None) -> list[s
     return files
 
 
+def trials_table(results_dir: str, target: str) -> list[str]:
+    """Markdown rows: every trial of the target's study that counts (orphans of a killed driver excluded)."""
+    rows = ["| trial | kind | state | val error | fine-tune epochs | sources |", "|---|---|---|---|---|---|"]
+    for t in target_trials(results_dir, target):
+        val = f"{t.value:.4f}" if t.value is not None else (
+            f"{list(t.intermediate_values.values())[-1]:.4f} (stopped)" if t.intermediate_values else "-")
+        rows.append(f"| {t.number} | {t.user_attrs.get('rtl.control') or 'search'} | {t.state.name.lower()} | "
+                    f"{val} | {t.user_attrs.get('rtl.epochs', '-')} | {t.user_attrs.get('rtl.mask', '-')} |")
+    return rows
+
+
 def write_report(results_dir: str, *, log_mlflow: bool = True) -> str:
     """Write report.md + PNGs under `<results>/report`; returns the Markdown path."""
     spec = load_resolved(results_dir)
@@ -157,9 +222,12 @@ def write_report(results_dir: str, *, log_mlflow: bool = True) -> str:
             elif n_best < len(set(spec.seeds)):
                 md += ["", f"Best configuration: n={n_best} of {len(set(spec.seeds))} seeds (confirm trials "
                        f"missing or unfinished: run `rtl sweep resume`)."]
+        md += _inspection_md(*inspection_summary(results_dir, target, b))
+        md += _deliverable_md(spec, target)
         if s["gains"]:
             md += ["", "Gain of the best searched configuration (reduction of mean test error over seeds): "
                    + ", ".join(f"vs {k}: {v:+.3f}" for k, v in s["gains"].items())]
+        md += ["", *trials_table(results_dir, target)]
         files = _plots(out, s, _importance_mass(results_dir, target, b))
         md += [""] + [f"![{os.path.basename(f)}]({os.path.basename(f)})" for f in files] + [""]
         per_target_files[target] = files

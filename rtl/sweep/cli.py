@@ -79,6 +79,9 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
         if name == "report":
             p.add_argument("--no-mlflow", action="store_true", help="do not log the report to MLflow")
         p.set_defaults(func=fn)
+    from rtl.deliver.cli import add_export_parser  # `rtl sweep export` (issue 11)
+
+    add_export_parser(sub)
     ui = subparsers.add_parser("ui", help="MLflow UI on a sweep's tracking store (127.0.0.1)")
     ui.add_argument("--workspace", default=".", help="sweep results dir (or a workspace with one sweep)")
     ui.add_argument("--port", type=int, default=5000)

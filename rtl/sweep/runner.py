@@ -144,36 +144,105 @@ def _errored(grid: Any) -> list[str]:
     return [str(r.path) for r in grid if r.error is not None]
 
 
-def _run_target(spec: SweepSpec, target: str, units: list[str]) -> list[str]:
+def target_experiments(spec: SweepSpec, target: str) -> list[str]:
+    """Tune experiments of a target's search, in order: the main one, then any top-ups (`<target>.topup<k>`)."""
+    storage = join(spec.results_dir, "ray_results")
+    out = [join(storage, target)]
+    k = 1
+    while os.path.isdir(join(storage, f"{target}.topup{k}")):
+        out.append(join(storage, f"{target}.topup{k}"))
+        k += 1
+    return out
+
+
+def _reconcile(spec: SweepSpec, target: str) -> None:
+    """Before any experiment of `target` is created or restored: Optuna trials left RUNNING that no Tune
+    experiment state of the target holds were lost with a killed driver -> FAIL + re-enqueued. A trial
+    Tune is about to restore is in a state file, so it is never declared an orphan."""
+    from rtl.sweep.search import open_study, reconcile_orphans, tune_trials
+
+    known: dict[str, Any] = {}
+    for exp in target_experiments(spec, target):
+        if not os.path.isdir(exp):
+            continue
+        trials = tune_trials(exp)
+        if trials is None:  # state unreadable: declaring orphans could drop live trials; skip, say so
+            return
+        known |= {t.trial_id: t for t in trials}
+    study = open_study(spec.optuna_url(), study_name(spec, target))
+    reconcile_orphans(study, set(known), _orphan_hook(spec.results_dir))
+    # trials Tune checkpointed as ended whose outcome the killed driver never told Optuna: Tune will not
+    # run them again, so tell them now from their last result (idempotent: told trials are skipped)
+    teller = OptunaAskTell(storage_url=spec.optuna_url_template(), study_name=study_name(spec, target),
+                           space=spec.search.model_dump(), units=units_of(spec))
+    from optuna.trial import TrialState
+
+    for ft in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        tt = known.get(ft.user_attrs.get("rtl.tune_trial_id"))
+        if tt is not None and tt.status in ("TERMINATED", "ERROR"):
+            teller.on_trial_complete(tt.trial_id, tt.last_result or None, error=tt.status == "ERROR")
+
+
+def _tuner(spec: SweepSpec, target: str, exp_path: str, num_samples: int, units: list[str]) -> Any:
     from ray import tune
 
-    storage = join(spec.results_dir, "ray_results")
-    exp_path = join(storage, target)
-    trainable = _trainable(spec)
-    if tune.Tuner.can_restore(exp_path):
-        print(f"[{target}] resuming {exp_path}", flush=True)
-        tuner = tune.Tuner.restore(exp_path, trainable=trainable, resume_unfinished=True, resume_errored=True,
-                                   restart_errored=False)
-    else:
-        searcher = OptunaAskTell(
-            storage_url=spec.optuna_url(), study_name=study_name(spec, target), space=spec.search.model_dump(),
-            units=units, sampler=spec.searcher.name, seed=spec.seeds[0], n_startup_trials=spec.searcher.n_startup_trials,
-            controls=controls_for(spec, units), experiment_path=exp_path, on_orphan=_orphan_hook(spec.results_dir),
-            fresh=True)
-        tuner = tune.Tuner(
-            trainable,
-            param_space={"rtl": {"results_dir": spec.results_dir, "target": target}},
-            tune_config=tune.TuneConfig(search_alg=searcher, scheduler=_scheduler(spec),
-                                        num_samples=spec.budget.trials_per_target,
-                                        max_concurrent_trials=spec.budget.max_concurrent,
-                                        trial_dirname_creator=trial_dirname, trial_name_creator=trial_dirname,
-                                        reuse_actors=True),  # torch/MLflow imports once per worker
-            run_config=tune.RunConfig(
-                name=target, storage_path=storage, verbose=0, callbacks=_callbacks(spec.results_dir, target),
-                failure_config=tune.FailureConfig(max_failures=1),
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=1)),
-        )
-    return _errored(tuner.fit())
+    searcher = OptunaAskTell(
+        storage_url=spec.optuna_url_template(), study_name=study_name(spec, target), space=spec.search.model_dump(),
+        units=units, sampler=spec.searcher.name, seed=spec.seeds[0], n_startup_trials=spec.searcher.n_startup_trials,
+        controls=controls_for(spec, units))
+    return tune.Tuner(
+        _trainable(spec),
+        param_space={"rtl": {"results_dir": spec.results_dir, "target": target}},
+        tune_config=tune.TuneConfig(search_alg=searcher, scheduler=_scheduler(spec), num_samples=num_samples,
+                                    max_concurrent_trials=spec.budget.max_concurrent,
+                                    trial_dirname_creator=trial_dirname, trial_name_creator=trial_dirname,
+                                    reuse_actors=True),  # torch/MLflow imports once per worker
+        run_config=tune.RunConfig(
+            name=os.path.basename(exp_path), storage_path=os.path.dirname(exp_path), verbose=0,
+            callbacks=_callbacks(spec.results_dir, target), failure_config=tune.FailureConfig(max_failures=1),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1)),
+    )
+
+
+def _shortfall(spec: SweepSpec, target: str) -> int:
+    from rtl.sweep.search import accounted_trials, open_study
+
+    return spec.budget.trials_per_target - accounted_trials(open_study(spec.optuna_url(), study_name(spec, target)))
+
+
+MAX_TOPUPS = 5
+
+
+def _run_target(spec: SweepSpec, target: str, units: list[str]) -> list[str]:
+    """Restore (or create) the target's main experiment, then top up: trials lost with a killed driver
+    (re-enqueued orphans) that Tune's restored counter will not ask for again run in a small follow-up
+    experiment, so the study always ends with exactly `trials_per_target` trials and no WAITING one."""
+    from ray import tune
+
+    _reconcile(spec, target)
+    errored: list[str] = []
+    for k, exp_path in enumerate(target_experiments(spec, target) + [None] * MAX_TOPUPS):
+        if exp_path is None:
+            n = _shortfall(spec, target)
+            if n <= 0:
+                return errored
+            exp_path = join(spec.results_dir, "ray_results", f"{target}.topup{k}")
+            print(f"[{target}] {n} trial(s) of the budget were lost with a killed driver: running them", flush=True)
+            tuner = _tuner(spec, target, exp_path, n, units)
+        elif tune.Tuner.can_restore(exp_path):
+            print(f"[{target}] resuming {exp_path}", flush=True)
+            tuner = tune.Tuner.restore(exp_path, trainable=_trainable(spec), resume_unfinished=True,
+                                       resume_errored=True, restart_errored=False)
+        else:  # never started, or killed before Tune's first checkpoint (its trials were reconciled above)
+            n = spec.budget.trials_per_target if k == 0 else _shortfall(spec, target)
+            if n <= 0:
+                continue
+            tuner = _tuner(spec, target, exp_path, n, units)
+        errored += _errored(tuner.fit())
+    if _shortfall(spec, target) > 0:
+        raise RtlError(f"[{target}] the study is still short of its budget after {MAX_TOPUPS} top-ups; "
+                       f"see `rtl sweep status {spec.results_dir}`")
+    return errored
 
 
 def confirm_configs(spec: SweepSpec, target: str, units: list[str], best: Any) -> list[dict[str, Any]]:
@@ -250,10 +319,9 @@ def _run_confirm(spec: SweepSpec, target: str, units: list[str]) -> list[str]:
 
 
 def _init_ray(address: str | None) -> None:
-    import ray
+    from rtl.raystart import ensure_ray  # join the cluster, or a local Ray on 127.0.0.1 only (issue 17)
 
-    if not ray.is_initialized():
-        ray.init(address=address, log_to_driver=False, configure_logging=False, include_dashboard=False)
+    ensure_ray(address)
 
 
 def run_sweep(spec: SweepSpec, *, address: str | None = None) -> str:
@@ -288,6 +356,9 @@ def run_sweep(spec: SweepSpec, *, address: str | None = None) -> str:
     for target in spec.target_names():
         errored += _run_target(spec, target, units)
         errored += _run_confirm(spec, target, units)
+        from rtl.deliver.sweep import deliver_target  # keep + register the best model (issue 11)
+
+        deliver_target(spec, target)
     for target in spec.target_names():
         tracker.finish(tracker.get_or_create_target_run(target))
     print(f"results: {spec.results_dir}\nMLflow:  rtl ui --workspace {spec.results_dir}", flush=True)

@@ -11,9 +11,13 @@ cluster), and:
 * the Tune trial id is stored on the Optuna trial (`rtl.tune_trial_id`), so the searcher's map is
   rebuilt from storage, `tell` is idempotent (a trial already COMPLETE/PRUNED is never told twice) and a
   trial errored-then-resumed is added as a new finished trial instead of overwriting the FAIL;
-* on `Tuner.restore`, Optuna trials left RUNNING by a driver killed before Tune checkpointed them
-  ("orphans") are marked FAIL (`rtl.orphaned`) and their parameters re-enqueued, so control trials are
-  never lost and Tune's own counter keeps the total per target equal to the spec.
+* before any Tune experiment of a target is created or restored, the driver reconciles the study with
+  every Tune experiment state of that target (`reconcile_orphans`): an Optuna trial left RUNNING whose
+  Tune id no experiment holds was lost with a killed driver before Tune checkpointed it ("orphan"): it
+  is marked FAIL (`rtl.orphaned`) and its parameters re-enqueued, so control trials are never lost. A
+  trial Tune restores is in its experiment state and so is never an orphan; should a result still
+  arrive for an orphan, it is kept as a finished trial and its re-enqueued twin is withdrawn. The
+  runner then tops the study up to the budget (`accounted_trials`), so no WAITING trial is left behind.
 
 The source subset is encoded so it can never be empty (no repair, no rejected samples): an `anchor`
 categorical picks one unit that is always on, then one 0/1 categorical `src.<unit>` per other unit.
@@ -29,10 +33,15 @@ from typing import Any
 from ray.tune.search import Searcher
 
 from rtl.errors import ConfigError
+from rtl.sweep.spec import expand_storage
 
 log = logging.getLogger(__name__)
 
 TUNE_ID = "rtl.tune_trial_id"
+ORPHANED = "rtl.orphaned"  # FAIL: lost with a killed driver, params re-enqueued
+SUPERSEDED = "rtl.superseded"  # FAIL: a re-enqueued twin withdrawn because its orphan finished after all
+REENQUEUED_FROM = "rtl.reenqueued_from"
+RESUMED_FROM = "rtl.resumed_from"
 
 
 def define_space(trial: Any, space: dict[str, Any], units: list[str], control: str | None) -> dict[str, Any]:
@@ -88,19 +97,15 @@ class OptunaAskTell(Searcher):
 
     def __init__(self, *, storage_url: str, study_name: str, space: dict[str, Any], units: list[str],
                  sampler: str = "tpe", seed: int = 0, n_startup_trials: int = 4,
-                 controls: list[tuple[str, int, dict[str, Any]]] = (), experiment_path: str | None = None,
-                 on_orphan: Any = None, fresh: bool = False) -> None:
+                 controls: list[tuple[str, int, dict[str, Any]]] = ()) -> None:
         super().__init__(metric="val_error", mode="min")
+        # the URL as written (`${VAR}` unexpanded): Ray pickles the searcher into tuner.pkl in the results
+        # dir, so an expanded database password must never be an attribute
         self.storage_url, self.study_name, self.space, self.units = storage_url, study_name, space, units
         self.sampler_name, self.seed, self.n_startup = sampler, seed, n_startup_trials
         self.controls = list(controls)  # (control name, seed, fixed params)
-        self.experiment_path = experiment_path
-        self.on_orphan = on_orphan  # picklable callable(tune_trial_id) -> None (marks the MLflow run)
         self._study: Any = None
         self._live: dict[str, int] = {}  # Tune trial id -> Optuna trial number
-        # a new Tune experiment over an existing study (driver killed before Tune's first checkpoint):
-        # every RUNNING trial of the study is an orphan
-        self._fresh = fresh
 
     def set_search_properties(self, metric: str | None, mode: str | None, config: dict, **spec: Any) -> bool:
         return True  # metric/mode fixed (val_error, min); the space is define-by-run
@@ -112,24 +117,18 @@ class OptunaAskTell(Searcher):
     @property
     def study(self) -> Any:
         if self._study is None:
-            self._study = open_study(self.storage_url, self.study_name)
+            self._study = open_study(expand_storage(self.storage_url, "storage.optuna"), self.study_name)
             n_done = len(self._study.get_trials(deepcopy=False))
             self._study.sampler = make_sampler(self.sampler_name, self.seed + n_done, self.n_startup)
-            if not self._study.user_attrs.get("rtl.controls_enqueued"):
-                for name, seed, params in self.controls:
-                    self._study.enqueue_trial(params, user_attrs={"rtl.control": name, "rtl.seed": seed})
-                self._study.set_user_attr("rtl.controls_enqueued", True)
-            if self._fresh:
-                self._fresh = False
-                self.reconcile(set())
+            enqueue_controls(self._study, self.controls)
         return self._study
 
     def _number(self, trial_id: str) -> int | None:
         if trial_id in self._live:
             return self._live[trial_id]
         for t in self.study.get_trials(deepcopy=False):  # rebuilt from storage (after restore)
-            if t.user_attrs.get(TUNE_ID) == trial_id and not t.user_attrs.get("rtl.orphaned"):
-                self._live[trial_id] = t.number
+            if t.user_attrs.get(TUNE_ID) == trial_id and not t.user_attrs.get(RESUMED_FROM):
+                self._live[trial_id] = t.number  # an orphan included: its result is re-attached, not dropped
                 return t.number
         return None
 
@@ -177,14 +176,19 @@ class OptunaAskTell(Searcher):
         if result and result.get("test_error") is not None:
             attrs["rtl.test_error"] = float(result["test_error"])
         if ft.state == TrialState.FAIL:
-            if state == TrialState.FAIL:
+            if state == TrialState.FAIL or any(t.user_attrs.get(RESUMED_FROM) == ft.number
+                                               for t in study.get_trials(deepcopy=False)):
                 return
-            # errored before, resumed and now finished: add the outcome as its own finished trial
+            # errored (or declared an orphan) before, resumed and now finished: add the outcome as its own
+            # finished trial; an orphan's re-enqueued twin that has not started is withdrawn
+            keep = {k: v for k, v in ft.user_attrs.items() if k != ORPHANED}
             study.add_trial(optuna.trial.create_trial(
                 params=ft.params, distributions=ft.distributions, state=state,
                 value=value if state == TrialState.COMPLETE else None,
                 intermediate_values={int(result.get("epoch", 0)): value} if state == TrialState.PRUNED else None,
-                user_attrs={**ft.user_attrs, **attrs, "rtl.resumed_from": ft.number}))
+                user_attrs={**keep, **attrs, RESUMED_FROM: ft.number}))
+            if ft.user_attrs.get(ORPHANED):
+                withdraw_twin(study, ft.number)
             return
         for k, v in attrs.items():
             study._storage.set_trial_user_attr(ft._trial_id, k, v)
@@ -202,47 +206,86 @@ class OptunaAskTell(Searcher):
 
         with open(checkpoint_path, "rb") as f:
             self._live = pickle.load(f)["live"]
-        self.reconcile()
-
-    def reconcile(self, known_trial_ids: set[str] | None = None) -> list[int]:
-        """Mark Optuna trials left RUNNING without a Tune trial as orphans: FAIL + re-enqueue params."""
-        from optuna.trial import TrialState
-
-        if known_trial_ids is None:
-            known_trial_ids = tune_trial_ids(self.experiment_path)
-            if known_trial_ids is None:
-                return []
-        study = self.study
-        orphans = []
-        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            tid = t.user_attrs.get(TUNE_ID)
-            if tid in known_trial_ids:
-                continue
-            study._storage.set_trial_user_attr(t._trial_id, "rtl.orphaned", True)
-            study.tell(t.number, state=TrialState.FAIL)
-            keep = {k: v for k, v in t.user_attrs.items() if k in ("rtl.control", "rtl.seed")}
-            study.enqueue_trial(t.params, user_attrs=keep)
-            if tid and self.on_orphan is not None:
-                self.on_orphan(tid)
-            self._live = {k: v for k, v in self._live.items() if v != t.number}
-            orphans.append(t.number)
-        if orphans:
-            log.warning("study %s: re-enqueued %d trial(s) lost with the driver: %s", self.study_name,
-                        len(orphans), orphans)
-        return orphans
+        # no orphan check here: the runner reconciled the study with every Tune experiment of the target
+        # before restoring (a trial Tune restores is in its state, so it is never an orphan)
 
 
-def tune_trial_ids(experiment_path: str | None) -> set[str] | None:
-    """Trial ids in the newest Tune experiment state at `experiment_path` (None when unreadable)."""
+def enqueue_controls(study: Any, controls: list[tuple[str, int, dict[str, Any]]]) -> None:
+    """Enqueue the control trials once per study (first trials asked; a flag makes it idempotent)."""
+    if not study.user_attrs.get("rtl.controls_enqueued"):
+        for name, seed, params in controls:
+            study.enqueue_trial(params, user_attrs={"rtl.control": name, "rtl.seed": seed})
+        study.set_user_attr("rtl.controls_enqueued", True)
+
+
+def reconcile_orphans(study: Any, known_trial_ids: set[str], on_orphan: Any = None) -> list[int]:
+    """Mark Optuna trials left RUNNING whose Tune id is in no Tune experiment state (`known_trial_ids`,
+    the union over every experiment of the target) as orphans: FAIL + re-enqueue their params.
+    Call in the driver before any experiment of the target is created or restored."""
+    from optuna.trial import TrialState
+
+    orphans = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        tid = t.user_attrs.get(TUNE_ID)
+        if tid in known_trial_ids:
+            continue
+        study._storage.set_trial_user_attr(t._trial_id, ORPHANED, True)
+        study.tell(t.number, state=TrialState.FAIL)
+        keep = {k: v for k, v in t.user_attrs.items() if k in ("rtl.control", "rtl.seed")}
+        study.enqueue_trial(t.params, user_attrs={**keep, REENQUEUED_FROM: t.number})
+        if tid and on_orphan is not None:
+            on_orphan(tid)
+        orphans.append(t.number)
+    if orphans:
+        log.warning("study %s: re-enqueued %d trial(s) lost with the driver: %s", study.study_name,
+                    len(orphans), orphans)
+    return orphans
+
+
+def withdraw_twin(study: Any, orphan_number: int) -> None:
+    """FAIL (`rtl.superseded`) the WAITING re-enqueued copy of an orphan whose own result arrived."""
+    from optuna.trial import TrialState
+
+    for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+        if t.user_attrs.get(REENQUEUED_FROM) == orphan_number:
+            study._storage.set_trial_user_attr(t._trial_id, SUPERSEDED, True)
+            study._storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
+            return
+
+
+def counted(t: Any) -> bool:
+    """False for bookkeeping trials (orphans, withdrawn twins): never results, never shown."""
+    return not (t.user_attrs.get(ORPHANED) or t.user_attrs.get(SUPERSEDED))
+
+
+def accounted_trials(study: Any) -> int:
+    """Trials of the budget already spent: finished (COMPLETE/PRUNED), running, and errored ones not yet
+    finished by a retry. Orphans, withdrawn twins and WAITING trials do not count."""
+    trials = [t for t in study.get_trials(deepcopy=False) if counted(t)]
+    retried = {t.user_attrs.get(RESUMED_FROM) for t in trials}
+    # a retried trial's outcome is its own trial (RESUMED_FROM): count it, not the FAIL it replaces
+    return sum(t.state.name in ("COMPLETE", "PRUNED", "RUNNING")
+               or (t.state.name == "FAIL" and t.number not in retried) for t in trials)
+
+
+def tune_trials(experiment_path: str | None) -> list[Any] | None:
+    """Trials (id, status, last_result) in the newest Tune experiment state at `experiment_path`
+    (None when unreadable)."""
     if not experiment_path:
         return None
     try:
         from ray.tune import ExperimentAnalysis
 
-        return {t.trial_id for t in ExperimentAnalysis(experiment_path).trials}
+        return list(ExperimentAnalysis(experiment_path).trials)
     except Exception as e:  # no state yet / moved results dir: skip reconciliation, but say so
         log.warning("cannot read Tune state at %s (%s): orphan check skipped", experiment_path, e)
         return None
+
+
+def tune_trial_ids(experiment_path: str | None) -> set[str] | None:
+    """Trial ids in the newest Tune experiment state at `experiment_path` (None when unreadable)."""
+    trials = tune_trials(experiment_path)
+    return None if trials is None else {t.trial_id for t in trials}
 
 
 def make_sampler(name: str, seed: int, n_startup: int) -> Any:

@@ -257,6 +257,11 @@ class SweepSpec(_M):
     def optuna_url(self) -> str:
         return self.storage_value("optuna") or f"sqlite:///{os.path.join(self.results_dir, 'optuna.db')}"
 
+    def optuna_url_template(self) -> str:
+        """`storage.optuna` as written (`${VAR}` unexpanded): what may be pickled (Ray's `tuner.pkl`
+        holds the searcher); expand with `expand_storage` at use time."""
+        return self.storage.optuna or f"sqlite:///{os.path.join(self.results_dir, 'optuna.db')}"
+
     def tracking_uri(self) -> str | None:
         """`storage.tracking_uri` with `${VAR}` expanded (None: let `MLFLOW_TRACKING_URI` / SQLite decide)."""
         return self.storage_value("tracking_uri")
@@ -267,11 +272,7 @@ class SweepSpec(_M):
         raw = getattr(self.storage, field)
         if raw is None:
             return None
-        missing = unset_vars(raw)
-        if missing:
-            raise ConfigError(f"{self.spec_file or self.results_dir}: storage.{field}: "
-                              f"environment variable {missing[0]} is not set")
-        return os.path.expandvars(raw)
+        return expand_storage(raw, f"{self.spec_file or self.results_dir}: storage.{field}")
 
     def _rel(self, p: str) -> str:
         return p if (is_remote(p) or os.path.isabs(p)) else join(self.workspace, p)
@@ -290,6 +291,14 @@ def join(base: str, *parts: str) -> str:
 
 
 _VAR = re.compile(r"\$(?:\{([^}]*)\}|([A-Za-z_][A-Za-z0-9_]*))")
+
+
+def expand_storage(raw: str, where: str = "storage") -> str:
+    """`raw` with `$VAR`/`${VAR}` expanded from the environment; ConfigError naming `where` if one is unset."""
+    missing = unset_vars(raw)
+    if missing:
+        raise ConfigError(f"{where}: environment variable {missing[0]} is not set")
+    return os.path.expandvars(raw)
 
 
 def unset_vars(s: str) -> list[str]:

@@ -15,11 +15,28 @@ from rtl.sweep.spec import join, load_resolved
 
 def target_trials(results_dir: str, target: str) -> list[Any]:
     """Optuna FrozenTrials of one target's study (orphans of a killed driver excluded)."""
-    from rtl.sweep.search import open_study
+    from rtl.sweep.search import counted, open_study
 
     spec = load_resolved(results_dir)
     study = open_study(spec.optuna_url(), f"{spec.name}/{target}")
-    return [t for t in study.get_trials(deepcopy=False) if not t.user_attrs.get("rtl.orphaned")]
+    return [t for t in study.get_trials(deepcopy=False) if counted(t)]
+
+
+def mlflow_disagreement(results_dir: str, target: str, trials: list[Any]) -> str | None:
+    """A line when MLflow's finished trial runs (COMPLETE/PRUNED by `rtl.state`) differ from Optuna's
+    finished trials of the target; None when they agree or MLflow cannot be read."""
+    try:
+        from rtl.sweep.trial import tracker_for
+
+        runs = tracker_for(load_resolved(results_dir)).find_runs({"rtl.kind": "trial", "rtl.target": target})
+    except Exception:  # noqa: BLE001 -- status must work while MLflow is unreachable
+        return None
+    ids = {t.user_attrs.get("rtl.tune_trial_id") for t in trials if t.state.name in ("COMPLETE", "PRUNED")}
+    ml = {r.data.tags.get("rtl.trial_id") for r in runs if r.data.tags.get("rtl.state") in ("complete", "pruned")}
+    if ids == ml:
+        return None
+    return (f"{target}: Optuna and MLflow disagree: finished in Optuna only {sorted(ids - ml)}, "
+            f"in MLflow only {sorted(ml - ids)}")
 
 
 def best_searched(results_dir: str, target: str) -> Any:
@@ -51,6 +68,7 @@ def sweep_status(results_dir: str) -> list[dict[str, Any]]:
             "best_mask": best.user_attrs.get("rtl.mask") if best else None,
             "tune": _tune_counts(join(spec.results_dir, "ray_results", target)),
             "confirm": _confirm_counts(spec, results_dir, target),
+            "disagreement": mlflow_disagreement(results_dir, target, trials),
         })
     return rows
 
@@ -92,4 +110,5 @@ def format_status(rows: list[dict[str, Any]]) -> str:
             tune += "; confirm seeds: " + ", ".join(f"{k.lower()} {v}" for k, v in sorted(r["confirm"].items()))
         lines.append(f"{r['target']:<20} {r['done']:>5} {r['pruned']:>6} {r['errored']:>7} {r['running']:>7} "
                      f"{r['queued']:>6} {r['budget']:>6}  {best:<26} {tune}")
+    lines += [f"warning: {r['disagreement']}" for r in rows if r.get("disagreement")]
     return "\n".join(lines)

@@ -62,6 +62,13 @@ def mask_params(mask: Iterable[str] | None, units: list[str]) -> dict[str, str]:
     return {"mask": ",".join(u for u in units if u in on), "mask_bits": "".join("1" if u in on else "0" for u in units)}
 
 
+def source_params(mask: Iterable[str] | None, units: list[str]) -> dict[str, int]:
+    """One param per searchable source, `src.<name>` = 1 if in the mask else 0 (scratch: all 0), so
+    MLflow's compare / parallel-coordinates views show each source's effect on the metric."""
+    on = set(mask or ())
+    return {f"src.{u}": int(u in on) for u in units}
+
+
 class Tracker:
     """Thin wrapper over `MlflowClient` bound to one sweep's experiment."""
 
@@ -208,3 +215,124 @@ def log_standalone_run(experiment: str, name: str, *, params: dict[str, Any], hi
         _retry(tracker.client.log_artifacts)(run_id, d, os.path.basename(os.path.normpath(d)))
     tracker.finish(run_id)
     return run_id
+
+
+# ---- the deliverable: registered model, readable experiment page (issue 11) ------------------------------
+EXPERIMENT_KIND = "custom_model_development"  # MLflow 3 UI: open the runs page, not the GenAI overview
+
+
+def tidy_experiment(tracker: Tracker, spec_json: str | None = None) -> str:
+    """Make the sweep's experiment readable in the MLflow UI (idempotent): experiment kind = model
+    training; every pretraining run nested under one `pretraining` parent run (so the top level lists the
+    target runs only); corpus version as an experiment tag and `spec.json` logged once (on that parent).
+    -> the pretraining parent's run id."""
+    c = tracker.client
+    _retry(c.set_experiment_tag)(tracker.experiment_id, "mlflow.experimentKind", EXPERIMENT_KIND)
+    group = tracker._get_or_create({"rtl.kind": "pretrain_group"}, {}, "pretraining")
+    for r in tracker.find_runs({"rtl.kind": "pretrain"}):
+        if r.data.tags.get("mlflow.parentRunId") != group:
+            tracker.set_tags(r.info.run_id, {"mlflow.parentRunId": group})
+    if spec_json and os.path.isfile(spec_json):
+        import json
+
+        try:
+            spec = json.loads(open(spec_json).read())
+        except (OSError, ValueError):
+            spec = {}
+        if "spec.json" not in {a.path for a in _retry(c.list_artifacts)(group)}:
+            tracker.log_artifact(group, spec_json)
+        if spec.get("name"):
+            _retry(c.set_experiment_tag)(tracker.experiment_id, "mlflow.note.content",
+                                         f"rtl sweep `{spec['name']}`: one parent run per target (best trial's "
+                                         "metrics, registered champion); trials nested below it.")
+    versions = {r.data.tags.get("rtl.corpus_version") for r in tracker.find_runs({"rtl.kind": "target"})} - {None}
+    if len(versions) == 1:
+        _retry(c.set_experiment_tag)(tracker.experiment_id, "rtl.corpus_version", versions.pop())
+    tracker.finish(group)
+    return group
+
+
+def _mlflow_ready(tracker: Tracker) -> Any:
+    mlflow = tracker._mlflow
+    mlflow.set_tracking_uri(tracker.uri)
+    mlflow.set_registry_uri(tracker.uri)
+    return mlflow
+
+
+def publish_champion(tracker: Tracker, target: str, model_dir: str, meta: dict[str, Any], *,
+                     registered_name: str, best_trial: int, spec_json: str | None = None,
+                     alias: str = "champion") -> str:
+    """Log the champion model folder with `mlflow.pytorch.log_model` (signature + input example; the
+    rtl folder itself rides along as `extra_files`, so `rtl predict models:/...` loads the weights with
+    weights_only=True) under the target's parent run, register it as `registered_name`, point `alias`
+    at it, and put the best trial's metrics/params/tags on the parent run. A model already registered
+    (same weights digest: a resumed sweep) is not logged again. -> the registered version."""
+    import torch
+
+    from rtl.deliver.model import load_model_dir
+
+    c = tracker.client
+    parent = tracker.get_or_create_target_run(target)
+    sha = meta["sha256"]["model.pt"]
+    mlflow = _mlflow_ready(tracker)
+    version = None
+    try:
+        for mv in _retry(c.search_model_versions)(f"name='{registered_name}'"):
+            if mv.tags.get("rtl.model_sha256") == sha:
+                version = str(mv.version)
+                break
+    except Exception:  # registered model does not exist yet
+        version = None
+    if version is None:
+        lm = load_model_dir(model_dir)
+        s = int(meta["preprocess"]["min_side"])
+        # (2, C, S, S) normalised input; batch 2, not 1: torch.export (MLflow 3's default "pt2" format, a
+        # code-free program) would specialise a batch of 1 and refuse other batch sizes
+        example = torch.zeros(2, int(meta["in_channels"]), s, s)
+        with torch.no_grad():
+            out = lm.model(example).numpy()
+        from mlflow.models import infer_signature
+
+        with mlflow.start_run(run_id=parent, experiment_id=tracker.experiment_id):
+            info = mlflow.pytorch.log_model(
+                lm.model, name="model", signature=infer_signature(example.numpy(), out),
+                input_example=example.numpy(), registered_model_name=registered_name,
+                extra_files=[os.path.join(model_dir, "model.pt"), os.path.join(model_dir, "meta.json")],
+                pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"], await_registration_for=30)
+        version = str(info.registered_model_version)
+        _retry(c.set_model_version_tag)(registered_name, version, "rtl.model_sha256", sha)
+        _retry(c.set_model_version_tag)(registered_name, version, "rtl.target", target)
+        _retry(c.set_model_version_tag)(registered_name, version, "rtl.best_trial", str(best_trial))
+    _retry(c.set_registered_model_alias)(registered_name, alias, version)
+    m = {k: v for k, v in meta.get("metrics", {}).items() if isinstance(v, int | float) and v == v}
+    tracker.log_metrics(parent, m)
+    prov = meta.get("provenance", {})
+    tracker.log_params(parent, {"best.sources": ",".join(prov.get("sources") or []) or "none",
+                                "best.temperature": prov.get("temperature"), "best.seed": prov.get("seed")})
+    tracker.set_tags(parent, {"best_trial": best_trial, "rtl.corpus_version": prov.get("corpus_version"),
+                              "rtl.registered_model": f"models:/{registered_name}/{version}",
+                              "rtl.champion": f"models:/{registered_name}@{alias}", "rtl.model_dir": model_dir})
+    tidy_experiment(tracker, spec_json)
+    return version
+
+
+def download_registered_model(uri: str, dst: str, *, tracking_uri: str | None = None) -> str:
+    """`models:/name@alias` (or `/version`) -> local rtl model folder (the logged model's extra files)."""
+    import mlflow
+
+    from rtl.errors import RtlError
+
+    uri_t = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if not uri_t:
+        raise RtlError(f"{uri}: set MLFLOW_TRACKING_URI or --tracking-uri to the sweep's tracking store "
+                       "(e.g. sqlite:///<results>/mlflow.db)")
+    mlflow.set_tracking_uri(uri_t)
+    mlflow.set_registry_uri(uri_t)
+    try:
+        local = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=dst)
+    except Exception as e:
+        raise RtlError(f"{uri}: not found in {uri_t} ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
+    folder = os.path.join(local, "extra_files")
+    if not os.path.isfile(os.path.join(folder, "meta.json")):
+        raise RtlError(f"{uri}: not an rtl model (no extra_files/meta.json in the logged model)")
+    return folder

@@ -213,9 +213,12 @@ def confirm_key(number: int, seed: int) -> str:
 def _trial_run(tracker: Tracker, trial_id: str, target: str, t: dict[str, Any]) -> tuple[str, dict | None]:
     """-> (MLflow run id, final result already recorded on a confirm run, else None)."""
     if t.get("kind") != "confirm":
-        return tracker.get_or_create_trial_run(
+        run_id = tracker.get_or_create_trial_run(
             trial_id, target=target, name=f"{target}#{t['number']}" + (f"-{t['control']}" if t["control"] else ""),
-            tags={"rtl.optuna_number": t["number"], "rtl.control": t["control"] or "search"}), None
+            tags={"rtl.optuna_number": t["number"], "rtl.control": t["control"] or "search"})
+        # finished before the driver died but after Tune's last checkpoint of it: the run holds the result
+        prior = _retry(tracker.client.get_run)(run_id).data.tags.get("rtl.final")
+        return run_id, json.loads(prior) if prior else None
     key = confirm_key(int(t["number"]), int(t["seed"]))
     parent = tracker.get_or_create_target_run(target)
     run_id = tracker._get_or_create(  # Tracker has no confirm-run helper; same find-or-create by tags
@@ -256,14 +259,19 @@ def run_trial(config: dict[str, Any]) -> None:
                                 "reg_strength": t["reg_strength"], "init": t["init"], "seed": t["seed"],
                                 "control": t["control"] or "search", "backbone": spec.backbone}
                        | ({"confirm_of": t["number"]} if t.get("kind") == "confirm" else {}))
+    from rtl.sweep.tracking import source_params  # src.<name> = 0/1 per source (issue 11)
+
+    tracker.log_params(run_id, source_params(t["mask"], units_of(spec)))
     if "final" not in state and prior is not None:  # confirm trial re-created after its result was logged
         state = {"epoch": prior["epoch"], "final": prior}
     if "final" in state:  # finished before the driver died: never re-run
+        _log_final(tracker, run_id, state["final"])
         tracker.finish(run_id)
         _report(state["final"], state)
         return
     init, tags = prepare_init(spec, t, target, tracker)
-    tracker.set_tags(run_id, tags)
+    starts = int(_retry(tracker.client.get_run)(run_id).data.tags.get("rtl.finetune_starts", 0)) + 1
+    tracker.set_tags(run_id, tags | {"rtl.finetune_starts": starts})  # > 1: resumed (or re-run) fine-tuning
     done_epochs = int(state.get("epoch", 0))  # reported before the restart: never logged/reported again
     # epochs logged to MLflow but not checkpointed by Tune before a kill are run again: log each step once
     logged = {m.step for m in _retry(tracker.client.get_metric_history)(run_id, "val_error")}
@@ -288,18 +296,30 @@ def run_trial(config: dict[str, Any]) -> None:
     ft = FinetuneConfig(target=target, init=init, model=spec.backbone, lr=t["lr"], freeze_depth=t["freeze_depth"],
                         reg=t["regularizer"], reg_alpha=t["reg_strength"] or 0.01, epochs=spec.budget.finetune_epochs,
                         seed=int(t["seed"]), batch_size=spec.budget.batch_size, min_side=spec.image.min_side,
-                        max_side=spec.image.max_side, device="cuda" if spec.resources.gpus > 0 else "cpu")
+                        max_side=spec.image.max_side, device="cuda" if spec.resources.gpus > 0 else "cpu",
+                        keep_state=True)  # model folder + inspection metrics (issue 11)
     if fit_state is not None:
         log.info("trial %s resumes fine-tuning after epoch %d", trial_id, done_epochs)
     res = run_finetune(ft, on_epoch=on_epoch, resume_state=fit_state, state_callback=keep_state)
     final = {"val_error": float(res.val_error), "test_error": res.test_error, "epoch": len(res.history),
              "finished": True, "best_epoch": res.best_epoch}
-    tracker.log_metrics(run_id, {"final_val_error": res.val_error, "final_test_error": res.test_error})
     _log_artifacts(tracker, run_id, res, tags.get("rtl.weights_path"))
+    from rtl.deliver.sweep import save_trial_model  # model folder + inspection metrics (issue 11)
+
+    save_trial_model(spec, target_name, t, ft, res, tracker=tracker, run_id=run_id, tags=tags)
+    # the tag before the metrics: a kill after it resumes into "finished" (never fine-tunes again), and
+    # the final metrics are logged once by whichever start gets there
     tracker.set_tags(run_id, {"rtl.final": json.dumps(final),
                               "rtl.resumed_after_epoch": int(fit_state["epoch"]) + 1 if fit_state else 0})
+    _log_final(tracker, run_id, final)
     tracker.finish(run_id)
     _report(final, {"epoch": final["epoch"], "final": final})
+
+
+def _log_final(tracker: Tracker, run_id: str, final: dict[str, Any]) -> None:
+    """final_val_error / final_test_error, logged once per run whatever the kills in between."""
+    if not _retry(tracker.client.get_metric_history)(run_id, "final_val_error"):
+        tracker.log_metrics(run_id, {"final_val_error": final["val_error"], "final_test_error": final["test_error"]})
 
 
 def _log_artifacts(tracker: Tracker, run_id: str, res: Any, weights_path: str | None) -> None:

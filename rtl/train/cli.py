@@ -49,6 +49,9 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--num-workers", type=int, default=0)
     p.add_argument("--json", type=Path, default=None, help="write the full results here")
+    p.add_argument("--out", type=Path, default=None, help="save the fine-tuned model folder here (the seed with "
+                   "the lowest val error; use with `rtl predict`)")
+    p.add_argument("--ok-class", default=None, help="name of the good/ok class for defect metrics (default: ok/good)")
     p.set_defaults(func=cmd_finetune)
 
 
@@ -82,11 +85,19 @@ def cmd_finetune(args: argparse.Namespace) -> int:
          "reg": args.reg, "reg_alpha": args.reg_alpha, "reg_beta": args.reg_beta, "probe": args.probe,
          "epochs": args.epochs, "patience": args.patience, "batch_size": args.batch_size,
          "min_side": args.min_side, "max_side": args.max_side, "device": args.device,
-         "num_workers": args.num_workers},
+         "num_workers": args.num_workers, "keep_state": getattr(args, "out", None) is not None},
         source="rtl finetune",
     )
+    if getattr(args, "out", None) is not None:
+        from rtl.deliver.cli import check_out_dir
+
+        check_out_dir(args.out)  # before hours of training, not after
     summary = run_finetune_seeds(cfg, args.seeds)
     print(format_summary(summary))
+    if getattr(args, "out", None) is not None:
+        from rtl.deliver.cli import save_finetune_out
+
+        save_finetune_out(args.out, cfg, summary, ok_class=args.ok_class)
     _log_mlflow(cfg, summary)
     if args.json is not None:
         try:

@@ -61,6 +61,9 @@ class PretrainConfig:
     max_side: int | None = None
     max_failures: int = 2  # worker failures Ray Train recovers from (restart from the last checkpoint)
     loader_workers: int = 0  # DataLoader processes per Ray worker
+    # warm start: continue from this rtl checkpoint (same corpus class table) instead of the strategy's
+    # init -- subset experts / subset pretraining continue the generalist (Puigcerver et al. 2021)
+    init_checkpoint: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -73,7 +76,7 @@ class PretrainConfig:
             raise RtlError(f"lr must be > 0, got {self.lr}")
         STRATEGIES.get(self.strategy)
         # Ray Train workers do not share the driver's working directory: make local paths absolute.
-        for name in ("corpus", "out", "class_weights", "joint_dir", "storage_path"):
+        for name in ("corpus", "out", "class_weights", "joint_dir", "storage_path", "init_checkpoint"):
             value = getattr(self, name)
             if value and "://" not in str(value):
                 setattr(self, name, str(Path(value).expanduser().resolve()))
@@ -300,11 +303,9 @@ def pretrain_local(cfg: PretrainConfig) -> Path:
 
 
 def _ensure_ray() -> None:
-    import ray
+    from rtl.raystart import ensure_ray  # a cluster, or a local Ray on 127.0.0.1 only (issue 17)
 
-    if not ray.is_initialized():  # RAY_ADDRESS / a running local cluster are picked up by ray.init()
-        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-        ray.init(log_to_driver=False, configure_logging=False)
+    ensure_ray()
 
 
 def run_pretrain(cfg: PretrainConfig) -> Path:
@@ -314,7 +315,9 @@ def run_pretrain(cfg: PretrainConfig) -> Path:
         return _no_training(cfg, plan)
     _ensure_ray()
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.train.torch import TorchTrainer
+
+    from rtl.train.torch_loopback import LoopbackTorchConfig as TorchConfig  # store on 127.0.0.1 (issue 17)
 
     trainer = TorchTrainer(
         train_loop,

@@ -128,6 +128,14 @@ def plan_pretrain(cfg: Any) -> dict[str, Any]:
         raise RtlError("strategy 'joint' needs --joint-dir DIR (one sub-folder per class)")
     if cfg.joint_dir and not strat.joint:
         raise RtlError(f"--joint-dir is only used by strategy 'joint', not {strat.name!r}")
+    init_ckpt = getattr(cfg, "init_checkpoint", None)
+    if init_ckpt:
+        if not strat.trains:
+            raise RtlError(f"init_checkpoint: strategy {strat.name!r} does not train")
+        if not (Path(init_ckpt) / "model.pt").is_file():
+            raise RtlError(f"init_checkpoint: no rtl checkpoint at {init_ckpt} (model.pt missing)")
+        plan["init"] = str(init_ckpt)
+        plan["init_sha"] = hashlib.sha256((Path(init_ckpt) / "model.pt").read_bytes()).hexdigest()[:16]
     if cfg.corpus is None:
         if strat.trains:
             raise RtlError(f"strategy {strat.name!r} needs --corpus")
@@ -174,6 +182,8 @@ def run_name(cfg: Any, plan: dict[str, Any]) -> str:
                                         "momentum", "warmup_epochs", "seed", "samples_per_epoch", "in_channels",
                                         "datasets", "domains", "splits", "joint_dir")}
     key["corpus"] = str(Path(key["corpus"]).resolve()) if key["corpus"] else None
+    if plan.get("init_sha"):  # only when set: run names of cold starts stay what they were
+        key["init"] = plan["init_sha"]
     key.update(corpus_version=plan["corpus_version"], weights=plan.get("weights_sha"),
                min_side=plan["min_side"], max_side=plan["max_side"])
     digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:12]

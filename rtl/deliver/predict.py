@@ -1,0 +1,236 @@
+"""`rtl predict MODEL IMAGES --out preds.csv`: run a model folder (or `models:/name@alias`) on new images.
+
+Input: a folder of images (recursive), a dataset in the rtl convention (labels kept as `label`), or a CSV
+with an `image` (or `path`) column, paths relative to the CSV. Every image goes through the model
+folder's own preprocessing (`rtl.deliver.model.prepare_image`: the evaluation path of training). An image
+that cannot be decoded is listed in `<out>.rejects.csv` (path, reason) and the rest are predicted.
+
+Engines: `local` is a plain batched PyTorch loop in this process (no start-up cost: right for a few
+hundred images); `ray` is Ray Data batch inference, `map_batches` over an actor pool where every actor
+holds the model once and decodes + predicts its batches (decoding is the bottleneck on CPU, so it scales
+with cores; `--gpus` GPUs shared by the actors). `auto` picks Ray when `--address` or `--gpus` is given or
+there are at least `RAY_MIN_IMAGES` images (below that, starting Ray costs more than it saves).
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from rtl.deliver.model import LoadedModel, build_model, prepare_image
+from rtl.errors import RtlError
+
+IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".pgm", ".ppm"}
+RAY_MIN_IMAGES = 1000
+
+
+@dataclass
+class Item:
+    path: str  # as shown in the output (relative to the input when it was a folder / dataset / CSV)
+    file: str  # absolute path to read
+    label: str | None = None
+
+
+@dataclass
+class Predictions:
+    items: list[Item]
+    probs: np.ndarray  # (N, K) of the accepted items, in `items` order
+    rejects: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+    engine: str = "local"
+    seconds: float = 0.0
+
+
+def collect_inputs(src: str | Path, *, split: str | None = None) -> list[Item]:
+    """Items from a folder, a convention dataset (dataset.yaml present) or a CSV of paths. Raises RtlError."""
+    src = Path(src)
+    if src.is_file() and src.suffix.lower() == ".csv":
+        items = _from_csv(src)
+    elif (src / "dataset.yaml").is_file():
+        from rtl.data.convention import load_dataset
+
+        info = load_dataset(src)
+        recs = info.split(split) if split else list(info.records)
+        items = [Item(r.path, str((info.root / r.path).resolve()), r.label) for r in recs]
+    elif src.is_dir():
+        files = sorted(p for p in src.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTS)
+        items = [Item(p.relative_to(src).as_posix(), str(p.resolve())) for p in files]
+    elif not src.exists():
+        raise RtlError(f"{src}: no such folder or file")
+    else:
+        raise RtlError(f"{src}: expected a folder of images, a dataset folder or a .csv of paths")
+    if not items:
+        raise RtlError(f"{src}: no images found" + (f" in split {split!r}" if split else ""))
+    return items
+
+
+def _from_csv(path: Path) -> list[Item]:
+    try:
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise RtlError(f"{path}: unreadable CSV ({type(e).__name__})") from None
+    if not rows:
+        return []
+    col = next((c for c in ("image", "path", "file") if c in rows[0]), None)
+    if col is None:
+        raise RtlError(f"{path}: needs an 'image' (or 'path') column, has {', '.join(rows[0])}")
+    out = []
+    for r in rows:
+        p = (r.get(col) or "").strip()
+        if p:
+            f = Path(p) if os.path.isabs(p) else path.parent / p
+            out.append(Item(p, str(f.resolve()), r.get("label") or None))
+    return out
+
+
+def _decode_batch(files: list[str], pre: dict[str, Any]) -> tuple[list[int], torch.Tensor | None, dict[int, str]]:
+    """-> (indices that decoded, (B, C, S, S) inputs, index -> reject reason)."""
+    from rtl.data.transforms import DecodeError, decode_image
+
+    ok, xs, bad = [], [], {}
+    for i, f in enumerate(files):
+        try:
+            xs.append(prepare_image(decode_image(f, keep_gray=True), pre))
+            ok.append(i)
+        except DecodeError as e:
+            bad[i] = e.reason
+        except (OSError, ValueError) as e:
+            bad[i] = f"unreadable ({type(e).__name__})"
+    return ok, (torch.stack(xs) if xs else None), bad
+
+
+def _predict_local(lm: LoadedModel, items: list[Item], batch_size: int) -> tuple[np.ndarray, dict[int, str]]:
+    k = len(lm.classes)
+    probs = np.full((len(items), k), np.nan, dtype=np.float32)
+    rejects: dict[int, str] = {}
+    for s in range(0, len(items), batch_size):
+        ok, x, bad = _decode_batch([it.file for it in items[s:s + batch_size]], lm.preprocess)
+        rejects.update({s + i: r for i, r in bad.items()})
+        if x is not None:
+            probs[[s + i for i in ok]] = lm.predict_proba(x).numpy()  # (B, K)
+    return probs, rejects
+
+
+class _RayPredictor:
+    """Ray Data actor: builds the network once from (meta, state), then decodes + predicts batches."""
+
+    def __init__(self, meta: dict[str, Any], state: dict[str, torch.Tensor], device: str = "cpu") -> None:
+        torch.set_num_threads(1)
+        self.device = torch.device(device)
+        self.model = build_model(meta, state).to(self.device)
+        self.pre, self.k = meta["preprocess"], int(meta["num_classes"])
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        files = [str(f) for f in batch["file"]]
+        ok, x, bad = _decode_batch(files, self.pre)
+        probs = np.full((len(files), self.k), np.nan, dtype=np.float32)
+        if x is not None:
+            with torch.no_grad():
+                probs[ok] = torch.softmax(self.model(x.to(self.device)).float(), 1).cpu().numpy()
+        out = {"i": np.asarray(batch["i"]), "error": np.asarray([bad.get(j, "") for j in range(len(files))])}
+        for c in range(self.k):
+            out[f"p{c}"] = probs[:, c]
+        return out
+
+
+def _predict_ray(lm: LoadedModel, items: list[Item], batch_size: int, *, address: str | None, gpus: float,
+                 actors: int | None) -> tuple[np.ndarray, dict[int, str]]:
+    import ray
+
+    from rtl.raystart import ensure_ray
+
+    ensure_ray(address)  # a cluster, or a local Ray on 127.0.0.1 only (issue 17)
+    cpus = int(ray.available_resources().get("CPU", 1))
+    n_act = actors or max(1, min(cpus, len(items) // batch_size + 1) if not gpus else int(gpus))
+    state = {k: v.detach().cpu() for k, v in lm.model.state_dict().items()}
+    ds = ray.data.from_items([{"i": i, "file": it.file} for i, it in enumerate(items)],
+                             override_num_blocks=max(1, min(len(items) // batch_size + 1, 4 * n_act)))
+    ds = ds.map_batches(_RayPredictor, fn_constructor_kwargs={"meta": lm.meta, "state": state,
+                                                               "device": "cuda" if gpus else "cpu"},
+                        batch_size=batch_size, concurrency=n_act, num_cpus=0 if gpus else 1,
+                        num_gpus=(gpus / n_act) if gpus else 0)
+    k = len(lm.classes)
+    probs = np.full((len(items), k), np.nan, dtype=np.float32)
+    rejects: dict[int, str] = {}
+    for b in ds.iter_batches(batch_format="numpy", batch_size=None):
+        idx = b["i"].astype(np.int64)
+        probs[idx] = np.stack([b[f"p{c}"] for c in range(k)], 1)
+        rejects.update({int(i): str(e) for i, e in zip(idx, b["error"]) if e})
+    return probs, rejects
+
+
+def predict(lm: LoadedModel, items: list[Item], *, engine: str = "auto", batch_size: int = 64,
+            address: str | None = None, gpus: float = 0, actors: int | None = None) -> Predictions:
+    """Probabilities for every decodable item; undecodable ones become rejects."""
+    if engine not in ("auto", "local", "ray"):
+        raise RtlError(f"--engine must be auto, local or ray, got {engine!r}")
+    if engine == "auto":
+        engine = "ray" if address or gpus or len(items) >= RAY_MIN_IMAGES else "local"
+    t0 = time.perf_counter()
+    if engine == "ray":
+        probs, rej = _predict_ray(lm, items, batch_size, address=address, gpus=gpus, actors=actors)
+    else:
+        probs, rej = _predict_local(lm, items, batch_size)
+    secs = time.perf_counter() - t0
+    keep = [i for i in range(len(items)) if i not in rej]
+    return Predictions([items[i] for i in keep], probs[keep], [(items[i].path, rej[i]) for i in sorted(rej)],
+                       engine, secs)
+
+
+def to_frame(pred: Predictions, classes: list[str], ok_class: str | None) -> Any:
+    """pandas DataFrame: path, [label], pred, score, p_<class>..., [defect_score]."""
+    import pandas as pd
+
+    p = pred.probs
+    df = pd.DataFrame({"path": [it.path for it in pred.items]})
+    if any(it.label is not None for it in pred.items):
+        df["label"] = [it.label for it in pred.items]
+    arg = p.argmax(1) if len(p) else np.zeros(0, np.int64)
+    df["pred"] = [classes[i] for i in arg]
+    df["score"] = p.max(1) if len(p) else np.zeros(0)
+    for c, name in enumerate(classes):
+        df[f"p_{name}"] = p[:, c]
+    if ok_class is not None:
+        df["defect_score"] = 1.0 - p[:, classes.index(ok_class)]
+    return df
+
+
+def write_outputs(df: Any, rejects: list[tuple[str, str]], out: str | Path) -> tuple[Path, Path | None]:
+    """Write predictions (.csv or .parquet by extension) and `<out>.rejects.csv`; atomic replace."""
+    out = Path(out)
+    if out.suffix.lower() not in (".csv", ".parquet"):
+        raise RtlError(f"--out {out}: use a .csv or .parquet file name")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(f".{out.name}.tmp")
+        df.to_parquet(tmp, index=False) if out.suffix.lower() == ".parquet" else df.to_csv(tmp, index=False)
+        os.replace(tmp, out)
+        rej_path = out.with_name(out.stem + ".rejects.csv")
+        if rejects:
+            with open(rej_path, "w", newline="") as f:
+                w = csv.writer(f)
+                w.writerow(["path", "reason"])
+                w.writerows(rejects)
+        elif rej_path.exists():
+            rej_path.unlink()  # a stale list from an earlier run would be misleading
+    except OSError as e:
+        raise RtlError(f"cannot write {out}: {e.strerror or e}") from None
+    return out, (rej_path if rejects else None)
+
+
+def labelled_metrics(pred: Predictions, classes: list[str], ok_class: str | None) -> dict[str, float] | None:
+    """Inspection metrics when every accepted item has a known label of the model's classes."""
+    from rtl.deliver.metrics import inspection_metrics
+
+    labels = [it.label for it in pred.items]
+    if not labels or any(lb not in classes for lb in labels):
+        return None
+    y = np.asarray([classes.index(lb) for lb in labels])
+    return inspection_metrics(y, pred.probs, classes, ok_class)
