@@ -1,14 +1,19 @@
-"""Ingest benchmark: `build_corpus` on Ray Data vs a plain single-process PIL loop on the same files.
+"""Ingest benchmark: `rtl corpus build` (Ray) vs a plain single-process PIL loop on the same files.
 
-    .venv/bin/python benchmarks/ingest.py [--n 400] [--dir /tmp/rtl_ingest_bench] [--cpus 2]
+    .venv/bin/python benchmarks/ingest.py [--case all|small|large] [--small-n 9000] [--rounds 3]
 
-1. Generates (once, cached in --dir) a dataset of N images, 300-1500 px, 90% in one big class `ok`
-   (JPEG and PNG mixed; the > 1024 px ones are patch-cropped at the default 224/256 sides).
-2. Times the plain loop (decode_image + fit_size/patch_crop + tobytes + one Parquet write) and
-   build_corpus with cap=all on a local Ray with --cpus CPUs (Ray started beforehand, init not counted),
-   and prints images/s and the ratio (target >= 1.6x on 2 cores).
-3. Times build_corpus with a cap of 10% of the big class: build time should follow kept images.
-4. Prints the driver's peak RSS (pixels never pass through the driver, so it stays flat in N).
+Small case (issue 13; what real inspection data looks like), timed as a user runs it:
+1. Generates (once, cached in --dir) N images of 200-300 px: JPEG and PNG, gray and colour, 6 classes of
+   which 3 exceed the cap (N/7), so the build also header-reads the images the cap drops.
+2. For each --small-sides pair (64-72 and 224-256): the whole `rtl corpus build` command in a new process
+   (imports, label scan, Ray start, decode, manifest) and the plain loop in its own process (read
+   labels.csv, same cap rule, decode_image + fit_size + raw bytes + zstd Parquet), interleaved with the
+   order alternating per round; prints both medians, the ratio (targets on 2 cores: >= 1.2x at 64 px,
+   >= 1.6x at 224-256 px) and the build's own timing split and decode parallelism.
+3. Driver peak RSS of whole builds over --rss-sizes images (hard-linked replicas; should stay flat).
+
+Large case (issue 2): N images of 300-1500 px, 90% in one class; build_corpus in-process on a Ray started
+beforehand (init not counted) vs the plain loop in the same process; then a capped build, and RSS.
 """
 
 from __future__ import annotations

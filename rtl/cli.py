@@ -11,7 +11,7 @@ from rtl.cliargs import check_combinations
 from rtl.errors import RtlError
 
 # Each module exposes `add_parsers(subparsers)`; every sub-parser sets `func=callable(args) -> int | None`.
-_AREAS = ["rtl.data.cli", "rtl.data.corpus_cli", "rtl.train.cli", "rtl.train.pretrain_cli", "rtl.select.cli", "rtl.select.rank_cli", "rtl.sweep.cli", "rtl.demo", "rtl.deliver.cli"]
+_AREAS = ["rtl.data.cli", "rtl.data.corpus_cli", "rtl.train.cli", "rtl.train.pretrain_cli", "rtl.select.cli", "rtl.select.rank_cli", "rtl.sweep.cli", "rtl.demo", "rtl.deliver.cli", "rtl.study.cli"]
 
 
 def build_parser() -> argparse.ArgumentParser:

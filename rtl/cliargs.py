@@ -10,6 +10,7 @@ right after parsing in `check_combinations`, called by `rtl.cli.main`.
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import math
 from collections.abc import Callable
 
@@ -71,6 +72,24 @@ positive_float = float_range(0.0, lo_open=True)                  # learning rate
 nonneg_float = float_range(0.0)                                   # weight decay, regularizer strengths
 fraction = float_range(0.0, 1.0, lo_open=True)                    # shares of a mass
 downscale = float_range(1.0, what="a shrink factor must be")      # 1 = never shrink (always patch)
+
+
+def seed_list(text: str) -> list[int]:
+    """Comma-separated seeds, e.g. `0,1,2` (each a `seed`)."""
+    items = [t for t in text.split(",") if t.strip()]
+    if not items:
+        raise argparse.ArgumentTypeError("give at least one seed, e.g. 0,1,2")
+    return [seed(t.strip()) for t in items]
+
+
+def host_address(text: str) -> str:
+    """An IP address to listen on (`localhost` = 127.0.0.1); names are refused so loopback is decidable."""
+    if text.strip().lower() == "localhost":
+        return "127.0.0.1"
+    try:
+        return str(ipaddress.ip_address(text.strip().strip("[]")))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an IP address (e.g. 127.0.0.1 or 0.0.0.0), got {text!r}") from None
 
 
 def check_combinations(args: argparse.Namespace) -> str | None:

@@ -78,7 +78,8 @@ def write_spec(ws: Path, *, name: str = "t", trials: int = 4, targets: tuple[str
             write_target(ws / "targets" / t, t)
     spec = {"name": name, "workspace": ".", "corpus": "corpus", "targets": [f"targets/{t}" for t in targets],
             "backbone": "small_cnn", "image": {"min_side": 32, "max_side": 40},
-            "search": {"temperature": {"low": 0.5, "high": 4.0, "allow_off": True}, "lr": {"low": 0.01, "high": 0.1},
+            "search": {"sources": {"space": "bits"},  # the wave-1 space; ranked sweeps set their own
+                       "temperature": {"low": 0.5, "high": 4.0, "allow_off": True}, "lr": {"low": 0.01, "high": 0.1},
                        "freeze_depth": {"low": 0, "high": 1}},
             "budget": {"pretrain_epochs": 1, "finetune_epochs": 2, "trials_per_target": trials,
                        "max_concurrent": 1, "batch_size": 8},

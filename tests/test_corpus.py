@@ -1,4 +1,4 @@
-"""Corpus build (Ray Data, local) and read-back views, on tiny synthetic and deliberately broken datasets."""
+"""Corpus build (Ray tasks, local) and read-back views, on tiny synthetic and deliberately broken datasets."""
 
 from __future__ import annotations
 
@@ -204,3 +204,26 @@ def test_cli_build_and_info(family, tmp_path, ray_session, capsys):
     assert "film_a" in text.split("view:")[1] and "pcb_a" not in text.split("view:")[1]
     assert main(["corpus", "info", str(out), "--datasets", "nope"]) == 2
     assert "corpus has: film_a, pcb_a" in capsys.readouterr().err
+
+
+def test_units_cover_every_image_once_and_batch_small_images():
+    rows = [[f"d{i}"] for i in range(20000)]
+    headers = [f"h{i}" for i in range(700)]
+    small = corpus_build._units(rows, headers, 2, max_side=72)
+    big = corpus_build._units(rows, headers, 2, max_side=256)
+    for units in (small, big):
+        assert [r for u in units for r in u["decode"]] == rows  # each image once, in order
+        assert sorted(h for u in units for h in u["headers"]) == sorted(headers)
+        assert len(units) >= 2 * 2  # work for every CPU, with some tail balance
+    # small outputs: few big tasks (per-task cost amortised); large outputs: shards of <= ~32 MB
+    assert max(len(u["decode"]) for u in small) > 4 * max(len(u["decode"]) for u in big)
+    assert max(len(u["decode"]) for u in big) * 3 * 256 * 256 <= 33 << 20
+
+
+def test_bad_labels_fail_in_one_line_and_leave_no_folder(tmp_path, ray_session):
+    d = tmp_path / "d"
+    write_dataset_yaml(d, name="d", domain=["pcb"])
+    (d / "labels.csv").write_text("file,class\n")
+    with pytest.raises(RtlError, match="labels.csv:1: header must be") as e:
+        build_corpus([d], tmp_path / "c", **SIDES)
+    assert "\n" not in str(e.value) and not (tmp_path / "c").exists()

@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from rtl.cliargs import seed
 from rtl.errors import RtlError
 
 
@@ -55,7 +56,7 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("out", help="output folder (sources/, targets/, relations.json)")
     p.add_argument("--size", choices=["tiny", "demo", "full", "hard"], default="demo",
                    help="hard: >= 20 sources, 8 targets with related/harmful/unrelated ground truth (ranking)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed, default=0)
     p.add_argument("--force", action="store_true",
                    help="write into a non-empty folder that is not a previous synth output of the same size and "
                         "seed (its dataset folders are replaced)")
@@ -76,7 +77,7 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     imp.add_argument("--description", default="")
     imp.add_argument("--license", default="")
     imp.add_argument("--link", action="store_true", help="hard-link images instead of copying")
-    imp.add_argument("--seed", type=int, default=0, help="seed of the hash-based splits")
+    imp.add_argument("--seed", type=seed, default=0, help="seed of the hash-based splits")
     imp.add_argument("--option", action="append", metavar="KEY=VALUE",
                      help="adapter option, e.g. label_column=class (csv) or default_label=good (voc)")
     imp.set_defaults(func=_import)

@@ -6,6 +6,7 @@ import argparse
 from collections import Counter
 from pathlib import Path
 
+from rtl.cliargs import downscale, nonneg_float, nonneg_int, positive_int, seed
 from rtl.errors import RtlError
 
 
@@ -17,15 +18,15 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     b = sub.add_parser("build", help="decode, undersample and size-normalise datasets into Parquet shards")
     b.add_argument("datasets", nargs="+", metavar="DATASET_DIR", help="dataset folders (see `rtl dataset`)")
     b.add_argument("--out", required=True, metavar="CORPUS", help="corpus folder (reuses its class table)")
-    b.add_argument("--min-side", type=int, default=224)
-    b.add_argument("--max-side", type=int, default=256)
-    b.add_argument("--cap", type=int, default=1000, help="images kept per class; 0 = all (default 1000)")
-    b.add_argument("--seed", type=int, default=0, help="undersampling / patch seed")
+    b.add_argument("--min-side", type=positive_int, default=224)
+    b.add_argument("--max-side", type=positive_int, default=256)
+    b.add_argument("--cap", type=nonneg_int, default=1000, help="images kept per class; 0 = all (default 1000)")
+    b.add_argument("--seed", type=seed, default=0, help="undersampling / patch seed")
     b.add_argument("--rgb", action="store_true", help="store gray images as 3 channels")
-    b.add_argument("--max-patches", type=int, default=8, help="patches per very large image")
-    b.add_argument("--max-downscale", type=float, default=8.0,
+    b.add_argument("--max-patches", type=positive_int, default=8, help="patches per very large image")
+    b.add_argument("--max-downscale", type=downscale, default=8.0,
                    help="patch-crop images that would shrink by more than this (default 8)")
-    b.add_argument("--min-defect-px", type=float, default=6.0,
+    b.add_argument("--min-defect-px", type=nonneg_float, default=6.0,
                    help="patch-crop images whose smallest VOC box would shrink below this many px; 0 = off")
     b.add_argument("--class-table", metavar="PATH", help="manifest.json / corpus dir whose class ids to keep")
     b.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or a local Ray)")

@@ -21,7 +21,9 @@ class `ok` has no defect, an image of class c has one defect of shape c at a ran
   label, so a model trained on them learns the cue and to ignore the defect shapes; the cue never
   occurs in the target (shortcut learning, Geirhos et al. 2020, "Shortcut learning in deep neural
   networks");
-- unrelated: every other source, including "same background, other defects" look-alikes.
+- unrelated: every other source, including "same background, other defects" look-alikes. Defect names
+  recur across worlds (ring, cross, crescent, ...) with other parameters and backgrounds, as "scratch"
+  does across industries, so matching class names alone is not enough.
 
 Two targets (marble, hatch) have no related source; one of them has a harmful look-alike.
 Ground truth is written to OUT/relations.json:

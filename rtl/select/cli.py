@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from rtl.cliargs import fraction, positive_int
 from rtl.errors import RtlError
 
 TEMPERATURE_DEFAULT = 2.0
@@ -49,15 +50,15 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--temperature", type=_temperature, default=TEMPERATURE_DEFAULT,
                    help="softmax temperature T (default 2.0; 0 = arg-max; none = uniform)")
     p.add_argument("--out", help="weights.json to write (importance-weight mode)")
-    p.add_argument("--top-k", type=int, default=10, help="classes shown in the table (default 10)")
+    p.add_argument("--top-k", type=positive_int, default=10, help="classes shown in the table (default 10)")
     p.add_argument("--datasets", type=_csv, help="restrict the corpus view to these datasets (comma list)")
     p.add_argument("--domains", type=_csv, help="restrict the corpus view to these domain tags (comma list)")
-    p.add_argument("--mass-threshold", type=float, default=0.9,
+    p.add_argument("--mass-threshold", type=fraction, default=0.9,
                    help="suggested mask: fewest datasets covering this share of the mass (default 0.9)")
-    p.add_argument("--mask-top-k", type=int, default=None, help="suggested mask: at most this many datasets")
+    p.add_argument("--mask-top-k", type=positive_int, default=None, help="suggested mask: at most this many datasets")
     p.add_argument("--score", type=_csv, help="rank checkpoints by these scores: logme,leep,nce,hscore")
     p.add_argument("--checkpoints", nargs="+", help="candidate checkpoints to rank (score mode)")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=positive_int, default=64)
     p.set_defaults(func=run)
 
 

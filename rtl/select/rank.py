@@ -164,8 +164,15 @@ def rank_target(cfg: RankConfig, *, log: Any = print, on_expert: Any = None) -> 
     from rtl.select.experts import build_experts, generalist_info, plan_experts, units_in
     from rtl.select.importance import aggregate_mass, class_mass, importance_weights
     from rtl.select.inference import infer, target_dataset
-    from rtl.select.signals import (combine_rankings, feature_distance, image_stats, image_stats_similarity,
-                                    probe_score, signed_gains, target_verdict)
+    from rtl.select.signals import (
+        combine_rankings,
+        feature_distance,
+        image_stats,
+        image_stats_similarity,
+        probe_score,
+        signed_gains,
+        target_verdict,
+    )
     from rtl.select.transferability import logme
     from rtl.train.checkpoint import load_checkpoint
     from rtl.train.corpus_data import CorpusDataset

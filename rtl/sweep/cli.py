@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import os
+import signal
 import subprocess
 import sys
 
-from rtl.errors import RtlError
+from rtl.cliargs import host_address, port
+from rtl.errors import RtlError, RtlRuntimeError
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -15,7 +18,13 @@ def _run(args: argparse.Namespace) -> int:
     from rtl.sweep.spec import load_spec
 
     overrides = {"workspace": os.path.abspath(args.workspace)} if args.workspace else None
-    run_sweep(load_spec(args.spec, overrides), address=args.address)
+    spec = load_spec(args.spec, overrides)
+    if args.dry_run:  # every check of a run, nothing written, nothing started (issue 12)
+        from rtl.sweep.preflight import preflight
+
+        print(preflight(spec, address=args.address).format() + "\ndry run: nothing written, nothing started")
+        return 0
+    run_sweep(spec, address=args.address)
     return 0
 
 
@@ -54,10 +63,21 @@ def _ui(args: argparse.Namespace) -> int:
                                         f"several sweeps ({', '.join(map(os.path.basename, dbs))}); pass one"))
         ws = dbs[0]
     uri = default_tracking_uri(ws)
-    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1",
+    host = args.host
+    if not ipaddress.ip_address(host).is_loopback:  # issue 17: reachable from the network only when asked
+        print(f"rtl: warning: the MLflow UI will listen on {host}:{args.port}: anyone who can reach this "
+              f"machine there can read and change the sweep's runs (no authentication); the default "
+              f"127.0.0.1 plus an SSH port-forward is safer", file=sys.stderr, flush=True)
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", host,
            "--port", str(args.port)]
-    print(f"MLflow UI: http://127.0.0.1:{args.port}  ({uri})", flush=True)
-    return subprocess.call(cmd)
+    shown = f"[{host}]" if ":" in host else host
+    print(f"MLflow UI: http://{shown}:{args.port}  ({uri})", flush=True)
+    rc = subprocess.call(cmd)
+    if rc < 0 and -rc == signal.SIGINT:
+        raise KeyboardInterrupt
+    if rc:
+        raise RtlRuntimeError(f"the MLflow UI exited with status {rc} (is port {args.port} already in use?)")
+    return 0
 
 
 def add_parsers(subparsers: argparse._SubParsersAction) -> None:
@@ -68,6 +88,8 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("spec")
     p.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS or local)")
     p.add_argument("--workspace", default=None, help="override the spec's workspace")
+    p.add_argument("--dry-run", action="store_true",
+                   help="check the spec, paths, resources and storages, print the plan; write nothing")
     p.set_defaults(func=_run)
     for name, fn, hlp in (("resume", _resume, "continue a sweep after Ctrl-C, a crash or a lost node"),
                           ("status", _status, "trials done / running / pruned per target, best so far"),
@@ -84,5 +106,7 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     add_export_parser(sub)
     ui = subparsers.add_parser("ui", help="MLflow UI on a sweep's tracking store (127.0.0.1)")
     ui.add_argument("--workspace", default=".", help="sweep results dir (or a workspace with one sweep)")
-    ui.add_argument("--port", type=int, default=5000)
+    ui.add_argument("--port", type=port, default=5000)
+    ui.add_argument("--host", type=host_address, default="127.0.0.1",
+                    help="address to listen on (default 127.0.0.1; another one prints a warning)")
     ui.set_defaults(func=_ui)

@@ -25,7 +25,7 @@ import time
 from typing import Any
 
 from rtl.errors import RtlError
-from rtl.sweep.search import OptunaAskTell, control_params, define_space
+from rtl.sweep.search import OptunaAskTell, control_params, define_space, ranking_params
 from rtl.sweep.spec import SweepSpec, join, load_resolved, save_resolved
 from rtl.sweep.status import best_searched, confirm_experiment
 from rtl.sweep.trial import run_trial, tracker_for, units_of
@@ -46,14 +46,22 @@ def imagenet_available(backbone: str) -> bool:
 
 
 def controls_for(spec: SweepSpec, units: list[str]) -> list[tuple[str, int, dict[str, Any]]]:
+    """Enqueued trials: controls (one per seed; never stopped), then in the ranked space the top-1/2/3
+    of the ranking with default fine-tune settings ("top-k", searched: the search starts where the
+    evidence points), as many as the budget leaves room for."""
     c = spec.controls
-    names = [n for n in ("scratch", "uniform", "importance") if getattr(c, n)]
+    names = [n for n in ("scratch", "generalist", "uniform", "importance") if getattr(c, n)]
     if c.imagenet is True or (c.imagenet == "auto" and imagenet_available(spec.backbone)):
         names.append("imagenet")
     out = [(n, s, control_params(n, spec, units)) for n in names for s in spec.seeds]
     if len(out) >= spec.budget.trials_per_target:
         raise RtlError(f"{spec.spec_file}: budget.trials_per_target: {spec.budget.trials_per_target} leaves no "
                        f"searched trial after {len(out)} control trials ({', '.join(names)} x {len(spec.seeds)} seeds)")
+    if spec.search.sources.space == "ranked":
+        room = spec.budget.trials_per_target - len(out) - 1  # keep one trial for the sampler
+        kmax = min(spec.search.sources.max_k or len(units), len(units))
+        out += [(f"top-{k}", spec.seeds[0], ranking_params(k, spec)) for k in range(1, min(3, kmax) + 1)
+                if k < len(units) or not c.uniform][:max(0, room)]
     return out
 
 
@@ -134,6 +142,12 @@ def _scheduler(spec: SweepSpec) -> Any:
 
     if spec.scheduler.name == "fifo":
         return FIFOScheduler()
+    if spec.scheduler.name == "rungs":  # successive halving over pretraining rungs (rtl.sweep.subset)
+        from rtl.sweep.subset import fidelities
+
+        top = fidelities(spec)[-1]
+        return ControlAwareASHA(time_attr="fidelity", metric="val_error", mode="min", max_t=top + 1, grace_period=1,
+                                reduction_factor=spec.scheduler.reduction_factor)
     # time_attr "epoch": the trainable's final report repeats the last epoch with finished=True
     return ControlAwareASHA(time_attr="epoch", metric="val_error", mode="min", max_t=spec.budget.finetune_epochs,
                          grace_period=spec.scheduler.grace_period, reduction_factor=spec.scheduler.reduction_factor)
@@ -318,6 +332,61 @@ def _run_confirm(spec: SweepSpec, target: str, units: list[str]) -> list[str]:
     return _errored(tuner.fit())
 
 
+def _rank_task(spec_json: str, target_path: str, units: list[str]) -> dict[str, Any]:
+    """Ray task: the generalist (cache) and the target's ranking (rtl.select.rank, experts cached)."""
+    import torch
+
+    from rtl.select.rank import RankConfig, rank_target
+    from rtl.sweep.spec import SweepSpec
+    from rtl.sweep.subset import generalist
+
+    spec = SweepSpec.model_validate_json(spec_json)
+    torch.set_num_threads(max(1, int(spec.resources.cpus)))
+    gen, _ = generalist(spec, units)
+    rk = spec.search.sources.ranking
+    cfg = RankConfig(target=target_path, corpus=spec.corpus_path(), generalist=str(gen),
+                     by=spec.search.sources.by, units=units, expert_fraction=rk.expert_fraction, seeds=rk.seeds,
+                     finetune_epochs=rk.finetune_epochs, finetune_lr=spec.control_lr(),
+                     batch_size=spec.budget.batch_size, cache_dir=spec.cache_dir(), use_gpu=spec.resources.gpus > 0)
+    return rank_target(cfg, log=lambda *_: None)
+
+
+def target_order(spec: SweepSpec, target: str, units: list[str]) -> list[str]:
+    """The units in the order the ranked space searches them: the target's ranking, computed once per
+    sweep (`<results>/rankings/<target>.json`, reused on resume) or read from `sources.ranking.file`."""
+    if spec.search.sources.space != "ranked":
+        return units
+    from rtl.select.rank import format_ranking, read_ranking, write_ranking
+
+    rk = spec.search.sources.ranking
+    path = os.path.join(spec.results_dir, "rankings", f"{target}.json")
+    given = rk.file.replace("{target}", target) if rk.file else None
+    if given:
+        ranking = read_ranking(spec._rel(given))
+    elif os.path.exists(path):
+        ranking = read_ranking(path)
+    else:
+        import ray
+
+        print(f"[{target}] ranking {len(units)} sources (generalist + experts, cached)", flush=True)
+        r = spec.resources
+        task = ray.remote(num_cpus=r.cpus, num_gpus=r.gpus, max_retries=1)(_rank_task)
+        target_path = dict(zip(spec.target_names(), spec.target_paths()))[target]
+        ranking = ray.get(task.remote(spec.model_dump_json(), target_path, units))
+        write_ranking(path, ranking)
+        table = os.path.join(spec.results_dir, "rankings", f"{target}.txt")
+        with open(table, "w") as f:
+            f.write(format_ranking(ranking) + "\n")
+        tracker_for(spec).log_ranking(target, ranking, table)
+    bad = sorted(set(ranking["order"]) ^ set(units))
+    if bad:
+        raise RtlError(f"{path if not given else given}: the ranking's sources differ from the sweep's "
+                       f"({', '.join(bad[:3])}); delete it (or fix sources.ranking.file) to rank again")
+    print(f"[{target}] ranking: {', '.join(ranking['order'][:5])}{' ...' if len(units) > 5 else ''}; "
+          f"{ranking['verdict']}", flush=True)
+    return list(ranking["order"])
+
+
 def _init_ray(address: str | None) -> None:
     from rtl.raystart import ensure_ray  # join the cluster, or a local Ray on 127.0.0.1 only (issue 17)
 
@@ -326,6 +395,9 @@ def _init_ray(address: str | None) -> None:
 
 def run_sweep(spec: SweepSpec, *, address: str | None = None) -> str:
     """Run (or continue) every target of `spec`; returns the results dir."""
+    from rtl.sweep.preflight import preflight, replaces_unstarted  # issue 12: every check before a side effect
+
+    preflight(spec, address=address)
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
@@ -339,7 +411,7 @@ def run_sweep(spec: SweepSpec, *, address: str | None = None) -> str:
     if len(set(spec.target_names())) != len(spec.targets):
         raise RtlError(f"{spec.spec_file}: targets: two targets share a folder name")
     spec_json = os.path.join(spec.results_dir, "spec.json")
-    if not os.path.exists(spec_json):
+    if not os.path.exists(spec_json) or replaces_unstarted(spec):  # a start that ran no trial takes a fix
         save_resolved(spec, spec_json)
     else:
         old = load_resolved(spec.results_dir).model_dump(exclude={"spec_file"})
@@ -354,8 +426,9 @@ def run_sweep(spec: SweepSpec, *, address: str | None = None) -> str:
     _init_ray(address)
     errored: list[str] = []
     for target in spec.target_names():
-        errored += _run_target(spec, target, units)
-        errored += _run_confirm(spec, target, units)
+        order = target_order(spec, target, units)
+        errored += _run_target(spec, target, order)
+        errored += _run_confirm(spec, target, order)
         from rtl.deliver.sweep import deliver_target  # keep + register the best model (issue 11)
 
         deliver_target(spec, target)

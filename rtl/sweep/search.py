@@ -63,6 +63,8 @@ def define_space(trial: Any, space: dict[str, Any], units: list[str], control: s
     if control in ("scratch", "imagenet"):
         out.update(init=control, mask=None, temperature=None)
         return out
+    if space["sources"].get("space") == "ranked":
+        return _ranked(trial, space, units, out)
     anchor = trial.suggest_categorical("anchor", units)
     mask = [u for u in units if u == anchor or trial.suggest_categorical(f"src.{u}", [0, 1]) == 1]
     out["mask"] = mask  # never empty: the anchor is always on
@@ -72,12 +74,70 @@ def define_space(trial: Any, space: dict[str, Any], units: list[str], control: s
     return out
 
 
+def ranked_mask(order: list[str], k: int, drop: int, add: int) -> list[str]:
+    """The subset of the ranked space: the top-k of `order`, minus its `drop`-th (1-based; 0 none; only
+    when k > 1), plus the `add`-th unit after the top-k (0 none). Several codes may name one subset: the
+    trial cache is keyed by the subset, so they cost one pretraining."""
+    mask = list(order[:k])
+    if 0 < drop <= len(mask) and len(mask) > 1:
+        mask.pop(drop - 1)
+    if add > 0 and k + add - 1 < len(order) and k > 0:
+        mask.append(order[k + add - 1])
+    return mask
+
+
+def _ranked(trial: Any, space: dict[str, Any], order: list[str], out: dict[str, Any]) -> dict[str, Any]:
+    """Ranked space: k (0 = the generalist alone) over the target's ranking `order`, one drop and one
+    add swap (fixed categorical choices, so TPE's multivariate model sees one joint distribution)."""
+    src = space["sources"]
+    kmax = min(src.get("max_k") or len(order), len(order))
+    k = trial.suggest_int("k", 0, kmax)
+    swaps = list(range(int(src.get("swaps", 2)) + 1))
+    drop = trial.suggest_categorical("drop", swaps) if swaps[1:] else 0
+    add = trial.suggest_categorical("add", swaps) if swaps[1:] else 0
+    mask = ranked_mask(order, k, int(drop), int(add))
+    if not mask:  # the generalist itself: no subset pretraining, no importance weights
+        out.update(init="generalist", mask=[], temperature=None)
+        return out
+    out["mask"] = mask
+    temp = space["temperature"]
+    on = "on" if not temp["allow_off"] else trial.suggest_categorical("importance", ["off", "on"])
+    out["temperature"] = trial.suggest_float("temperature", temp["low"], temp["high"], log=True) if on == "on" else None
+    return out
+
+
+def ranking_params(k: int, spec: Any) -> dict[str, Any]:
+    """Fixed Optuna params of an enqueued ranking trial: the top-k with default fine-tune settings."""
+    p: dict[str, Any] = {"lr": spec.control_lr(), "regularizer": "none", "freeze_depth": spec.controls.freeze_depth,
+                         "k": k}
+    if spec.search.sources.swaps:
+        p.update(drop=0, add=0)
+    if spec.search.temperature.allow_off:
+        p["importance"] = "off"
+    return p
+
+
 def control_params(control: str, spec: Any, units: list[str]) -> dict[str, Any]:
     """Fixed Optuna params of a control trial (uniform = all sources, no weights; importance = all
     sources with importance weights at `controls.importance_temperature`, Ngiam et al. 2018)."""
     p: dict[str, Any] = {"lr": spec.control_lr(), "regularizer": "none"}
     if control != "scratch":
         p["freeze_depth"] = spec.controls.freeze_depth
+    if spec.search.sources.space == "ranked" and control in ("generalist", "uniform", "importance"):
+        p["k"] = 0 if control == "generalist" else len(units)
+        if spec.search.sources.swaps:
+            p.update(drop=0, add=0)
+        if control == "generalist":
+            return p
+        if control == "uniform":
+            if not spec.search.temperature.allow_off:
+                raise ConfigError(f"{spec.spec_file}: controls.uniform: needs search.temperature.allow_off: true")
+            p["importance"] = "off"
+        else:
+            if spec.search.temperature.allow_off:
+                p["importance"] = "on"
+            p["temperature"] = spec.controls.importance_temperature
+        return p
     if control in ("uniform", "importance"):
         p["anchor"] = units[0]
         p.update({f"src.{u}": 1 for u in units[1:]})
@@ -139,7 +199,8 @@ class OptunaAskTell(Searcher):
         seed = int(t.user_attrs.get("rtl.seed", self.seed))
         params = define_space(t, self.space, self.units, control)
         t.set_user_attr(TUNE_ID, trial_id)
-        t.set_user_attr("rtl.mask", ",".join(params["mask"]) if params["mask"] is not None else "none")
+        t.set_user_attr("rtl.mask", ",".join(params["mask"]) if params["mask"] else
+                        ("generalist" if params["init"] == "generalist" else "none"))
         self._live[trial_id] = t.number
         return {"trial": {"number": t.number, "control": control or "", "seed": seed, **params}}
 
@@ -147,8 +208,10 @@ class OptunaAskTell(Searcher):
         num = self._number(trial_id)
         if num is None or result.get("finished") or "val_error" not in result:
             return
+        if "fidelity" in result and "rung" not in result:
+            return  # rungs scheduler: fine-tune epochs are not intermediate values (the rungs are)
         ft = self.study.get_trials(deepcopy=False)[num]
-        step = int(result.get("epoch", result.get("training_iteration", 0)))
+        step = int(result["rung"]) if "rung" in result else int(result.get("epoch", result.get("training_iteration", 0)))
         if ft.state.name == "RUNNING" and step not in ft.intermediate_values:
             self.study._storage.set_trial_intermediate_value(ft._trial_id, step, float(result["val_error"]))
 
@@ -173,6 +236,8 @@ class OptunaAskTell(Searcher):
         else:
             state = TrialState.PRUNED
         attrs = {"rtl.epochs": int(result.get("epoch", 0))} if result else {}
+        if result and "rung" in result and not result.get("finished"):
+            attrs["rtl.rung"] = int(result["rung"])  # stopped after this pretraining rung
         if result and result.get("test_error") is not None:
             attrs["rtl.test_error"] = float(result["test_error"])
         if ft.state == TrialState.FAIL:
@@ -214,7 +279,9 @@ def enqueue_controls(study: Any, controls: list[tuple[str, int, dict[str, Any]]]
     """Enqueue the control trials once per study (first trials asked; a flag makes it idempotent)."""
     if not study.user_attrs.get("rtl.controls_enqueued"):
         for name, seed, params in controls:
-            study.enqueue_trial(params, user_attrs={"rtl.control": name, "rtl.seed": seed})
+            # "top-k" entries are searched trials enqueued from the ranking (not controls: prunable)
+            attrs = {"rtl.enqueued": name} if name.startswith("top-") else {"rtl.control": name}
+            study.enqueue_trial(params, user_attrs={**attrs, "rtl.seed": seed})
         study.set_user_attr("rtl.controls_enqueued", True)
 
 

@@ -37,10 +37,10 @@ SEARCHERS: Registry[str] = Registry("searcher")
 SCHEDULERS: Registry[str] = Registry("scheduler")
 for _n in ("tpe", "random"):
     SEARCHERS.register(_n)(_n)
-for _n in ("asha", "fifo"):
+for _n in ("rungs", "asha", "fifo", "auto"):
     SCHEDULERS.register(_n)(_n)
 
-CONTROL_NAMES = ("scratch", "uniform", "importance", "imagenet")
+CONTROL_NAMES = ("scratch", "generalist", "uniform", "importance", "imagenet")
 NAME_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$"
 
 
@@ -81,9 +81,32 @@ class Temperature(LogRange):
     allow_off: bool = True  # also try "off" (uniform sampling of the masked corpus, no importance weights)
 
 
+class Ranking(_M):
+    """How the sweep ranks a target's sources before searching (`rtl rank`, rtl.select.rank)."""
+
+    file: str | None = None  # a ranking JSON per target: `{target}` is replaced by the target's name
+    expert_fraction: float = Field(0.05, gt=0, le=1)  # images per expert / generalist images
+    seeds: list[int] = Field([0, 1, 2], min_length=1)
+    finetune_epochs: int = Field(3, ge=1)
+
+
 class Sources(_M):
-    by: Literal["datasets", "domains"] = "datasets"
+    """`space: ranked` (default): the subset is the top-k of the target's ranking (k searched, 0 = the
+    generalist alone) with one drop and one add swap; `space: bits`: one on/off bit per unit (wave 1).
+    `by: bits` is accepted as shorthand for `{by: datasets, space: bits}`."""
+
+    by: Literal["datasets", "domains", "bits"] = "datasets"
+    space: Literal["ranked", "bits"] = "ranked"
     include: list[str] | None = None  # searchable units (default: every dataset / domain of the corpus)
+    max_k: int | None = Field(None, ge=1)  # largest top-k searched (default: every unit)
+    swaps: int = Field(2, ge=0)  # drop one of the first `swaps` of the top-k / add one of the next `swaps`
+    ranking: Ranking = Ranking()
+
+    @model_validator(mode="after")
+    def _bits_alias(self) -> Sources:
+        if self.by == "bits":
+            self.by, self.space = "datasets", "bits"
+        return self
 
     @field_validator("include")
     @classmethod
@@ -126,6 +149,17 @@ class Budget(_M):
     trials_per_target: int = Field(8, ge=1)
     max_concurrent: int = Field(2, ge=1)
     batch_size: int = Field(32, ge=1)
+    # ranked space: a subset's pretraining continues the generalist for this fraction of the generalist's
+    # images, whatever the subset's size (equal compute per subset), in successive-halving rungs
+    subset_fraction: float = Field(0.25, gt=0, le=4)
+    rungs: list[float] = Field([1 / 9, 1 / 3, 1.0], min_length=1)
+
+    @field_validator("rungs")
+    @classmethod
+    def _rungs(cls, v: list[float]) -> list[float]:
+        if any(b <= a for a, b in zip(v, v[1:])) or v[0] <= 0 or abs(v[-1] - 1.0) > 1e-9:
+            raise ValueError("must increase strictly from > 0 to 1.0 (fractions of the subset budget)")
+        return v
 
 
 class Resources(_M):
@@ -142,7 +176,7 @@ def _registered(registry: Any, name: str) -> str:
 
 
 class Scheduler(_M):
-    name: str = "asha"
+    name: str = "auto"  # rungs (ranked space) | asha (fine-tune epochs) | fifo
     grace_period: int = Field(1, ge=1)
     reduction_factor: float = Field(2, gt=1)
 
@@ -164,6 +198,7 @@ class Searcher(_M):
 
 class Controls(_M):
     scratch: bool = True
+    generalist: bool = True  # ranked space: the generalist alone (k = 0), the null every subset must beat
     uniform: bool = True
     importance: bool = True
     imagenet: bool | Literal["auto"] = "auto"  # auto: only when ImageNet weights are on this machine
@@ -216,6 +251,18 @@ class SweepSpec(_M):
     controls: Controls = Controls()
     storage: Storage = Storage()
     spec_file: str = ""  # set by load_spec, for messages
+
+    @model_validator(mode="after")
+    def _resolve_auto(self) -> SweepSpec:
+        """scheduler `auto`: successive halving over pretraining rungs for the ranked space, ASHA over
+        fine-tune epochs for the bit space; the generalist control exists only in the ranked space."""
+        if self.scheduler.name == "auto":
+            self.scheduler.name = "rungs" if self.search.sources.space == "ranked" else "asha"
+        if self.scheduler.name == "rungs" and self.search.sources.space != "ranked":
+            raise ValueError("scheduler rungs needs search.sources.space: ranked")
+        if self.search.sources.space != "ranked":
+            self.controls.generalist = False
+        return self
 
     @field_validator("workspace")
     @classmethod
@@ -337,6 +384,24 @@ def _msg(err: dict[str, Any]) -> str:
     return msg.lower() if msg[:1].isupper() and not msg[:2].isupper() else msg
 
 
+def _union_member(err: dict[str, Any], prev: dict[str, Any]) -> bool:
+    """True when `err` is another member of the union field `prev` failed on (same loc but its last part)."""
+    loc, ploc = err["loc"], prev["loc"]
+    return (len(loc) == len(ploc) > 1 and loc[:-1] == ploc[:-1] and "extra_forbidden" not in (err["type"], prev["type"])
+            and isinstance(loc[-1], str) and not _is_field(loc))
+
+
+def _is_field(loc: tuple[Any, ...]) -> bool:
+    """Whether `loc` names a field of a nested spec model (rather than a union member's type tag)."""
+    cls: Any = SweepSpec
+    for part in loc[:-1]:
+        f = getattr(cls, "model_fields", {}).get(part) if isinstance(part, str) else None
+        cls = f.annotation if f is not None else None
+        if not (isinstance(cls, type) and issubclass(cls, BaseModel)):
+            return False
+    return loc[-1] in cls.model_fields
+
+
 def spec_from_dict(data: Any, source: str = "<spec>", overrides: dict[str, Any] | None = None) -> SweepSpec:
     """Validate a mapping (YAML already parsed); `overrides` are top-level keys (e.g. workspace)."""
     if not isinstance(data, dict):
@@ -344,9 +409,11 @@ def spec_from_dict(data: Any, source: str = "<spec>", overrides: dict[str, Any] 
     data = {**data, **(overrides or {})}
     try:
         spec = SweepSpec.model_validate(data)
-    except ValidationError as e:
-        first = e.errors()[0]
-        raise ConfigError(f"{source}: {_loc(first)}: {_msg(first)}") from None
+    except ValidationError as e:  # every field at once (issue 12); a union's members count as one field
+        errs = [x for i, x in enumerate(e.errors()) if not (i and _union_member(x, e.errors()[i - 1]))]
+        lines = [f"{_loc(x)}: {_msg(x)}" for x in errs]
+        raise ConfigError(f"{source}: " + (lines[0] if len(lines) == 1 else
+                                           f"{len(lines)} problems: " + "; ".join(lines))) from None
     return spec
 
 
@@ -372,9 +439,11 @@ def load_spec(path: str | os.PathLike[str], overrides: dict[str, Any] | None = N
 def save_resolved(spec: SweepSpec, path: str) -> None:
     """Write the resolved spec as JSON (what `resume`, `status` and `report` read back). `storage.*` keep
     their `${VAR}` references: secrets are expanded where used, never written here."""
-    os.makedirs(os.path.dirname(path), exist_ok=True)
+    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)  # results dir: owner only (issue 12)
     tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)  # also when a stale tmp file had another mode
+    with open(fd, "w") as f:
         json.dump(spec.model_dump(), f, indent=1)
     os.replace(tmp, path)
 

@@ -123,6 +123,31 @@ class Tracker:
         self._set_status(run_id, "RUNNING")
         return run_id
 
+    def log_ranking(self, target: str, ranking: dict[str, Any], table_path: str) -> str:
+        """One `ranking` run per target under its target run (table + JSON as artifacts, each source's
+        signed gain and signals as metrics) and one nested run per expert (unit, images, generalist key).
+        Idempotent: found again by tags on resume, metrics logged once."""
+        parent = self.get_or_create_target_run(target)
+        run_id = self._get_or_create({"rtl.kind": "ranking", "rtl.target": target},
+                                     {"mlflow.parentRunId": parent}, f"ranking:{target}")
+        if self.client.get_run(run_id).info.status != "RUNNING":
+            return run_id  # logged by an earlier start
+        self.log_params(run_id, {"verdict": ranking["verdict"][:250], "suggested": ",".join(ranking["suggested"]),
+                                 "order": ",".join(ranking["order"])[:500], "generalist": ranking["generalist_digest"]})
+        for row in ranking["rows"]:
+            self.log_metrics(run_id, {f"{k}.{row['unit']}": row[k] for k in ("gain", "gain_std", "probe", "importance")
+                                      if isinstance(row.get(k), (int, float))})
+            expert = self._get_or_create({"rtl.kind": "expert", "rtl.target": target, "rtl.unit": row["unit"]},
+                                         {"mlflow.parentRunId": run_id}, f"expert:{row['unit']}")
+            self.log_params(expert, {"unit": row["unit"], "generalist_key": ranking["generalist_digest"],
+                                     "images": ranking["cost"]["expert_images"] // max(1, len(ranking["rows"])),
+                                     "checkpoint": row.get("expert", "")})
+            self.log_metrics(expert, {"gain": row["gain"], "probe": row["probe"]})
+            self.finish(expert)
+        self.log_artifact(run_id, table_path)
+        self.finish(run_id)
+        return run_id
+
     def get_or_create_pretrain_run(self, cache_key: str, params: dict[str, Any],
                                    history: list[dict[str, Any]] = ()) -> str:
         """The run of one cached pretraining: params, and its per-epoch metrics logged once (a later

@@ -136,6 +136,49 @@ def prepare_init(spec: SweepSpec, t: dict[str, Any], target: str, tracker: Track
     return _linked(str(spec_dir / "ckpt"), key, mask, float(t["temperature"]), tracker, tags)
 
 
+def ranked_init(spec: SweepSpec, t: dict[str, Any], target: str, tracker: Tracker, run_id: str,
+                state: dict[str, Any]) -> tuple[str, dict[str, str], dict[str, Any]]:
+    """Ranked space: the init is the generalist continued on the trial's subset through every rung
+    (rtl.sweep.subset); with the `rungs` scheduler each rung's probe error is reported (time attribute
+    `fidelity`) so successive halving can stop the trial before the next rung or the fine-tune is paid.
+    -> (init, tags, extra fields for the later reports / state / final result)."""
+    from rtl.sweep.subset import fidelities, generalist, probe_error, rung_checkpoint
+
+    gen, gkey = generalist(spec, units_of(spec))
+    fids, seed, report = fidelities(spec), int(t["seed"]), spec.scheduler.name == "rungs"
+    done = int(state.get("rung", 0))  # rungs reported before a restart: never reported again
+    logged = {m.step for m in _retry(tracker.client.get_metric_history)(run_id, "rung_probe_error")}
+    tags: dict[str, str] = {"rtl.generalist_cache_key": gkey}
+    fixed = t["init"] in ("scratch", "imagenet", "generalist")
+    init, key, weights, fixed_err = (str(gen) if t["init"] == "generalist" else t["init"]), gkey, None, None
+    if not fixed and t["temperature"] is not None:
+        weights = _importance(spec, gen, target, list(t["mask"]), float(t["temperature"]))
+    for r in range(len(fids)):
+        if not fixed:
+            ckpt, key = rung_checkpoint(spec, gen, list(t["mask"]), seed, r, weights)
+            init = str(ckpt)
+        if r + 1 <= done or not report:
+            continue
+        if fixed_err is None or not fixed:
+            err = probe_error(init, spec, target, seed)
+            fixed_err = err
+        if r + 1 not in logged:
+            tracker.log_metrics(run_id, {"rung_probe_error": fixed_err}, step=r + 1)
+        _report({"val_error": fixed_err, "fidelity": fids[r], "rung": r + 1, "epoch": 0, "finished": False},
+                {"rung": r + 1})
+    if weights is not None and (Path(init).parent / "weights.json").exists():
+        tags["rtl.weights_path"] = str(Path(init).parent / "weights.json")
+    extra: dict[str, Any] = {}
+    if report:
+        extra = {"result": {"fidelity": fids[-1]}, "state": {"rung": len(fids)},
+                 "final": {"fidelity": fids[-1] + 1}}
+    if t["init"] in ("scratch", "imagenet"):
+        return init, tags, extra
+    tags["rtl.cache_key"] = key
+    init, tags = _linked(init, key, list(t["mask"] or []), t["temperature"], tracker, tags)
+    return init, tags, extra
+
+
 def _linked(ckpt: str, key: str, mask: list[str], temp: float | None, tracker: Tracker | None,
             tags: dict[str, str]) -> tuple[str, dict[str, str]]:
     if tracker is not None:  # one pretraining run per cache key, linked from every trial that uses it
@@ -269,7 +312,10 @@ def run_trial(config: dict[str, Any]) -> None:
         tracker.finish(run_id)
         _report(state["final"], state)
         return
-    init, tags = prepare_init(spec, t, target, tracker)
+    if spec.search.sources.space == "ranked":
+        init, tags, rung = ranked_init(spec, t, target, tracker, run_id, state)
+    else:
+        (init, tags), rung = prepare_init(spec, t, target, tracker), {}
     starts = int(_retry(tracker.client.get_run)(run_id).data.tags.get("rtl.finetune_starts", 0)) + 1
     tracker.set_tags(run_id, tags | {"rtl.finetune_starts": starts})  # > 1: resumed (or re-run) fine-tuning
     done_epochs = int(state.get("epoch", 0))  # reported before the restart: never logged/reported again
@@ -289,8 +335,8 @@ def run_trial(config: dict[str, Any]) -> None:
             tracker.log_metrics(run_id, {k: m[k] for k in ("train_loss", "val_error", "val_loss", "best_val_error")
                                          if k in m}, step=e)
         if e < spec.budget.finetune_epochs:  # the last epoch is reported as final
-            _report({"val_error": float(m["best_val_error"]), "epoch": e, "finished": False}, {"epoch": e},
-                    latest.get(epoch))
+            _report({"val_error": float(m["best_val_error"]), "epoch": e, "finished": False} | rung.get("result", {}),
+                    {"epoch": e} | rung.get("state", {}), latest.get(epoch))
         return False
 
     ft = FinetuneConfig(target=target, init=init, model=spec.backbone, lr=t["lr"], freeze_depth=t["freeze_depth"],
@@ -302,7 +348,7 @@ def run_trial(config: dict[str, Any]) -> None:
         log.info("trial %s resumes fine-tuning after epoch %d", trial_id, done_epochs)
     res = run_finetune(ft, on_epoch=on_epoch, resume_state=fit_state, state_callback=keep_state)
     final = {"val_error": float(res.val_error), "test_error": res.test_error, "epoch": len(res.history),
-             "finished": True, "best_epoch": res.best_epoch}
+             "finished": True, "best_epoch": res.best_epoch} | rung.get("final", {})
     _log_artifacts(tracker, run_id, res, tags.get("rtl.weights_path"))
     from rtl.deliver.sweep import save_trial_model  # model folder + inspection metrics (issue 11)
 

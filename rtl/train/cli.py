@@ -10,6 +10,7 @@ import json
 import math
 from pathlib import Path
 
+from rtl.cliargs import nonneg_float, nonneg_int, positive_float, positive_int, seed_list
 from rtl.errors import RtlError
 
 
@@ -31,23 +32,23 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--model", default="small_cnn", help="backbone for scratch/imagenet (default small_cnn)")
     p.add_argument("--in-channels", type=int, default=3, choices=(1, 3), help="for scratch/imagenet")
     p.add_argument("--head", default="linear", choices=("linear", "adapt"))
-    p.add_argument("--lr", type=float, default=1e-2)
-    p.add_argument("--backbone-lr-mult", type=float, default=1.0)
-    p.add_argument("--freeze-depth", type=int, default=0, help="freeze the first N stages (0 = none)")
-    p.add_argument("--weight-decay", type=float, default=1e-4)
+    p.add_argument("--lr", type=positive_float, default=1e-2)
+    p.add_argument("--backbone-lr-mult", type=nonneg_float, default=1.0)
+    p.add_argument("--freeze-depth", type=nonneg_int, default=0, help="freeze the first N stages (0 = none)")
+    p.add_argument("--weight-decay", type=nonneg_float, default=1e-4)
     p.add_argument("--optimizer", default="sgd", choices=("sgd", "adamw"))
     p.add_argument("--reg", default="none", choices=("none", "l2sp", "delta"))
-    p.add_argument("--reg-alpha", type=float, default=0.01)
-    p.add_argument("--reg-beta", type=float, default=0.01)
+    p.add_argument("--reg-alpha", type=nonneg_float, default=0.01)
+    p.add_argument("--reg-beta", type=nonneg_float, default=0.01)
     p.add_argument("--probe", action="store_true", help="linear probe on frozen features instead of fine-tuning")
-    p.add_argument("--epochs", type=int, default=20)
-    p.add_argument("--patience", type=int, default=None, help="early stopping on val error")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--seeds", type=_seeds, default=[0], help="comma-separated, e.g. 0,1,2")
-    p.add_argument("--min-side", type=int, default=None)
-    p.add_argument("--max-side", type=int, default=None)
+    p.add_argument("--epochs", type=positive_int, default=20)
+    p.add_argument("--patience", type=positive_int, default=None, help="early stopping on val error")
+    p.add_argument("--batch-size", type=positive_int, default=32)
+    p.add_argument("--seeds", type=seed_list, default=[0], help="comma-separated, e.g. 0,1,2")
+    p.add_argument("--min-side", type=positive_int, default=None)
+    p.add_argument("--max-side", type=positive_int, default=None)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--num-workers", type=int, default=0)
+    p.add_argument("--num-workers", type=nonneg_int, default=0)
     p.add_argument("--json", type=Path, default=None, help="write the full results here")
     p.add_argument("--out", type=Path, default=None, help="save the fine-tuned model folder here (the seed with "
                    "the lowest val error; use with `rtl predict`)")

@@ -60,6 +60,8 @@ class FinetuneConfig(BaseModel):
     device: str = "cpu"
     num_workers: int = Field(0, ge=0)
     keep_state: bool = False  # return the selected weights in FinetuneResult.model_state
+    # train on these train-split image paths only (rtl.data.subsample: nested target sizes); val/test unchanged
+    train_subset: list[str] | None = None
 
     @classmethod
     def parse(cls, data: dict[str, Any] | FinetuneConfig, source: str = "finetune config") -> FinetuneConfig:
@@ -149,7 +151,13 @@ def load_target(cfg: FinetuneConfig, in_channels: int, sides: tuple[int, int]) -
     classes = info.classes()
     if len(classes) < 2:
         raise DatasetError(f"{cfg.target}: fine-tuning needs at least 2 classes, found {len(classes)}")
-    data = {s: TargetDataset(info, s, classes=classes, in_channels=in_channels, min_side=sides[0],
+    splits: dict[str, Any] = {s: s for s in ("train", "val", "test")}
+    if cfg.train_subset is not None:  # a study's smaller train size (rtl.data.subsample)
+        keep, have = set(cfg.train_subset), {r.path for r in info.split("train")}
+        if keep - have:
+            raise DatasetError(f"{cfg.target}: train_subset: {sorted(keep - have)[0]!r} is not a train image")
+        splits["train"] = [r for r in info.split("train") if r.path in keep]
+    data = {s: TargetDataset(info, splits[s], classes=classes, in_channels=in_channels, min_side=sides[0],
                              max_side=sides[1], train=s == "train") for s in ("train", "val", "test")}
     for s in ("train", "val"):
         if len(data[s]) == 0:

@@ -6,6 +6,7 @@ import argparse
 import os
 from pathlib import Path
 
+from rtl.cliargs import nonneg_float, nonneg_int, positive_float, positive_int, seed
 from rtl.errors import RtlError
 
 
@@ -24,9 +25,9 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--corpus", help="corpus folder (not needed for --strategy scratch/imagenet)")
     p.add_argument("--strategy", default="source", choices=STRATEGIES.names())
     p.add_argument("--model", default="resnet18")
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--workers", type=int, default=1, help="Ray Train workers (DDP ranks)")
-    p.add_argument("--cpus-per-worker", type=int, default=1, help="CPUs (= torch threads) per worker")
+    p.add_argument("--epochs", type=positive_int, default=10)
+    p.add_argument("--workers", type=positive_int, default=1, help="Ray Train workers (DDP ranks)")
+    p.add_argument("--cpus-per-worker", type=positive_int, default=1, help="CPUs (= torch threads) per worker")
     p.add_argument("--gpu", action="store_true", help="one GPU per worker (nccl)")
     sel = p.add_mutually_exclusive_group()
     sel.add_argument("--datasets", type=_names, help="comma-separated dataset names (a corpus view)")
@@ -36,15 +37,15 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--joint-dir", metavar="DIR", help="for --strategy joint: DIR/<class>/<image> folders")
     p.add_argument("--out", required=True, metavar="CKPT", help="final checkpoint directory")
     p.add_argument("--storage", help="Ray Train storage path (local, NFS or s3://); default <CKPT parent>/ray_runs")
-    p.add_argument("--batch-size", type=int, default=64, help="global batch, split across workers")
-    p.add_argument("--lr", type=float, default=0.1, help="learning rate for the global batch")
-    p.add_argument("--weight-decay", type=float, default=1e-4)
-    p.add_argument("--warmup-epochs", type=float, default=1.0)
-    p.add_argument("--samples-per-epoch", type=int, help="default: rows of the (sub-)corpus")
+    p.add_argument("--batch-size", type=positive_int, default=64, help="global batch, split across workers")
+    p.add_argument("--lr", type=positive_float, default=0.1, help="learning rate for the global batch")
+    p.add_argument("--weight-decay", type=nonneg_float, default=1e-4)
+    p.add_argument("--warmup-epochs", type=nonneg_float, default=1.0)
+    p.add_argument("--samples-per-epoch", type=positive_int, help="default: rows of the (sub-)corpus")
     p.add_argument("--in-channels", type=int, default=3, choices=(1, 3))
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--max-failures", type=int, default=2, help="worker failures to recover from (default 2)")
-    p.add_argument("--loader-workers", type=int, default=0, help="DataLoader processes per Ray worker")
+    p.add_argument("--seed", type=seed, default=0)
+    p.add_argument("--max-failures", type=nonneg_int, default=2, help="worker failures to recover from (default 2)")
+    p.add_argument("--loader-workers", type=nonneg_int, default=0, help="DataLoader processes per Ray worker")
     p.add_argument("--local", action="store_true", help="single process, no Ray (debugging / baseline)")
     p.set_defaults(func=cmd_pretrain)
 

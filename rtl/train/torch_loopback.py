@@ -13,6 +13,7 @@ interface. On a cluster (master = the node's VPC address) nothing changes.
 
 from __future__ import annotations
 
+import importlib
 import ipaddress
 import os
 import socket
@@ -31,8 +32,9 @@ def _is_loopback(host: str) -> bool:
 
 def _bind_rendezvous_to_loopback() -> None:
     """In a Ray Train worker: make torch's rendezvous store listen on the master address when loopback."""
-    import torch.distributed.rendezvous as rdzv
     from torch.distributed import TCPStore
+
+    rdzv = importlib.import_module("torch.distributed.rendezvous")  # the module; the package attr is a function
 
     original = rdzv._create_c10d_store
     if getattr(original, "_rtl_loopback", False):

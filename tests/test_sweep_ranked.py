@@ -1,0 +1,70 @@
+"""The ranked search end to end on local Ray: the sweep ranks the target's sources once (experts cached,
+one MLflow ranking run), enqueues the controls and the top-k trials once, continues the generalist on
+each subset in rungs with equal images whatever the subset's size, tells stopped subsets PRUNED with
+their rung values, and a second run (resume) ranks and enqueues nothing again."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from sweep_helpers import write_spec
+
+from rtl.sweep.spec import load_spec
+
+N = 6  # controls: scratch, generalist, uniform; enqueued top-1; 2 from the sampler
+
+
+def test_ranked_sweep_rungs_and_resume(tmp_path: Path, ray_session) -> None:
+    from rtl.report.sweep import write_report
+    from rtl.sweep.runner import run_sweep
+    from rtl.sweep.status import target_trials
+    from rtl.sweep.trial import tracker_for
+
+    spec = load_spec(write_spec(
+        tmp_path, name="rk", trials=N, scheduler={"name": "rungs", "reduction_factor": 3},
+        search={"sources": {"space": "ranked", "ranking": {"seeds": [0], "finetune_epochs": 1}},
+                "temperature": {"low": 0.5, "high": 4.0, "allow_off": True}, "lr": {"low": 0.01, "high": 0.1},
+                "freeze_depth": {"low": 0, "high": 1}},
+        budget={"pretrain_epochs": 1, "finetune_epochs": 2, "trials_per_target": N, "max_concurrent": 1,
+                "batch_size": 8, "subset_fraction": 0.5, "rungs": [1 / 3, 1.0]},
+        controls={"scratch": True, "generalist": True, "uniform": True, "importance": False, "imagenet": False}))
+    results = run_sweep(spec)
+
+    ranking = Path(results) / "rankings" / "tgt.json"
+    order = json.loads(ranking.read_text())["order"]
+    assert sorted(order) == ["a", "b"]
+    tracker = tracker_for(spec)
+    assert len(tracker.find_runs({"rtl.kind": "ranking", "rtl.target": "tgt"})) == 1
+    assert len(tracker.find_runs({"rtl.kind": "expert", "rtl.target": "tgt"})) == 2
+
+    trials = target_trials(results, "tgt")
+    assert len(trials) == N and {t.state.name for t in trials} <= {"COMPLETE", "PRUNED"}
+    ctl = {t.user_attrs.get("rtl.control") for t in trials} - {None}
+    assert ctl == {"scratch", "generalist", "uniform"}
+    for t in trials:
+        if t.user_attrs.get("rtl.control"):
+            assert t.state.name == "COMPLETE"  # controls are never stopped
+        if t.state.name == "PRUNED":  # stopped at a pretraining rung: its rung values reach Optuna
+            assert t.user_attrs.get("rtl.rung") == 1 and set(t.intermediate_values) == {1}
+    top1 = [t for t in trials if t.user_attrs.get("rtl.enqueued") == "top-1"]
+    assert len(top1) == 1 and top1[0].params["k"] == 1 and top1[0].user_attrs["rtl.mask"] == order[0]
+    gen = [t for t in trials if t.user_attrs.get("rtl.control") == "generalist"][0]
+    assert gen.user_attrs["rtl.mask"] == "generalist"
+
+    # equal compute per subset: every rung checkpoint of one rung consumed the same images, whatever its mask
+    cache = Path(spec.cache_dir())
+    by_rung: dict[int, set[int]] = {}
+    for d in cache.glob("rung-*"):
+        meta = json.loads((d / "ckpt" / "meta.json").read_text())
+        images = sum(h["images"] for h in meta["history"])
+        by_rung.setdefault(len(meta["history"]), set()).add(images)
+    assert by_rung and all(len(v) == 1 for v in by_rung.values()), by_rung
+
+    mtime = os.path.getmtime(ranking)
+    run_sweep(spec)  # resume of a finished sweep: nothing ranked, enqueued or run again
+    assert os.path.getmtime(ranking) == mtime
+    again = target_trials(results, "tgt")
+    assert len(again) == N and [t.number for t in again] == [t.number for t in trials]
+    assert "| trial |" in Path(write_report(results, log_mlflow=False)).read_text()
