@@ -24,7 +24,7 @@ import numpy as np
 from rtl.sweep.spec import load_resolved
 from rtl.sweep.status import best_searched, target_trials
 
-CONTROLS = ("scratch", "imagenet", "uniform", "importance")
+CONTROLS = ("scratch", "imagenet", "generalist", "uniform", "importance")
 
 
 def _ms(xs: list[float]) -> tuple[float, float, int]:
@@ -59,13 +59,14 @@ def summarize_target(results_dir: str, target: str) -> dict[str, Any]:
     for name in CONTROLS:
         ts = [t for t in trials if t.user_attrs.get("rtl.control") == name]
         if ts:
-            rows[name] = {"val": _ms([t.value for t in ts]), "test": _ms([t.user_attrs.get("rtl.test_error") for t in ts])}
+            rows[name] = {"val": _ms([t.value for t in ts]), "test": _ms([t.user_attrs.get("rtl.test_error") for t in ts]),
+                          "vals": [t.value for t in ts]}
     confirm: dict[int, dict[str, float | None]] = {}
     if best is not None:
         confirm = confirm_results(results_dir, target, best.number)
         vals = [best.value] + [c["val"] for c in confirm.values()]
         tests = [best.user_attrs.get("rtl.test_error")] + [c["test"] for c in confirm.values()]
-        rows["best (search)"] = {"val": _ms(vals), "test": _ms(tests)}
+        rows["best (search)"] = {"val": _ms(vals), "test": _ms(tests), "vals": vals}
     gains = {}
     if best is not None and rows["best (search)"]["test"][2]:
         for ref in ("scratch", "imagenet", "uniform"):
@@ -193,6 +194,33 @@ def trials_table(results_dir: str, target: str) -> list[str]:
     return rows
 
 
+def _verdict_md(spec: Any, target: str, s: dict[str, Any]) -> list[str]:
+    """The answer with a null (rtl.report.verdict): a subset only if it beats the generalist alone and all
+    sources by > 2σ of seed noise."""
+    from rtl.data.convention import load_dataset
+    from rtl.report.verdict import subset_verdict
+
+    rows, b = s["rows"], s["best"]
+    if b is None or "best (search)" not in rows:
+        return []
+    try:
+        floor = 1.0 / max(1, len(load_dataset(dict(zip(spec.target_names(), spec.target_paths()))[target]).split("val")))
+    except Exception:  # noqa: BLE001 -- the report must not fail on a moved target
+        floor = 0.0
+    v = subset_verdict(rows["best (search)"]["vals"], rows.get("generalist", {}).get("vals"),
+                       rows.get("uniform", {}).get("vals"), floor=floor, subset=str(b.user_attrs.get("rtl.mask")))
+    return ["", f"**Verdict:** {v['message']}."]
+
+
+def _effects_plot(spec: Any, results_dir: str, target: str, out: str) -> str | None:
+    from rtl.report.verdict import plot_effects, source_effects
+    from rtl.sweep.trial import units_of
+
+    effects = source_effects(target_trials(results_dir, target), units_of(spec))
+    return plot_effects(effects, os.path.join(out, f"source_effects_{target}.png"),
+                        f"{target}: per-source effect over finished trials")
+
+
 def write_report(results_dir: str, *, log_mlflow: bool = True) -> str:
     """Write report.md + PNGs under `<results>/report`; returns the Markdown path."""
     spec = load_resolved(results_dir)
@@ -227,8 +255,12 @@ def write_report(results_dir: str, *, log_mlflow: bool = True) -> str:
         if s["gains"]:
             md += ["", "Gain of the best searched configuration (reduction of mean test error over seeds): "
                    + ", ".join(f"vs {k}: {v:+.3f}" for k, v in s["gains"].items())]
+        md += _verdict_md(spec, target, s)
         md += ["", *trials_table(results_dir, target)]
         files = _plots(out, s, _importance_mass(results_dir, target, b))
+        eff = _effects_plot(spec, results_dir, target, out)
+        if eff:
+            files.append(eff)
         md += [""] + [f"![{os.path.basename(f)}]({os.path.basename(f)})" for f in files] + [""]
         per_target_files[target] = files
     path = os.path.join(out, "report.md")

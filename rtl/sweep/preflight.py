@@ -226,13 +226,14 @@ def check_storage(url: str, raw: str, field_name: str, problems: _Problems) -> s
     return shown
 
 
-def _check_tracking(spec: SweepSpec, problems: _Problems) -> str:
+def _check_tracking(spec: SweepSpec, problems: _Problems, local: bool = True) -> str:
+    """MLflow: a local SQLite store's folder is usable (when `local`), a tracking server answers."""
     from rtl.sweep.tracking import default_tracking_uri
 
     raw = os.environ.get("MLFLOW_TRACKING_URI") or spec.storage.tracking_uri or ""
     uri = default_tracking_uri(spec.results_dir, spec.tracking_uri())
     shown = redact(raw or uri)
-    if uri.startswith("sqlite"):
+    if uri.startswith("sqlite") and local:
         path = _sqlite_path(uri)
         why = _creatable_dir(os.path.dirname(path)) if path and not os.path.exists(path) else None
         if why:
@@ -451,11 +452,11 @@ def preflight(spec: SweepSpec, *, address: str | None = None, warn: bool = True)
             unset.add(fld)
             problems.add(str(e)[str(e).find("storage."):])
     optuna = redact(spec.optuna_url_template())
-    if "optuna" not in unset:
+    if "optuna" not in unset and not (ws_why and spec.storage.optuna is None):  # default: under the workspace
         optuna = check_storage(spec.optuna_url(), spec.optuna_url_template(), "storage.optuna", problems)
     tracking = redact(spec.storage.tracking_uri or "")
     if "tracking_uri" not in unset:
-        tracking = _check_tracking(spec, problems)
+        tracking = _check_tracking(spec, problems, local=ws_why is None)
     cache = spec.storage.cache or join(ws, "cache")
     if spec.storage.cache is not None and "cache" not in unset:
         why = _creatable_dir(spec.cache_dir())

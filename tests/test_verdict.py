@@ -1,0 +1,34 @@
+"""The report's null verdict and per-source effects (pure functions)."""
+
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+from rtl.report.verdict import source_effects, subset_verdict
+
+
+def test_subset_named_only_beyond_two_sigma() -> None:
+    v = subset_verdict([0.10, 0.12], [0.30, 0.32], [0.25, 0.27], floor=0.01, subset="a,b")
+    assert v["chosen"] and v["recommend"] == "subset" and "a,b" in v["message"]
+    close = subset_verdict([0.20, 0.24], [0.22, 0.26], [0.30, 0.31], floor=0.01)
+    assert not close["chosen"] and close["recommend"] == "generalist"
+    assert close["message"].startswith("no subset beats the generalist")
+    # the floor (one val image) stops a tiny margin from counting with zero seed spread
+    tiny = subset_verdict([0.20], [0.21], [0.22], floor=1 / 30)
+    assert not tiny["chosen"]
+    assert subset_verdict([0.1], None, None)["chosen"] is False
+
+
+def _t(mask: str, value: float, state: str = "COMPLETE") -> SimpleNamespace:
+    return SimpleNamespace(user_attrs={"rtl.mask": mask}, value=value, state=SimpleNamespace(name=state))
+
+
+def test_source_effects_with_and_without() -> None:
+    trials = [_t("a", 0.1), _t("a,b", 0.12), _t("b", 0.3), _t("generalist", 0.28), _t("none", 0.5),
+              _t("a", 0.9, "PRUNED")]
+    eff = {r["unit"]: r for r in source_effects(trials, ["a", "b", "c"])}
+    assert eff["a"]["effect"] > 0.15 and eff["a"]["n_with"] == 2 and eff["a"]["n_without"] == 2
+    assert eff["b"]["effect"] < 0  # including b goes with higher error here
+    assert math.isnan(eff["c"]["effect"])  # never in a mask: no estimate
+    assert [r["unit"] for r in source_effects(trials, ["a", "b", "c"])][0] == "a"
