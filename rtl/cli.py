@@ -37,6 +37,10 @@ def main(argv: list[str] | None = None) -> int:
     failure (`RtlRuntimeError`: errored trials, unreachable cluster/service; an uncaught bug exits 1 too);
     130 Ctrl-C."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    # Ctrl-C: Ray Tune's own SIGINT handler ends the running experiment "gracefully" and returns as if it
+    # had finished, so a sweep went on to its next target and exited 0. Without it Ctrl-C interrupts the
+    # driver at once (exit 130); `rtl sweep resume` continues from the last experiment checkpoint.
+    os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
     try:
         parser = build_parser()
         args = parser.parse_args(argv)  # option values are checked here (rtl.cliargs): exit 2

@@ -72,6 +72,10 @@ positive_float = float_range(0.0, lo_open=True)                  # learning rate
 nonneg_float = float_range(0.0)                                   # weight decay, regularizer strengths
 fraction = float_range(0.0, 1.0, lo_open=True)                    # shares of a mass
 downscale = float_range(1.0, what="a shrink factor must be")      # 1 = never shrink (always patch)
+# Image sides: small_cnn, the smallest backbone, max-pools 8x, so an 8 px image reaches its last stage as
+# a single pixel (and an 8 px patch holds no defect detail); 16 px still leaves it a 2x2 map.
+MIN_SIDE = 16
+side = int_range(MIN_SIDE, what="image side (px) must be")
 
 
 def seed_list(text: str) -> list[int]:

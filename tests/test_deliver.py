@@ -190,9 +190,7 @@ def test_predict_ray_data_matches_local(trained, tmp_path: Path, ray_session) ->
 
 # ---- MLflow registry -----------------------------------------------------------------------------------
 def test_registry_champion_round_trip(trained, tmp_path: Path, monkeypatch) -> None:
-    import mlflow
-
-    from rtl.sweep.tracking import Tracker, publish_champion
+    from rtl.sweep.tracking import Tracker, _fluent_uri, publish_champion
 
     _, tgt, out = trained
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -205,8 +203,8 @@ def test_registry_champion_round_trip(trained, tmp_path: Path, monkeypatch) -> N
     assert len(tracker.client.search_model_versions("name='sw.tgt'")) == 1
     assert str(tracker.client.get_model_version_by_alias("sw.tgt", "champion").version) == v
 
-    mlflow.set_tracking_uri(uri)
-    net = mlflow.pytorch.load_model("models:/sw.tgt@champion")
+    with _fluent_uri(uri) as mlflow:  # leaves no MLFLOW_TRACKING_URI behind for later tests
+        net = mlflow.pytorch.load_model("models:/sw.tgt@champion")
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         np.testing.assert_allclose(net(x).numpy(), load_model_dir(out).model(x).numpy(), atol=1e-6)

@@ -76,6 +76,23 @@ def test_coco_roboflow_layout_keeps_splits(tmp_path):
         ("images/val/x.jpg", "val", "open")]
 
 
+def test_coco_official_layout_splits_from_file_names(tmp_path):
+    src = tmp_path / "coco2017"
+    for split in ("train", "val"):
+        img(src / f"{split}2017" / "000001.jpg")
+        (src / "annotations").mkdir(parents=True, exist_ok=True)
+        (src / "annotations" / f"instances_{split}2017.json").write_text(json.dumps({
+            "images": [{"id": 1, "file_name": "000001.jpg", "width": 40, "height": 30}],
+            "categories": [{"id": 1, "name": "hole"}], "annotations": []}))
+    info = load_dataset(import_dataset("coco", src, tmp_path / "dst", name="c", domain="pcb",
+                                       default_label="good"))
+    assert sorted((r.path, r.split, r.label) for r in info.records) == [
+        ("images/train/000001.jpg", "train", "good"), ("images/val/000001.jpg", "val", "good")]
+    (src / "annotations" / "captions_val2017.json").write_text("{}")
+    with pytest.raises(DatasetError, match="two JSON files for split val"):
+        import_dataset("coco", src, tmp_path / "dst2", name="c", domain="pcb")
+
+
 def test_coco_missing_and_escaping_images_are_rejects(tmp_path, capsys):
     src = coco_src(tmp_path)
     data = json.loads((src / "annotations/instances.json").read_text())

@@ -15,6 +15,7 @@ from __future__ import annotations
 import ast
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -99,6 +100,34 @@ def test_every_ray_verb_listens_on_loopback_only(tmp_path: Path) -> None:
     assert len(got["listening"]) >= 5, got  # the probe saw Ray's GCS, raylet, agents...: it is not blind
     exposed = [a for a in got["listening"] if not _is_loopback(a)]
     assert not exposed, f"listening beyond loopback: {got['owners']}"
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_a_sweep_with_exit_130(tmp_path: Path) -> None:
+    """Ctrl-C (SIGINT to the terminal's process group) while a trial runs: the sweep stops at once with
+    exit 130 and one line, instead of Tune ending the experiment quietly and the sweep carrying on."""
+    from cluster_utils import kill_tree
+    from sweep_helpers import write_spec
+
+    spec = write_spec(tmp_path, name="cc", trials=3, scheduler={"name": "fifo"},
+                      budget={"pretrain_epochs": 1, "finetune_epochs": 50, "trials_per_target": 3,
+                              "max_concurrent": 1, "batch_size": 8})
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI",
+                                                            "TUNE_DISABLE_SIGINT_HANDLER")}
+    proc = subprocess.Popen([sys.executable, "-m", "rtl.cli", "sweep", "run", str(spec)], env=env, cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 400
+        while not any((tmp_path / "cc").rglob("params.json")):  # Tune wrote a trial's config: it runs
+            assert proc.poll() is None, proc.communicate()[1][-2000:]
+            assert time.monotonic() < deadline, "no trial started"
+            time.sleep(0.5)
+        os.killpg(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=180)
+    finally:
+        kill_tree(proc)
+    assert proc.returncode == 130, err[-2000:]
+    assert err.strip().splitlines()[-1] == "rtl: interrupted", err[-2000:]
 
 
 def test_ray_is_started_in_one_place_only() -> None:

@@ -222,6 +222,20 @@ def test_weights_file_samples_by_class_mass_and_drops_classes_outside_view(corpu
     assert "30.0% of the mass is dropped" in capsys.readouterr().out
 
 
+def test_weights_file_with_a_repeated_class_id_is_refused(corpus: Path, tmp_path: Path) -> None:
+    """Regression (one reader per file): the pretraining strategy used to take the last of two entries
+    for one class id silently, while `rtl select`'s reader refused the file."""
+    from rtl.errors import RtlError
+    from rtl.train.strategies import load_class_weights
+
+    manifest = json.loads((corpus / "manifest.json").read_text())
+    classes = [{"id": 0, "weight": 0.5, "class_mass": 0.5}, {"id": 0, "weight": 0.5, "class_mass": 0.5}]
+    path = tmp_path / "w.json"
+    path.write_text(json.dumps({"corpus_version": manifest["version"], "classes": classes}))
+    with pytest.raises(RtlError, match="repeats class id 0"):
+        load_class_weights(path, open_view(str(corpus)))
+
+
 def test_relative_paths_resolved_for_ray_workers(corpus: Path, tmp_path: Path, monkeypatch) -> None:
     """Regression: `rtl pretrain --corpus corpus` failed inside Ray Train workers, whose cwd differs."""
     monkeypatch.chdir(corpus.parent)

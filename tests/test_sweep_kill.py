@@ -60,7 +60,7 @@ def _run_until(cmd: list[str], ws: Path, results_dir: str, when, delay: float, l
     n0 = len(_trials(results_dir)) if os.path.exists(os.path.join(results_dir, "spec.json")) else 0
     with open(log, "a") as out:
         p = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=_env(), start_new_session=True)
-    deadline = time.time() + 240
+    deadline = time.time() + 600
     try:
         while not when(ws, results_dir, n0):
             if p.poll() is not None:
@@ -77,18 +77,26 @@ def _run_until(cmd: list[str], ws: Path, results_dir: str, when, delay: float, l
     return True
 
 
-@pytest.mark.parametrize("first,second", [
-    ((_pretraining, 0.0), (_finetuning, 0.0)),
-    ((_complete, 0.5), (_new_trial, 0.2)),
-], ids=["pretrain-then-finetune", "after-complete-then-after-ask"])
-def test_resume_after_two_kills_of_the_whole_sweep(tmp_path: Path, first, second) -> None:
+RANKED = {"search": {"sources": {"space": "ranked", "ranking": {"seeds": [0], "finetune_epochs": 1}},
+                     "temperature": {"low": 0.5, "high": 4.0, "allow_off": True}, "lr": {"low": 0.01, "high": 0.1},
+                     "freeze_depth": {"low": 0, "high": 1}},
+          "scheduler": {"name": "rungs", "reduction_factor": 3},
+          "controls": {"scratch": True, "generalist": True, "uniform": True, "importance": False, "imagenet": False}}
+
+
+@pytest.mark.parametrize("first,second,space", [
+    ((_pretraining, 0.0), (_finetuning, 0.0), "bits"),
+    ((_complete, 0.5), (_new_trial, 0.2), "ranked"),
+], ids=["bits-pretrain-then-finetune", "ranked-after-complete-then-after-ask"])
+def test_resume_after_two_kills_of_the_whole_sweep(tmp_path: Path, first, second, space: str) -> None:
     from rtl.report.sweep import write_report
     from rtl.sweep.status import sweep_status
     from rtl.sweep.trial import tracker_for
 
-    spec_path = write_spec(tmp_path, name="k", trials=N, budget={"pretrain_epochs": 1, "finetune_epochs": 2,
-                                                                   "trials_per_target": N, "max_concurrent": 1,
-                                                                   "batch_size": 8})
+    n = N if space == "bits" else N + 1  # ranked: scratch, generalist, all sources, top-1, one sampled
+    spec_path = write_spec(tmp_path, name="k", trials=n, budget={
+        "pretrain_epochs": 1, "finetune_epochs": 2, "trials_per_target": n, "max_concurrent": 1, "batch_size": 8,
+        "subset_fraction": 0.5, "rungs": [1 / 3, 1.0]}, **(RANKED if space == "ranked" else {}))
     spec = load_spec(spec_path)
     rd, log = spec.results_dir, tmp_path / "run.log"
     rtl = [sys.executable, "-m", "rtl.cli", "sweep"]
@@ -104,15 +112,18 @@ def test_resume_after_two_kills_of_the_whole_sweep(tmp_path: Path, first, second
     trials = [t for t in _trials(rd) if counted(t)]
     states = [t.state.name for t in trials]
     assert sorted(states) == sorted(s for s in states if s in ("COMPLETE", "PRUNED")), states  # none RUNNING/WAITING
-    assert len(trials) == N, states
+    assert len(trials) == n, states
     assert not [t for t in _trials(rd) if t.state.name in ("RUNNING", "WAITING")]
     controls = sorted(t.user_attrs.get("rtl.control", "") for t in trials)
     assert controls.count("scratch") == 1 and controls.count("uniform") == 1
+    if space == "ranked":  # controls and enqueued ranking trials exactly once, whatever the kills
+        assert controls.count("generalist") == 1
+        assert sum(t.user_attrs.get("rtl.enqueued") == "top-1" for t in trials) == 1
 
     tracker = tracker_for(spec)
     runs = [x for x in tracker.trial_runs("tgt") if x.data.tags.get("rtl.orphaned") != "1"]
     by_id = {x.data.tags["rtl.trial_id"]: x for x in runs}
-    assert len(by_id) == len(runs) == N  # one MLflow run per trial
+    assert len(by_id) == len(runs) == n  # one MLflow run per trial
     for t in trials:  # the same final state in MLflow as in Optuna
         run = by_id[t.user_attrs["rtl.tune_trial_id"]]
         assert run.data.tags.get("rtl.state") == t.state.name.lower() and run.info.status == "FINISHED"
@@ -120,7 +131,7 @@ def test_resume_after_two_kills_of_the_whole_sweep(tmp_path: Path, first, second
     for tid in finished_before:  # a trial finished before a kill never fine-tuned again
         assert by_id[tid].data.tags.get("rtl.finetune_starts") == "1"
     row = sweep_status(rd)[0]
-    assert row["disagreement"] is None and row["done"] + row["pruned"] == N and row["queued"] == 0
+    assert row["disagreement"] is None and row["done"] + row["pruned"] == n and row["queued"] == 0
     report = Path(write_report(rd, log_mlflow=False)).read_text()
     for t in trials:
         assert f"| {t.number} | " in report

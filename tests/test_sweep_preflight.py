@@ -149,7 +149,9 @@ def test_more_cpus_than_this_machine_without_a_cluster(tmp_path: Path, no_side_e
     monkeypatch.setattr("rtl.raystart._started_cluster", lambda: None)
     ws = tmp_path / "ws"
     path = _edit(_spec(ws), resources={"cpus": 100_000})
-    assert "could never be scheduled" in _fails_before_side_effects(path, ws)
+    assert "resources.cpus: a trial needs 100000 CPUs" in _fails_before_side_effects(path, ws)
+    _edit(path, resources={"cpus": 1, "gpus": 1000})
+    assert "resources.gpus: a trial needs 1000 GPUs" in _fails_before_side_effects(path, ws)
     # with a cluster address the cluster (and its autoscaler) decides: accepted
     plan = pf.preflight(load_spec(path), address="ray://head:10001")
     assert "ray://head:10001" in plan.resources

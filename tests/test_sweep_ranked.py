@@ -63,7 +63,9 @@ def test_ranked_sweep_rungs_and_resume(tmp_path: Path, ray_session) -> None:
     assert by_rung and all(len(v) == 1 for v in by_rung.values()), by_rung
 
     mtime = os.path.getmtime(ranking)
-    run_sweep(spec)  # resume of a finished sweep: nothing ranked, enqueued or run again
+    entries = sorted(p.name for p in cache.iterdir())
+    run_sweep(spec)  # resume of a finished sweep: nothing ranked, enqueued, pretrained or run again
+    assert sorted(p.name for p in cache.iterdir()) == entries
     assert os.path.getmtime(ranking) == mtime
     again = target_trials(results, "tgt")
     assert len(again) == N and [t.number for t in again] == [t.number for t in trials]

@@ -184,10 +184,14 @@ def _find_files(src: Path, split: str) -> list[tuple[Path, str, Path]]:
             by_split = {}
             for j in js:
                 words = [w for w in re.split(r"[^a-z]+", j.stem.lower()) if w in SPLIT_ALIASES]
-                if len(words) != 1 or SPLIT_ALIASES[words[0]] in by_split:
+                if len(words) != 1:
                     raise DatasetError(f"{d}: several JSON files and {j.name} names no single split "
                                        f"(train/val/test); pass one JSON file as SRC")
-                by_split[SPLIT_ALIASES[words[0]]] = j
+                s = SPLIT_ALIASES[words[0]]
+                if s in by_split:
+                    raise DatasetError(f"{d}: two JSON files for split {s} ({by_split[s].name}, {j.name}); "
+                                       f"pass one JSON file as SRC")
+                by_split[s] = j
             return [(j, s, src) for s, j in by_split.items()]
     raise DatasetError(f"{src}: no COCO JSON file (expected SRC/*.json, SRC/annotations/*.json or "
                        f"SRC/{{train,valid,test}}/*.json)")

@@ -6,7 +6,7 @@ import argparse
 from collections import Counter
 from pathlib import Path
 
-from rtl.cliargs import downscale, nonneg_float, nonneg_int, positive_int, seed
+from rtl.cliargs import downscale, nonneg_float, nonneg_int, positive_int, seed, side
 from rtl.errors import RtlError
 
 
@@ -18,8 +18,8 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     b = sub.add_parser("build", help="decode, undersample and size-normalise datasets into Parquet shards")
     b.add_argument("datasets", nargs="+", metavar="DATASET_DIR", help="dataset folders (see `rtl dataset`)")
     b.add_argument("--out", required=True, metavar="CORPUS", help="corpus folder (reuses its class table)")
-    b.add_argument("--min-side", type=positive_int, default=224)
-    b.add_argument("--max-side", type=positive_int, default=256)
+    b.add_argument("--min-side", type=side, default=224)
+    b.add_argument("--max-side", type=side, default=256)
     b.add_argument("--cap", type=nonneg_int, default=1000, help="images kept per class; 0 = all (default 1000)")
     b.add_argument("--seed", type=seed, default=0, help="undersampling / patch seed")
     b.add_argument("--rgb", action="store_true", help="store gray images as 3 channels")

@@ -74,32 +74,43 @@ def _imagenet_problem(backbone: str) -> str | None:
 
 
 def resolve_rows(spec: StudySpec) -> dict[str, dict[str, Any]]:
-    """row label -> {strategy, mask (datasets) | None, temperature, available, reason}."""
+    """row label -> {strategy, masks: {target: pretraining datasets | None}, temperature, available, reason}."""
+    from rtl.data.convention import load_dataset
     from rtl.train.strategies import STRATEGIES, open_view
 
     m = open_view(spec.corpus_path()).manifest
     datasets = sorted(m["datasets"])
-    tags = sorted({d for v in m["datasets"].values() for d in v.get("domain", [])})
+    dom = {n: set(v.get("domain", [])) for n, v in m["datasets"].items()}
+    tags = sorted(set().union(*dom.values())) if dom else []
+    tdom = {n: set(load_dataset(p).domain) for n, p in zip(spec.target_names(), spec.target_paths())}
     rows: dict[str, dict[str, Any]] = {}
     for i, s in enumerate(spec.strategies):
         st = STRATEGIES.get(s.name)
         where = f"{spec.spec_file}: strategies.{i}"
-        mask = None
+        masks: dict[str, list[str] | None] = {t: None for t in tdom}
         if st.trains:
             if s.datasets:
                 bad = [d for d in s.datasets if d not in datasets]
                 if bad:
                     raise ConfigError(f"{where}.datasets: {bad[0]!r} not in the corpus; valid: {', '.join(datasets)}")
-                mask = sorted(s.datasets)
+                masks = {t: sorted(s.datasets) for t in tdom}
             elif s.domains:
                 bad = [d for d in s.domains if d not in tags]
                 if bad:
                     raise ConfigError(f"{where}.domains: {bad[0]!r} not a corpus domain; valid: {', '.join(tags)}")
-                mask = sorted(n for n, v in m["datasets"].items() if set(v.get("domain", [])) & set(s.domains))
+                masks = {t: sorted(n for n in datasets if dom[n] & set(s.domains)) for t in tdom}
+            elif s.target_domain:
+                same = s.target_domain == "same"
+                masks = {t: sorted(n for n in datasets if bool(dom[n] & td) == same) for t, td in tdom.items()}
+                empty = [t for t, v in masks.items() if not v]
+                if empty:
+                    raise ConfigError(f"{where}.target_domain: no corpus source is in the "
+                                      f"{'same' if same else 'other'} domain as target {empty[0]!r}")
             else:
-                mask = datasets
+                masks = {t: datasets for t in tdom}
         problem = _imagenet_problem(spec.backbone) if st.init == "imagenet" else None
-        rows[s.row] = {"strategy": s.name, "mask": mask, "temperature": s.temperature,
+        rows[s.row] = {"strategy": s.name, "masks": masks, "temperature": s.temperature,
+                       "full": st.trains and not (s.datasets or s.domains or s.target_domain),
                        "available": problem is None, "reason": problem or ""}
     return rows
 
@@ -118,7 +129,7 @@ def plan_study(spec: StudySpec) -> dict[str, Any]:
         train = load_dataset(path).split("train")
         if not train:
             raise RtlError(f"{spec.spec_file}: targets: {name}: no train images (ImageSets/Main/train.txt)")
-        subs = {str(s): subsample_train(train, s, kind=kind, seed=spec.seeds[0]) for s in sizes}
+        subs = {f"{s:g}": subsample_train(train, s, kind=kind, seed=spec.seeds[0]) for s in sizes}
         notes[name] = {"classes": sorted({r.label for r in train}),
                        "n_train": {k: len(v.paths) for k, v in subs.items()},
                        "capped": {k: v.capped for k, v in subs.items() if v.capped}}
@@ -146,25 +157,26 @@ def load_plan(results_dir: str) -> dict[str, Any]:
 
 # ---- one cell (the Tune trainable) ----------------------------------------------------------------------
 def cell_init(spec: StudySpec, row: dict[str, Any], target: str, tracker: Any) -> tuple[str, dict[str, str]]:
-    """Fine-tune init of a row: "scratch" | "imagenet" | a cached pretrained checkpoint (+ link tags)."""
+    """Fine-tune init of a row for a target: "scratch" | "imagenet" | a cached pretrained checkpoint (+ tags)."""
     from rtl.sweep.trial import prepare_init
 
     if row["strategy"] in ("scratch", "imagenet"):
         return row["strategy"], {}
     sw = sweep_view(spec)
+    mask = row["masks"][Path(target).name]
     if row["strategy"] == "imagenet_then_source":
-        return _imagenet_then_source(sw, row, spec.pretrain_seed, tracker)
-    t = {"init": "pretrained", "mask": row["mask"], "seed": spec.pretrain_seed, "temperature": row["temperature"]}
+        return _imagenet_then_source(sw, mask, spec.pretrain_seed, tracker)
+    t = {"init": "pretrained", "mask": mask, "seed": spec.pretrain_seed, "temperature": row["temperature"]}
     return prepare_init(sw, t, target, tracker)
 
 
-def _imagenet_then_source(sw: Any, row: dict[str, Any], seed: int, tracker: Any) -> tuple[str, dict[str, str]]:
+def _imagenet_then_source(sw: Any, mask: list[str], seed: int, tracker: Any) -> tuple[str, dict[str, str]]:
     """ImageNet init, then the corpus view: the sweep's cache with the strategy in the schedule key."""
     from rtl.sweep.cache import PretrainCache, cache_key
     from rtl.sweep.trial import _linked, _pretrain, _schedule
     from rtl.train.strategies import open_view
 
-    mask = list(row["mask"])
+    mask = list(mask)
     key = cache_key(corpus_version=open_view(sw.corpus_path()).version, mask=mask, temperature=None,
                     backbone=sw.backbone, schedule=_schedule(sw) | {"strategy": "imagenet_then_source"}, seed=seed)
     runs = Path(sw.cache_dir()) / "runs"
@@ -207,7 +219,7 @@ def run_cell(config: dict[str, Any]) -> None:
     sub = subsample_train(load_dataset(target).split("train"), cell["size"], kind=plan["size_kind"],
                           seed=int(cell["seed"]))
     tracker.log_params(run_id, {"target": cell["target"], "strategy": row["strategy"], "row": cell["row"],
-                                "mask": ",".join(row["mask"]) if row["mask"] is not None else "none",
+                                "mask": ",".join(row["masks"][cell["target"]] or []) or "none",
                                 "temperature": row["temperature"] if row["temperature"] is not None else "off",
                                 "size": f"{cell['size']:g}", "size_kind": plan["size_kind"],
                                 "n_train": len(sub.paths), "mode": mode.name, "probe": mode.probe,

@@ -16,6 +16,7 @@ strategies:
   - scratch
   - source                               # the whole corpus
   - {name: subset, label: pcb_only, domains: [pcb]}
+  - {name: subset, label: related, target_domain: same}   # per target: its own domain's sources
   - {name: weighted, temperature: 2.0}   # importance-weighted (Ngiam et al. 2018)
   - imagenet                             # skipped (listed in the report) without local weights
 train_sizes: {per_class: [2, 5, 15]}     # or {fraction: [0.1, 0.5, 1.0]}
@@ -56,6 +57,8 @@ class StrategyRow(_M):
     datasets: list[str] | None = Field(None, min_length=1)
     domains: list[str] | None = Field(None, min_length=1)
     temperature: float | None = Field(None, gt=0)  # weighted only (default 1.0)
+    # the sub-corpus follows the target: sources sharing a domain tag with it ("same") or none ("other")
+    target_domain: Literal["same", "other"] | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -79,12 +82,13 @@ class StrategyRow(_M):
         from rtl.train.strategies import STRATEGIES
 
         st = STRATEGIES.get(self.name)
-        if self.datasets and self.domains:
-            raise ValueError("give datasets or domains, not both")
-        if not st.trains and (self.datasets or self.domains):
-            raise ValueError(f"strategy {self.name!r} does not pretrain: datasets/domains do not apply")
-        if st.needs_subset and not (self.datasets or self.domains):
-            raise ValueError(f"strategy {self.name!r} needs datasets or domains")
+        if sum(x is not None for x in (self.datasets, self.domains, self.target_domain)) > 1:
+            raise ValueError("give one of datasets, domains or target_domain")
+        sub = self.datasets or self.domains or self.target_domain
+        if not st.trains and sub:
+            raise ValueError(f"strategy {self.name!r} does not pretrain: datasets/domains/target_domain do not apply")
+        if st.needs_subset and not sub:
+            raise ValueError(f"strategy {self.name!r} needs datasets, domains or target_domain")
         if self.temperature is not None and not st.weighted:
             raise ValueError(f"temperature only applies to strategy 'weighted', not {self.name!r}")
         if st.weighted and self.temperature is None:
@@ -96,6 +100,8 @@ class StrategyRow(_M):
         """The row label: `label`, else the strategy name (+ its sub-corpus)."""
         if self.label:
             return self.label
+        if self.target_domain:
+            return f"{self.name}_{self.target_domain}_domain"
         sub = self.datasets or self.domains
         return self.name + (f"_{'+'.join(sub)}" if sub else "")
 
@@ -110,7 +116,7 @@ class Mode(_M):
 
     @model_validator(mode="after")
     def _probe(self) -> Mode:
-        if self.probe and "freeze_depth" in self.model_fields_set:
+        if self.probe and self.freeze_depth:
             raise ValueError("a probe freezes the whole backbone: freeze_depth does not apply")
         return self
 

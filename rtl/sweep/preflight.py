@@ -73,9 +73,9 @@ class Plan:
             ("units", f"{len(self.units)} {self.unit_kind}: {', '.join(self.units)}"),
             ("trials", f"{self.trials_per_target} per target = {self.trials_per_target - self.searched_per_target} "
                        f"control + {self.searched_per_target} searched"
-                       + (f" ({n_top} of them start at the ranking's top-k)" if n_top else "")
+                       + (f" ({n_top} enqueued at the ranking's top-k)" if n_top else "")
                        + f"; {len(self.targets) * self.trials_per_target} in all"),
-            ("controls", ctl),
+            ("enqueued", ctl),
             ("confirm", "best searched trial re-run with seeds " + ", ".join(map(str, self.confirm_seeds))
              if self.confirm_seeds else "none (one seed)"),
             ("resources", self.resources),
@@ -310,8 +310,8 @@ def _in_process_ray() -> bool:
     return bool(ray is not None and getattr(ray, "is_initialized", lambda: False)())
 
 
-def local_capacity(address: str | None) -> tuple[float, float] | None:
-    """(CPUs, GPUs) a local Ray started by `ensure_ray` would have; None when a cluster decides."""
+def local_cpus(address: str | None) -> float | None:
+    """CPUs of the local Ray `ensure_ray` would start; None when a cluster (or a running Ray) decides."""
     from rtl.raystart import _started_cluster, ray_address
 
     if ray_address(address) or _in_process_ray() or _started_cluster():
@@ -322,7 +322,7 @@ def local_capacity(address: str | None) -> tuple[float, float] | None:
         cpus = float(get_num_cpus())
     except Exception:  # noqa: BLE001 - private API moved: fall back to the affinity mask
         cpus = float(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
-    return cpus, -1.0  # GPUs counted only when asked for (imports torch)
+    return cpus
 
 
 def _local_gpus() -> float:
@@ -344,13 +344,12 @@ def _check_resources(spec: SweepSpec, address: str | None, problems: _Problems) 
                                                           else "")
     if bad:
         return per
-    cap = local_capacity(address)
-    if cap is None:
-        return per + "; on the Ray cluster (" + (address or os.environ.get("RAY_ADDRESS") or "started here") + ")"
+    cpus = local_cpus(address)
+    if cpus is None:
+        return per + f"; on the Ray cluster at {address or os.environ.get('RAY_ADDRESS') or 'this machine'}"
     # a trial holds its own bundle while its Ray Train pretraining workers take `train_workers` more
     need_cpu = r.cpus + (r.train_workers * max(1, int(r.cpus)) if r.train_workers > 1 else 0)
     need_gpu = r.gpus + (r.train_workers if r.train_workers > 1 and r.gpus > 0 else 0)
-    cpus = cap[0]
     gpus = _local_gpus() if need_gpu > 0 else 0.0
     if need_cpu > cpus:
         problems.add(f"resources.cpus: a trial needs {need_cpu:g} CPUs but this machine has {cpus:g} and no cluster "
@@ -439,6 +438,12 @@ def preflight(spec: SweepSpec, *, address: str | None = None, warn: bool = True)
     for raw, (name, path) in zip(spec.targets, targets):
         if _reachable(raw) and not os.path.isfile(os.path.join(path, "dataset.yaml")):
             problems.add(f"targets: {name}: no dataset at {path}")
+    ranking = getattr(getattr(spec.search.sources, "ranking", None), "file", None)  # ranked space: given rankings
+    if ranking and getattr(spec.search.sources, "space", "") == "ranked":
+        for name, _ in targets:
+            rp = spec._rel(ranking.replace("{target}", name))
+            if not os.path.isfile(rp):
+                problems.add(f"search.sources.ranking.file: {name}: no ranking at {rp}")
     if len({n for n, _ in targets}) != len(targets):
         problems.add("targets: two targets share a folder name")
     backbone_ok = _check_backbone(spec.backbone, problems)

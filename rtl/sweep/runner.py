@@ -24,7 +24,7 @@ import os
 import time
 from typing import Any
 
-from rtl.errors import RtlError
+from rtl.errors import RtlError, RtlRuntimeError
 from rtl.sweep.search import OptunaAskTell, control_params, define_space, ranking_params
 from rtl.sweep.spec import SweepSpec, join, load_resolved, save_resolved
 from rtl.sweep.status import best_searched, confirm_experiment
@@ -395,7 +395,7 @@ def _init_ray(address: str | None) -> None:
 
 def run_sweep(spec: SweepSpec, *, address: str | None = None) -> str:
     """Run (or continue) every target of `spec`; returns the results dir."""
-    from rtl.sweep.preflight import preflight, replaces_unstarted  # issue 12: every check before a side effect
+    from rtl.sweep.preflight import preflight, replaces_unstarted  # issue 12: checks first
 
     preflight(spec, address=address)
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
@@ -436,9 +436,9 @@ def run_sweep(spec: SweepSpec, *, address: str | None = None) -> str:
         tracker.finish(tracker.get_or_create_target_run(target))
     print(f"results: {spec.results_dir}\nMLflow:  rtl ui --workspace {spec.results_dir}", flush=True)
     if errored:  # finished trials are kept; a job runner must not report success
-        raise RtlError(f"{len(errored)} trial(s) errored (see error.txt in {errored[0]}"
-                       + (f" and {len(errored) - 1} more" if len(errored) > 1 else "")
-                       + f"); finished trials are kept: `rtl sweep resume {spec.results_dir}` retries them")
+        raise RtlRuntimeError(f"{len(errored)} trial(s) errored (see error.txt in {errored[0]}"  # exit 1
+                              + (f" and {len(errored) - 1} more" if len(errored) > 1 else "")
+                              + f"); finished trials are kept: `rtl sweep resume {spec.results_dir}` retries them")
     return spec.results_dir
 
 

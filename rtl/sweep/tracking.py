@@ -17,6 +17,7 @@ few concurrent trials; a cluster sets `MLFLOW_TRACKING_URI` / `storage.tracking_
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import random
@@ -277,11 +278,29 @@ def tidy_experiment(tracker: Tracker, spec_json: str | None = None) -> str:
     return group
 
 
-def _mlflow_ready(tracker: Tracker) -> Any:
-    mlflow = tracker._mlflow
-    mlflow.set_tracking_uri(tracker.uri)
-    mlflow.set_registry_uri(tracker.uri)
-    return mlflow
+@contextlib.contextmanager
+def _fluent_uri(uri: str) -> Any:
+    """Point MLflow's fluent API (log_model, download_artifacts) at `uri` for the block only.
+    `mlflow.set_tracking_uri` also sets MLFLOW_TRACKING_URI / MLFLOW_REGISTRY_URI in os.environ, which
+    `default_tracking_uri` would then prefer for every later sweep in this process: restore both."""
+    import mlflow
+    from mlflow.tracking._model_registry import utils as reg_utils
+    from mlflow.tracking._tracking_service import utils as trk_utils
+
+    env = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+    prev = (trk_utils._tracking_uri, reg_utils._registry_uri)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    try:
+        yield mlflow
+    finally:
+        mlflow.set_tracking_uri(prev[0])
+        mlflow.set_registry_uri(prev[1])
+        for k, v in env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def publish_champion(tracker: Tracker, target: str, model_dir: str, meta: dict[str, Any], *,
@@ -299,7 +318,6 @@ def publish_champion(tracker: Tracker, target: str, model_dir: str, meta: dict[s
     c = tracker.client
     parent = tracker.get_or_create_target_run(target)
     sha = meta["sha256"]["model.pt"]
-    mlflow = _mlflow_ready(tracker)
     version = None
     try:
         for mv in _retry(c.search_model_versions)(f"name='{registered_name}'"):
@@ -318,16 +336,17 @@ def publish_champion(tracker: Tracker, target: str, model_dir: str, meta: dict[s
             out = lm.model(example).numpy()
         from mlflow.models import infer_signature
 
-        with mlflow.start_run(run_id=parent, experiment_id=tracker.experiment_id):
+        with _fluent_uri(tracker.uri) as mlflow, mlflow.start_run(run_id=parent, experiment_id=tracker.experiment_id):
             info = mlflow.pytorch.log_model(
                 lm.model, name="model", signature=infer_signature(example.numpy(), out),
-                input_example=example.numpy(), registered_model_name=registered_name,
+                input_example=example.numpy(),
                 extra_files=[os.path.join(model_dir, "model.pt"), os.path.join(model_dir, "meta.json")],
-                pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"], await_registration_for=30)
-        version = str(info.registered_model_version)
-        _retry(c.set_model_version_tag)(registered_name, version, "rtl.model_sha256", sha)
-        _retry(c.set_model_version_tag)(registered_name, version, "rtl.target", target)
-        _retry(c.set_model_version_tag)(registered_name, version, "rtl.best_trial", str(best_trial))
+                pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
+            # tags at creation: a kill right after registering still leaves the digest a resume looks for
+            mv = mlflow.register_model(info.model_uri, registered_name, await_registration_for=30,
+                                       tags={"rtl.model_sha256": sha, "rtl.target": target,
+                                             "rtl.best_trial": str(best_trial)})
+        version = str(mv.version)
     _retry(c.set_registered_model_alias)(registered_name, alias, version)
     m = {k: v for k, v in meta.get("metrics", {}).items() if isinstance(v, int | float) and v == v}
     tracker.log_metrics(parent, m)
@@ -343,18 +362,15 @@ def publish_champion(tracker: Tracker, target: str, model_dir: str, meta: dict[s
 
 def download_registered_model(uri: str, dst: str, *, tracking_uri: str | None = None) -> str:
     """`models:/name@alias` (or `/version`) -> local rtl model folder (the logged model's extra files)."""
-    import mlflow
-
     from rtl.errors import RtlError
 
     uri_t = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
     if not uri_t:
         raise RtlError(f"{uri}: set MLFLOW_TRACKING_URI or --tracking-uri to the sweep's tracking store "
                        "(e.g. sqlite:///<results>/mlflow.db)")
-    mlflow.set_tracking_uri(uri_t)
-    mlflow.set_registry_uri(uri_t)
     try:
-        local = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=dst)
+        with _fluent_uri(uri_t) as mlflow:
+            local = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=dst)
     except Exception as e:
         raise RtlError(f"{uri}: not found in {uri_t} ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
     folder = os.path.join(local, "extra_files")

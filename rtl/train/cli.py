@@ -10,7 +10,7 @@ import json
 import math
 from pathlib import Path
 
-from rtl.cliargs import nonneg_float, nonneg_int, positive_float, positive_int, seed_list
+from rtl.cliargs import nonneg_float, nonneg_int, positive_float, positive_int, seed_list, side
 from rtl.errors import RtlError
 
 
@@ -45,8 +45,8 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--patience", type=positive_int, default=None, help="early stopping on val error")
     p.add_argument("--batch-size", type=positive_int, default=32)
     p.add_argument("--seeds", type=seed_list, default=[0], help="comma-separated, e.g. 0,1,2")
-    p.add_argument("--min-side", type=positive_int, default=None)
-    p.add_argument("--max-side", type=positive_int, default=None)
+    p.add_argument("--min-side", type=side, default=None)
+    p.add_argument("--max-side", type=side, default=None)
     p.add_argument("--device", default="cpu")
     p.add_argument("--num-workers", type=nonneg_int, default=0)
     p.add_argument("--json", type=Path, default=None, help="write the full results here")

@@ -73,28 +73,20 @@ def load_class_weights(path: str | Path, view: Any) -> dict[int, float]:
     Raises RtlError for an unreadable/malformed file, a corpus_version other than the corpus', unknown
     class ids, or no positive mass left in the view.
     """
+    from rtl.artifacts.weights import read_weights  # the one reader of weights.json
+
     path = Path(path)
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise RtlError(f"class weights file {path} not found") from None
-    except (OSError, ValueError) as e:
-        raise RtlError(f"class weights file {path} unreadable: {e}".splitlines()[0]) from None
-    if not isinstance(doc, dict) or not isinstance(doc.get("classes"), list):
-        raise RtlError(f"{path}: expected an object with a 'classes' list")
-    if doc.get("corpus_version") != view.version:
-        raise RtlError(f"{path}: corpus_version {doc.get('corpus_version')!r} does not match the corpus "
+    if not path.exists():
+        raise RtlError(f"class weights file {path} not found")
+    doc = read_weights(path)  # malformed / repeated class ids / negative values: one-line RtlError
+    if doc.corpus_version != view.version:
+        raise RtlError(f"{path}: corpus_version {doc.corpus_version!r} does not match the corpus "
                        f"version {view.version!r}; recompute the weights for this corpus")
     weights: dict[int, float] = {}
-    for i, c in enumerate(doc["classes"]):
-        try:
-            cid, w = int(c["id"]), float(c["class_mass"] if "class_mass" in c else c["weight"])
-        except (KeyError, TypeError, ValueError):
-            raise RtlError(f"{path}: classes[{i}] needs numeric 'id' and 'class_mass' (or 'weight')") from None
+    for c in doc.classes:  # raw values (validated above): class_mass, else weight for hand-written files
+        cid, w = int(c["id"]), float(c["class_mass"] if "class_mass" in c else c["weight"])
         if not 0 <= cid < view.num_classes:
-            raise RtlError(f"{path}: classes[{i}] id {cid} outside the corpus class table (0..{view.num_classes - 1})")
-        if not w >= 0 or w == float("inf"):
-            raise RtlError(f"{path}: classes[{i}] weight {w} must be finite and >= 0")
+            raise RtlError(f"{path}: class id {cid} outside the corpus class table (0..{view.num_classes - 1})")
         weights[cid] = w
     if not any(w > 0 for w in weights.values()):
         raise RtlError(f"{path}: every class weight is zero")

@@ -1,0 +1,11 @@
+"""The bottom layer: one typed reader/writer per file that crosses layers.
+
+Every file one part of rtl writes and another reads has its reader here, so there is one set of rules
+per file (a second reader with other rules was a bug: `weights.json` repeated class ids were rejected by
+one reader and silently overwritten by the other). Modules here import nothing from rtl but
+`rtl.errors`; everything else may import them.
+
+* `cache`    -- the content-addressed pretraining cache (generalists, subsets, rungs, experts);
+* `weights`  -- `weights.json` (importance weights / class masses);
+* `ranking`  -- a target's source ranking JSON (`rtl rank --json`, read by the ranked sweep).
+"""
