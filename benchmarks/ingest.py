@@ -156,7 +156,7 @@ def plain_small(root: Path, out: Path, min_side: int, max_side: int, cap: int, s
 
     from rtl.data.sampling import undersample
 
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     with open(root / "labels.csv", newline="", encoding="utf-8") as fh:
         rows = [(r["label"], r["image"]) for r in csv.DictReader(fh)]
     kept = undersample(rows, cap or None, seed)
@@ -185,7 +185,8 @@ def plain_small(root: Path, out: Path, min_side: int, max_side: int, cap: int, s
     flush()
     if writer is not None:
         writer.close()
-    return {"rows": n, "loop_seconds": time.perf_counter() - t0, "peak_rss_mb": peak_rss_mb()}
+    return {"rows": n, "loop_seconds": time.perf_counter() - t0, "cpu_seconds": time.process_time() - c0,
+            "peak_rss_mb": peak_rss_mb()}
 
 
 def replicate_dataset(src: Path, dst: Path, n: int) -> Path:
@@ -267,6 +268,13 @@ def small_case(a: argparse.Namespace) -> None:
               f"{tm['decode_task_seconds'] / tm['process']:.2f} over {tm['decode_workers']} workers, "
               f"finalize {tm['finalize']:.1f}s; build_corpus {m['seconds']:.1f}s of the {tb:.1f}s command; "
               f"driver peak RSS {tm.get('driver_peak_rss_mb', float('nan')):.0f} MB")
+        par = tm["decode_task_seconds"] / tm["process"]
+        n_img = max(1, m["n_images_kept"])
+        print(f"   CPU per image      : {plain_info['cpu_seconds'] / n_img * 1000:.2f} ms plain loop, "
+              f"{tm['decode_cpu_seconds'] / n_img * 1000:.2f} ms in the build's tasks (incl. header reads of "
+              f"the capped images); decode-stage estimate on free cores: "
+              f"{par * plain_info['cpu_seconds'] / tm['decode_cpu_seconds']:.2f}x "
+              f"(parallelism x CPU ratio; excludes imports and Ray start)")
     for n in a.rss_sizes:
         rroot = replicate_dataset(root, base / f"replica{n}", n)
         _, m = _run_build(rroot, base / "small_rss", (64, 72), 0)

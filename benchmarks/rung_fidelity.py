@@ -36,6 +36,7 @@ def main() -> None:
     ap.add_argument("--workdir", default="/tmp/rtl-rungs")
     args = ap.parse_args()
 
+    import ray
     from ranked_search import family, make_spec
     from scipy.stats import kendalltau
 
@@ -43,8 +44,6 @@ def main() -> None:
     from rtl.sweep.subset import generalist, probe_error, rung_checkpoint
     from rtl.sweep.trial import units_of
     from rtl.train.finetune import FinetuneConfig, run_finetune
-
-    import ray
 
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     wd = Path(args.workdir)

@@ -8,9 +8,11 @@ calls that follow (IAM, subnets, AMI) need an account and are not exercised.
 from __future__ import annotations
 
 import copy
+import os
 import re
 import shlex
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -238,3 +240,87 @@ def test_cluster_sweep_trials_fit_on_a_gpu_worker(prepared: dict) -> None:
         capacity = sum(per_node[n] * workers[n]["max_workers"] for n in workers)
         assert capacity >= train_workers + 1, (
             f"pretraining needs {train_workers} x {bundle} + the trial; the cluster offers {capacity}")
+
+
+# ---- security group, AMI, GPU check (issue 12, item 7) -------------------------------------------
+
+WORLD = ("0.0.0.0/0", "::/0")
+
+
+def _recipe(text: str, comment: str = "") -> list[str]:
+    """The security-group commands (SSH_CIDR= ... authorize ...) in `text`, comment prefix stripped."""
+    lines = [ln.strip()[len(comment):].strip() if comment else ln.strip() for ln in text.splitlines()]
+    start = next(i for i, ln in enumerate(lines) if ln.startswith("SSH_CIDR="))
+    end = max(i for i, ln in enumerate(lines) if "authorize-security-group-ingress" in ln)
+    return lines[start:end + 1]
+
+
+@pytest.mark.parametrize("rel,comment", [("cluster.yaml", "#"), ("docs/cluster.md", "")])
+def test_security_group_recipe_opens_only_ssh_from_the_edit_cidr(rel: str, comment: str) -> None:
+    """Two inbound rules: SSH from the one CIDR the user sets (marked EDIT) and all traffic between the
+    group's own members. Nothing from 0.0.0.0/0, no other port."""
+    cmds = _recipe((ROOT / rel).read_text(), comment)
+    assert "EDIT" in cmds[0] and not any(w in cmds[0] for w in WORLD)
+    rules = [c for c in cmds if "authorize-security-group-ingress" in c]
+    assert len(rules) == 2, rules
+    ssh = [r for r in rules if "--cidr" in r]
+    assert len(ssh) == 1 and _flag_values(ssh[0], "--port") == ["22"] and _flag_values(ssh[0], "--cidr") == [
+        "$SSH_CIDR"], ssh
+    intra = [r for r in rules if "--source-group" in r]
+    assert len(intra) == 1 and _flag_values(intra[0], "--source-group") == ["$SG"]
+    assert not any(w in c for c in cmds for w in WORLD)
+    r = subprocess.run(["bash", "-n", "-c", "\n".join(cmds)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+
+
+def test_ray_creates_no_security_group(prepared: dict, monkeypatch) -> None:
+    """Ray's own group always adds SSH from 0.0.0.0/0; with SecurityGroupIds on every node type its
+    `_configure_security_group` (what `ray up` runs) must return without creating or changing a group."""
+    from ray.autoscaler._private.aws import config as aws_config
+
+    def forbidden(*a, **k):
+        raise AssertionError("ray up would create/modify a security group (with SSH open to the world)")
+
+    monkeypatch.setattr(aws_config, "_upsert_security_groups", forbidden)
+    cfg = aws_config._configure_security_group(copy.deepcopy(prepared))
+    groups = {tuple(t["node_config"]["SecurityGroupIds"]) for t in cfg["available_node_types"].values()}
+    assert len(groups) == 1 and all(re.fullmatch(r"sg-[0-9a-f]{8,17}", g) for g in next(iter(groups)))
+    assert "IpPermissions" not in prepared["provider"].get("security_group", {})
+
+
+def test_ami_is_pinned_and_its_driver_fits_the_image(prepared: dict) -> None:
+    """Every node boots one pinned AMI, which Ray keeps (its fallback is an Ubuntu 18.04 DLAMI whose
+    driver cannot run the CUDA 13 torch of the image); the driver floor named next to it is the one
+    docker/README.md gives for the image's torch build."""
+    from ray.autoscaler._private.aws import config as aws_config
+
+    cfg = copy.deepcopy(prepared)
+    aws_config._check_ami(cfg)
+    amis = {t["node_config"]["ImageId"] for t in cfg["available_node_types"].values()}
+    assert len(amis) == 1 and re.fullmatch(r"ami-[0-9a-f]{8,17}", next(iter(amis)))
+    assert next(iter(amis)) not in aws_config.DEFAULT_AMI.values()
+    floor = {int(x) for x in re.findall(r"driver >= (\d+)", CLUSTER_YAML.read_text())}
+    assert floor and floor == {int(x) for x in re.findall(r"driver >= (\d+)", (ROOT / "docker/README.md").read_text())}
+    assert "/aws/service/deeplearning/ami/x86_64/" in CLUSTER_YAML.read_text()  # how to re-resolve the pin
+
+
+def test_gpu_worker_setup_fails_loudly_without_cuda(raw: dict, prepared: dict, tmp_path: Path) -> None:
+    """The GPU workers' own set-up commands exit non-zero with a one-line reason when no GPU / no CUDA is
+    usable, and pass where torch sees a GPU: run here, on whatever this machine has."""
+    import torch
+
+    cmds = raw["worker_setup_commands"]
+    assert cmds and not raw["head_setup_commands"]
+    assert all(c in prepared["worker_setup_commands"] for c in cmds)  # what Ray runs on workers
+    cuda = torch.cuda.is_available()
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin"}
+    results = [subprocess.run(["bash", "-c", c], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+               for c in cmds]
+    if cuda:
+        assert all(r.returncode == 0 for r in results), [r.stderr for r in results]
+    else:
+        failed = [r for r in results if r.returncode != 0]
+        assert failed, "a GPU worker without CUDA would join the cluster"
+        torch_check = next(r for c, r in zip(cmds, results) if "torch.cuda.is_available" in c)
+        assert torch_check.returncode != 0 and "CUDA is not available" in torch_check.stderr
+        assert "driver >= 580" in torch_check.stderr

@@ -68,9 +68,9 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
 
     from rtl.data.adapters import FORMATS
 
-    imp = dsub.add_parser("import", help="convert class folders / CSV / Pascal VOC into the rtl convention")
+    imp = dsub.add_parser("import", help="convert class folders / CSV / Pascal VOC / COCO / YOLO into the rtl convention")
     imp.add_argument("--format", required=True, choices=FORMATS.names())
-    imp.add_argument("src", help="source folder (or CSV file for --format csv)")
+    imp.add_argument("src", help="source folder (or the CSV / COCO JSON file for --format csv / coco)")
     imp.add_argument("dst", help="new dataset folder")
     imp.add_argument("--name", required=True)
     imp.add_argument("--domain", required=True, help="comma-separated domain tags, e.g. pcb,smt")
@@ -79,7 +79,8 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     imp.add_argument("--link", action="store_true", help="hard-link images instead of copying")
     imp.add_argument("--seed", type=seed, default=0, help="seed of the hash-based splits")
     imp.add_argument("--option", action="append", metavar="KEY=VALUE",
-                     help="adapter option, e.g. label_column=class (csv) or default_label=good (voc)")
+                     help="adapter option, e.g. label_column=class (csv), default_label=good (voc/coco/yolo), "
+                          "images=DIR (coco), names=FILE or unlabeled=skip (yolo)")
     imp.set_defaults(func=_import)
 
     chk = dsub.add_parser("check", help="report every problem of a dataset folder as file:line: message")

@@ -114,7 +114,7 @@ def build_experts(gen: GeneralistInfo, corpus: str, plans: Sequence[ExpertPlan],
                   ) -> dict[str, Path]:
     """unit -> expert checkpoint dir, built once per key in the pretraining cache.
     `on_expert(plan, ckpt, built)` is called for each (built=False when it came from the cache)."""
-    from rtl.sweep.cache import PretrainCache  # the shared content-addressed cache (one lock per key)
+    from rtl.artifacts.cache import PretrainCache  # the shared content-addressed cache (one lock per key)
 
     cache = PretrainCache(cache_dir)
     out: dict[str, Path] = {}

@@ -26,7 +26,6 @@ generalist by more than the noise). The generalist and scratch rows are always i
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Sequence
@@ -36,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from rtl.artifacts.ranking import RANKING_VERSION, read_ranking, write_ranking
 from rtl.errors import RtlError
 
 __all__ = ["RankConfig", "rank_target", "format_ranking", "write_ranking", "read_ranking", "SIGNALS"]
@@ -46,7 +46,6 @@ SIGNALS: dict[str, bool] = {"importance": True, "probe": True, "logme": True, "d
 # the gain is measured, the others are proxies: it counts double in the combined rank
 SIGNAL_WEIGHTS: dict[str, float] = {"importance": 1.0, "probe": 1.0, "logme": 1.0, "distance": 1.0,
                                     "image_stats": 1.0, "gain": 2.0}
-RANKING_VERSION = 1
 
 
 @dataclass
@@ -339,30 +338,3 @@ def format_ranking(r: dict[str, Any]) -> str:
             f"{c['generalist_images']}; {len(c['experts_built'])} built, "
             f"{len(r['rows']) - len(c['experts_built'])} cached; {c['seconds']:.0f} s"]
     return f"target {r['target']}\n" + format_table(rows, head) + "\n" + "\n".join(tail)
-
-
-def write_ranking(path: str | Path, ranking: dict[str, Any]) -> Path:
-    """Atomic JSON write (temp file + rename)."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(f".{p.name}.tmp")
-    tmp.write_text(json.dumps(ranking, indent=1, default=float))
-    tmp.replace(p)
-    return p
-
-
-def read_ranking(path: str | Path) -> dict[str, Any]:
-    """The one reader of ranking JSON (the sweep reads it): version, order and rows checked."""
-    p = Path(path)
-    try:
-        r = json.loads(p.read_text())
-    except (OSError, ValueError) as e:
-        raise RtlError(f"{path}: unreadable ranking ({e})") from None
-    if not isinstance(r, dict) or r.get("version") != RANKING_VERSION:
-        raise RtlError(f"{path}: not an rtl ranking (version {RANKING_VERSION} expected)")
-    for k in ("target", "order", "rows", "suggested", "corpus_version"):
-        if k not in r:
-            raise RtlError(f"{path}: ranking lacks {k!r}")
-    if sorted(r["order"]) != sorted(x["unit"] for x in r["rows"]):
-        raise RtlError(f"{path}: ranking order and rows name different units")
-    return r

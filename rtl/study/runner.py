@@ -251,14 +251,14 @@ def run_cell(config: dict[str, Any]) -> None:
 
 
 # ---- driver ---------------------------------------------------------------------------------------------
-def _callbacks() -> list[Any]:
+def _callbacks(total: int) -> list[Any]:
     from ray import tune
 
     class Progress(tune.Callback):
         def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-            done = sum(t.status == "TERMINATED" for t in trials)
+            done = sum(t.status == "TERMINATED" for t in trials if t is not trial) + 1
             r = trial.last_result or {}
-            print(f"[{done}/{len(trials)}] {trial.config['cell']['id']}: val {r.get('val_error', float('nan')):.3f} "
+            print(f"[{done}/{total}] {trial.config['cell']['id']}: val {r.get('val_error', float('nan')):.3f} "
                   f"test {r.get('test_error') if r.get('test_error') is not None else float('nan'):.3f}", flush=True)
 
         def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
@@ -281,7 +281,7 @@ def _tuner(spec: StudySpec, cells: list[dict[str, Any]], exp_path: str) -> Any:
         tune_config=tune.TuneConfig(num_samples=1, max_concurrent_trials=spec.budget.max_concurrent,
                                     trial_dirname_creator=_dirname, trial_name_creator=_dirname, reuse_actors=True),
         run_config=tune.RunConfig(name=os.path.basename(exp_path), storage_path=os.path.dirname(exp_path), verbose=0,
-                                  callbacks=_callbacks(), failure_config=tune.FailureConfig(max_failures=1)))
+                                  callbacks=_callbacks(len(cells)), failure_config=tune.FailureConfig(max_failures=1)))
 
 
 def _check_inputs(spec: StudySpec) -> None:

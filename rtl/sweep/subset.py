@@ -18,7 +18,7 @@ import hashlib
 import json
 from pathlib import Path
 
-from rtl.sweep.cache import PretrainCache, cache_key
+from rtl.artifacts.cache import PretrainCache, cache_key
 from rtl.sweep.spec import SweepSpec
 
 

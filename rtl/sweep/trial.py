@@ -36,7 +36,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from rtl.sweep.cache import PretrainCache, cache_key
+from rtl.artifacts.cache import PretrainCache, cache_key
 from rtl.sweep.spec import SweepSpec, load_resolved
 from rtl.sweep.tracking import Tracker, _retry, default_tracking_uri, mask_params
 
