@@ -8,7 +8,7 @@ export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER := 0
 export RAY_USAGE_STATS_ENABLED := 0
 export PYTHONUNBUFFERED := 1
 
-.PHONY: venv demo test lint bench clean
+.PHONY: venv demo test test-fast lint bench clean
 
 venv: $(STAMP)
 
@@ -23,6 +23,10 @@ lint: $(STAMP)
 
 test: $(STAMP) lint
 	$(BIN)/python -m pytest tests; rc=$$?; if [ $$rc -eq 5 ]; then exit 0; fi; exit $$rc
+
+# the fast lane: no Ray, no subprocess, no pretraining (tests/conftest.py marks the rest `slow`)
+test-fast: $(STAMP) lint
+	$(BIN)/python -m pytest -m "not slow" -q tests
 
 demo: $(STAMP)
 	$(BIN)/rtl demo --workspace $(WORKSPACE)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -44,8 +45,9 @@ def main() -> int:
     port = args.port or _free_port()
     base = f"http://127.0.0.1:{port}"
     proc = subprocess.Popen([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri",
-                             f"sqlite:///{results}/mlflow.db", "--host", "127.0.0.1", "--port", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                             f"sqlite:///{results}/mlflow.db", "--host", "127.0.0.1", "--port", str(port),
+                             "--workers", "1"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         for _ in range(240):
             try:
@@ -82,9 +84,13 @@ def main() -> int:
             print(f"{'ok  ' if ok else 'FAIL'} {what}")
         print(f"top level: {', '.join(f'{k} x{len(v)}' for k, v in kinds.items())}; UI: {base}")
         return 0 if all(ok for _, ok in checks) else 1
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+    finally:  # the UI forks uvicorn + job workers: stop its whole process group
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
 
 
 if __name__ == "__main__":

@@ -34,3 +34,33 @@ def _torch_threads():
     except ImportError:
         pass
     yield
+
+
+# ---- lanes: `make test-fast` runs the tests that start no Ray, no subprocess and no pretraining ------
+_SLOW_WORDS = ("subprocess", "Popen", "ray_session", "run_sweep", "resume_sweep", "pretrain_local", "run_pretrain",
+               "build_corpus", "rank_target", "run_study", "\"corpus\", \"build\"", "'corpus', 'build'")
+
+
+def _slow_source(fn) -> bool:
+    import inspect
+
+    try:
+        src = inspect.getsource(fn)
+    except (OSError, TypeError):
+        return False
+    return any(w in src for w in _SLOW_WORDS)
+
+
+def pytest_configure(config) -> None:
+    config.addinivalue_line("markers", "slow: starts Ray, a subprocess or a pretraining (not in `make test-fast`)")
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """Mark `slow` every test whose body or fixtures start Ray, a subprocess or a pretraining."""
+    for item in items:
+        fns = [getattr(item, "function", None)]
+        for defs in getattr(item, "_fixtureinfo", None).name2fixturedefs.values() if hasattr(item, "_fixtureinfo") else []:
+            fns += [d.func for d in defs if "tests" in getattr(d.func, "__module__", "") or
+                    getattr(d, "baseid", "").startswith("tests")]
+        if "ray_session" in item.fixturenames or any(f is not None and _slow_source(f) for f in fns):
+            item.add_marker(pytest.mark.slow)

@@ -105,6 +105,22 @@ def test_model_folder_round_trip_and_refuses_tampering(tmp_path: Path) -> None:
         load_model_dir(tmp_path / "nope")
 
 
+def test_kept_models_order_and_prune(tmp_path: Path) -> None:
+    """The champion among seeds is the lowest val error (0.0 included); pruning keeps only given trials."""
+    from rtl.deliver.sweep import kept_models, models_dir, prune_models
+    from rtl.models.backbones import create_model
+
+    net = create_model("small_cnn", 2)
+    root = models_dir(str(tmp_path), "t")
+    for name, val, seed in (("trial_0003_seed0", 0.2, 0), ("trial_0003_seed1", 0.0, 1), ("trial_0001_seed0", 0.1, 0)):
+        save_model_dir(root / name, net, classes=["bad", "ok"], min_side=32, max_side=36,
+                       metrics={"val_error": val}, provenance={"seed": seed})
+    (root / ".trial_0003_seed2.tmp-x").mkdir()  # left by a killed save
+    assert [d.name for d, _ in kept_models(str(tmp_path), "t", 3)] == ["trial_0003_seed1", "trial_0003_seed0"]
+    prune_models(str(tmp_path), "t", {3})
+    assert sorted(d.name for d in root.iterdir()) == ["trial_0003_seed0", "trial_0003_seed1"]
+
+
 # ---- finetune --out and predict --------------------------------------------------------------------------
 def test_finetune_out_predict_matches_training_evaluation(trained, tmp_path: Path) -> None:
     """No train/serve skew: predict (decode -> model folder preprocessing) gives the probabilities the

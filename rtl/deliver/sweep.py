@@ -147,7 +147,11 @@ def kept_models(results_dir: str, target: str, number: int) -> list[tuple[Path, 
         except RtlError:
             continue
         out.append((d, meta))
-    return sorted(out, key=lambda dm: (dm[1]["metrics"].get("val_error") or 1.0, dm[1]["provenance"].get("seed", 0)))
+    def key(dm: tuple[Path, dict[str, Any]]) -> tuple[float, int]:
+        v = dm[1]["metrics"].get("val_error")
+        return (1.0 if v is None else float(v), int(dm[1]["provenance"].get("seed") or 0))
+
+    return sorted(out, key=key)
 
 
 def prune_models(results_dir: str, target: str, keep_numbers: set[int]) -> list[Path]:

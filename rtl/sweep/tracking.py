@@ -348,7 +348,8 @@ def publish_champion(tracker: Tracker, target: str, model_dir: str, meta: dict[s
                                              "rtl.best_trial": str(best_trial)})
         version = str(mv.version)
     _retry(c.set_registered_model_alias)(registered_name, alias, version)
-    m = {k: v for k, v in meta.get("metrics", {}).items() if isinstance(v, int | float) and v == v}
+    m = {k: v for k, v in meta.get("metrics", {}).items()
+         if isinstance(v, int | float) and v == v and not k.endswith(("_n", "max_false_alarm"))}
     tracker.log_metrics(parent, m)
     prov = meta.get("provenance", {})
     tracker.log_params(parent, {"best.sources": ",".join(prov.get("sources") or []) or "none",
