@@ -288,3 +288,17 @@ def test_sweep_keeps_best_model_exports_and_registers_once(tmp_path: Path, ray_s
     insp = md[md.index("Inspection metrics"):]
     assert "defect = any class but `ok`" in insp and "| best (search) |" in insp and "| scratch |" in insp
     assert "AUROC" in insp and "models:/d.tgt@champion" in md
+
+
+def test_finetune_shows_per_epoch_progress(trained, capsys) -> None:
+    """Not a terminal (captured): one line per epoch and seed on stderr; stdout keeps the table only."""
+    _, tgt, _ = trained
+    assert main(["finetune", "--target", str(tgt), "--init", "scratch", "--epochs", "2", "--batch-size", "8",
+                 "--seeds", "0,1"]) == 0
+    cap = capsys.readouterr()
+    lines = [ln for ln in cap.err.splitlines() if ln.startswith("seed ")]
+    assert [ln.split(" val_error")[0].split(" train_loss")[0] for ln in lines] == [
+        "seed 0 epoch 1/2", "seed 0 epoch 2/2", "seed 1 epoch 1/2", "seed 1 epoch 2/2"]
+    assert "epoch 1/2" not in cap.out
+    assert main(["finetune", "--target", str(tgt), "--init", "scratch", "--epochs", "1", "--quiet"]) == 0
+    assert "epoch" not in capsys.readouterr().err

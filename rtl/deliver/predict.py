@@ -8,7 +8,8 @@ that cannot be decoded is listed in `<out>.rejects.csv` (path, reason) and the r
 Engines: `local` is a plain batched PyTorch loop in this process (no start-up cost: right for a few
 hundred images); `ray` is Ray Data batch inference, `map_batches` over an actor pool where every actor
 holds the model once and decodes + predicts its batches (decoding is the bottleneck on CPU, so it scales
-with cores; `--gpus` GPUs shared by the actors). `auto` picks Ray when `--address` or `--gpus` is given or
+with cores; `--gpus` GPUs shared by the actors; on a cluster the image paths must be readable on every
+node, e.g. a shared mount). `auto` picks Ray when `--address` or `--gpus` is given or
 there are at least `RAY_MIN_IMAGES` images (below that, starting Ray costs more than it saves).
 """
 

@@ -79,6 +79,9 @@ def fig_gain(d: dict[str, Any], tg: str, out: Path) -> str | None:
         ax.errorbar(x, [by[k][0] for k in ks], yerr=[by[k][1] for k in ks], marker="o", capsize=3, label=row)
     ax.axhline(0, color="k", lw=0.8)
     ax.set_xscale("log")
+    ticks = sorted(set(ipc.values()))
+    ax.set_xticks(ticks, [f"{t:.3g}" for t in ticks])
+    ax.minorticks_off()
     ax.set(xlabel="target train images per class (log)", ylabel="gain over scratch (error)",
            title=f"{tg}: gain of pretraining vs target size")
     ax.legend(fontsize=7)
@@ -124,15 +127,17 @@ def fig_quadrants(d: dict[str, Any], out: Path) -> str | None:
             v = q.get(f"{size}|{sim}")
             if v:
                 grid[i, j] = v["mean"]
-                ax.text(j, i, f"{v['winner']}\nby {v['margin']:.3f}\n(n={v['n']})", ha="center", va="center",
-                        fontsize=9)
+                ax.text(j, i, f"{v['winner']}\nby {v['margin']:.3f} ± {v['std']:.3f}\n(n={v['n']})", ha="center",
+                        va="center", fontsize=9, bbox={"facecolor": "white", "alpha": 0.8, "edgecolor": "none"})
             else:
                 ax.text(j, i, "no cells", ha="center", va="center", fontsize=9, color="grey")
-    lim = np.nanmax(np.abs(grid)) if np.isfinite(grid).any() else 1.0
-    ax.imshow(grid, cmap="RdBu", vmin=-lim or -1, vmax=lim or 1)
+    lim = float(np.nanmax(np.abs(grid))) if np.isfinite(grid).any() else 1.0
+    # positive = probe error - fine-tune error > 0 = fine-tuning better: red; probe better: blue
+    ax.imshow(grid, cmap="coolwarm", vmin=-(lim or 1.0), vmax=lim or 1.0)
     ax.set_xticks([0, 1], ["small target", "large target"])
     ax.set_yticks([0, 1], ["similar source", "different source"])
-    ax.set_title("probe vs fine-tune: winner (red = fine-tune)", fontsize=9)
+    ax.set_title("which wins: linear probe (blue) or fine-tuning (red)\nmargin = test error difference, mean ± std",
+                 fontsize=9)
     return _save(fig, out / "probe_vs_finetune.png")
 
 

@@ -238,7 +238,7 @@ def findings(d: dict[str, Any], plan: dict[str, Any]) -> list[dict[str, str]]:
         out.append({"finding": "probe vs fine-tune by scenario", "verdict": "not measured", "detail": q["_note"],
                     "mean": math.nan, "std": math.nan, "n": 0})
     else:
-        det = "; ".join(f"{k.replace('|', ' target, ')} source: {v['winner']} by {v['margin']:.3f} (n={v['n']})"
+        det = "; ".join(f"{k.replace('|', ' target, ')} source: {v['winner']} by {v['margin']:.3f} ± {v['std']:.3f} (n={v['n']})"
                         for k, v in sorted(q.items()))
         rule = {"small|similar": "probe", "large|similar": "fine-tune", "large|different": "fine-tune"}
         ok = [q[k]["winner"] == w for k, w in rule.items() if k in q]

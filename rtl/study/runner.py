@@ -264,7 +264,9 @@ def _callbacks(total: int) -> list[Any]:
         def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
             print(f"cell errored: {trial.config['cell']['id']} (see {trial.path}/error.txt)", flush=True)
 
-    return [Progress()]
+    from ray.tune.logger import JsonLoggerCallback
+
+    return [Progress(), JsonLoggerCallback()]  # result.json per cell (Tune reads it back at the end)
 
 
 def _dirname(trial: Any) -> str:

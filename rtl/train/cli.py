@@ -52,6 +52,7 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--json", type=Path, default=None, help="write the full results here")
     p.add_argument("--out", type=Path, default=None, help="save the fine-tuned model folder here (the seed with "
                    "the lowest val error; use with `rtl predict`)")
+    p.add_argument("--quiet", action="store_true", help="no per-epoch progress on stderr")
     p.add_argument("--ok-class", default=None, help="name of the good/ok class for defect metrics (default: ok/good)")
     p.set_defaults(func=cmd_finetune)
 
@@ -93,7 +94,12 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         from rtl.deliver.cli import check_out_dir
 
         check_out_dir(args.out)  # before hours of training, not after
-    summary = run_finetune_seeds(cfg, args.seeds)
+    progress = None if getattr(args, "quiet", True) else _Progress(cfg.epochs, args.seeds)
+    try:
+        summary = run_finetune_seeds(cfg, args.seeds, on_epoch=progress)
+    finally:
+        if progress is not None:
+            progress.close()
     print(format_summary(summary))
     if getattr(args, "out", None) is not None:
         from rtl.deliver.cli import save_finetune_out
@@ -107,6 +113,41 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         except OSError as e:
             raise RtlError(f"cannot write {args.json}: {e.strerror or e}") from None
     return 0
+
+
+class _Progress:
+    """Per-epoch progress on stderr: a tqdm bar per seed on a terminal, one line per epoch otherwise (logs)."""
+
+    def __init__(self, epochs: int, seeds: list[int]) -> None:
+        import sys
+
+        self.epochs, self.seeds, self.run, self.bar = epochs, seeds, -1, None
+        self.err, self.tty = sys.stderr, sys.stderr.isatty()
+
+    def __call__(self, epoch: int, m: dict) -> bool:
+        if epoch == 0 or self.run < 0:  # a new seed's run starts at epoch 0
+            self.close()
+            self.run += 1
+            if self.tty:
+                from tqdm import tqdm
+
+                self.bar = tqdm(total=self.epochs, desc=f"seed {self._seed()}", file=self.err, leave=True)
+        shown = {k: m[k] for k in ("train_loss", "val_error", "best_val_error") if isinstance(m.get(k), (int, float))}
+        if self.bar is not None:
+            self.bar.set_postfix({k: f"{v:.4f}" for k, v in shown.items()}, refresh=False)
+            self.bar.update(1)
+        else:
+            print(f"seed {self._seed()} epoch {epoch + 1}/{self.epochs} "
+                  + " ".join(f"{k} {v:.4f}" for k, v in shown.items()), file=self.err, flush=True)
+        return False
+
+    def _seed(self) -> int | str:
+        return self.seeds[self.run] if 0 <= self.run < len(self.seeds) else "?"
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
 
 
 def _no_nan(obj):
