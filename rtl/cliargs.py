@@ -64,7 +64,7 @@ def float_range(lo: float, hi: float | None = None, *, lo_open: bool = False,
     return check
 
 
-positive_int = int_range(1, what="must be a positive integer:")  # counts that must exist: epochs, batch, workers
+positive_int = int_range(1, what="must be an integer")  # counts that must exist: epochs, batch, workers
 nonneg_int = int_range(0, what="must be an integer")            # counts where 0 means none / off
 seed = int_range(0, SEED_MAX, what="seed must be")
 port = int_range(1, 65535, what="port must be")

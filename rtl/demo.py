@@ -11,6 +11,7 @@ import os
 import time
 from pathlib import Path
 
+from rtl.cliargs import nonneg_int, seed
 from rtl.errors import RtlError
 
 # A source checkout runs its own sweeps/demo.yaml (the copy users edit); an installed wheel has no sweeps/
@@ -79,7 +80,7 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--workspace", default="demo-workspace")
     p.add_argument("--spec", default=str(DEFAULT_SPEC))
     p.add_argument("--size", default="demo", choices=["tiny", "demo", "full"])
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--cap", type=int, default=300, help="images kept per class in the corpus")
+    p.add_argument("--seed", type=seed, default=0)
+    p.add_argument("--cap", type=nonneg_int, default=300, help="images kept per class in the corpus")
     p.add_argument("--address", default=None, help="Ray address (default: RAY_ADDRESS or a local Ray)")
     p.set_defaults(func=_demo)

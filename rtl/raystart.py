@@ -28,8 +28,9 @@ _CLUSTER_FLAG = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 
 
 def ray_address(address: str | None = None) -> str | None:
-    """The cluster to join: `address`, else `RAY_ADDRESS`, else None (= start a local Ray)."""
-    return address or os.environ.get("RAY_ADDRESS") or None
+    """The cluster to join: `address`, else `RAY_ADDRESS`; None (also for Ray's "local") = a local Ray."""
+    addr = (address or os.environ.get("RAY_ADDRESS") or "").strip()
+    return None if addr in ("", "local") else addr
 
 
 def _force_loopback() -> None:

@@ -160,8 +160,11 @@ def fake_ray(monkeypatch):
     return calls, ray_constants, rs
 
 
-def test_local_ray_is_forced_onto_loopback(fake_ray) -> None:
+@pytest.mark.parametrize("ray_address_env", [None, "local"])
+def test_local_ray_is_forced_onto_loopback(fake_ray, monkeypatch, ray_address_env) -> None:
     calls, consts, rs = fake_ray
+    if ray_address_env:
+        monkeypatch.setenv("RAY_ADDRESS", ray_address_env)  # Ray's own spelling of "start a local one"
     assert rs.ensure_ray() is True
     (kw,) = calls
     assert kw["address"] == "local" and kw["_node_ip_address"] == "127.0.0.1"

@@ -282,6 +282,8 @@ def test_sweep_keeps_best_model_exports_and_registers_once(tmp_path: Path, ray_s
     assert parent.data.tags["best_trial"] == str(best.number) and "val_error" in parent.data.metrics
     assert parent.data.tags["rtl.champion"] == "models:/d.tgt@champion"
     assert main(["sweep", "export", results, "--target", "nope", "--out", str(out)]) == 2
+    assert main(["sweep", "export", results, "--target", "tgt", "--out", str(tmp_path / "targets")]) == 2
+    assert (tmp_path / "targets" / "tgt" / "dataset.yaml").exists()  # never written over
     from rtl.report.sweep import write_report
 
     md = Path(write_report(results, log_mlflow=False)).read_text()

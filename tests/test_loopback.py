@@ -1,13 +1,16 @@
 """Issue 17: a local run opens no port to the network.
 
-One subprocess, started WITHOUT `RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER` (Ray's Linux default then binds its
-GCS, raylet, object manager and agents to the machine's interface address or to 0.0.0.0), runs every
-Ray-using verb on tiny data through `rtl.cli.main`: `pretrain` (Ray Train: starts the local Ray),
-`sweep run` (Ray Tune) and `corpus build` (Ray Data) on that Ray. One Ray start keeps the test short;
-every verb starts Ray through the same `rtl.raystart.ensure_ray`, which the second test pins. A thread in
-that process samples, every 0.2 s, the TCP listening sockets (/proc/net/tcp and tcp6, mapped to the
-socket inodes of /proc/<pid>/fd) of the process and all its descendants; every address seen must be
-loopback.
+Every Ray-using verb runs on tiny data in a subprocess started WITHOUT `RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER`
+(Ray's Linux default then binds its GCS, raylet, object manager and agents to the machine's interface
+address or to 0.0.0.0), and the TCP listening sockets (/proc/net/tcp and tcp6, mapped to the socket inodes
+of /proc/<pid>/fd) of that process and all its descendants must all be on loopback:
+
+* one process runs `pretrain` (Ray Train, 2 DDP workers: starts the local Ray) then `corpus build` (Ray
+  Data) on that Ray through `rtl.cli.main`, while a thread samples its sockets every 0.2 s;
+* `sweep run` (Ray Tune) runs as `rtl` itself; the test samples its sockets while a trial runs, then
+  sends Ctrl-C and expects exit 130 (the same run, to start Ray once).
+
+Every verb starts Ray through `rtl.raystart.ensure_ray` (pinned by `test_ray_is_started_in_one_place_only`).
 """
 
 from __future__ import annotations
@@ -73,29 +76,32 @@ def _probe(argvs: list[list[str]], out: Path) -> int:
     return 0
 
 
-@pytest.mark.slow
-def test_every_ray_verb_listens_on_loopback_only(tmp_path: Path) -> None:
-    from sweep_helpers import write_spec, write_target
+def _env() -> dict[str, str]:
+    """The caller's environment minus Ray's loopback switch, any cluster address and tracking server."""
+    drop = ("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "RAY_ADDRESS", "MLFLOW_TRACKING_URI", "TUNE_DISABLE_SIGINT_HANDLER")
+    env = {k: v for k, v in os.environ.items() if k not in drop}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "tests"), env.get("PYTHONPATH", "")])
+    return env
 
-    spec = write_spec(tmp_path, name="lb", trials=1, scheduler={"name": "fifo"},
-                      controls={"scratch": False, "uniform": False, "importance": False, "imagenet": False})
+
+@pytest.mark.slow
+def test_pretrain_and_corpus_build_listen_on_loopback_only(tmp_path: Path) -> None:
+    from sweep_helpers import write_corpus, write_target
+
+    write_corpus(tmp_path / "corpus")
     src = write_target(tmp_path / "src", "src")
     argvs = [
         ["pretrain", "--corpus", str(tmp_path / "corpus"), "--strategy", "source", "--model", "small_cnn",
          "--epochs", "1", "--workers", "2", "--batch-size", "8", "--out", str(tmp_path / "ckpt")],
-        ["sweep", "run", str(spec)],
         ["corpus", "build", str(src), "--out", str(tmp_path / "built"), "--min-side", "32", "--max-side", "40",
          "--quiet"],
     ]
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "tests"), env.get("PYTHONPATH", "")])
     result = tmp_path / "probe.json"
-    r = subprocess.run([sys.executable, __file__, json.dumps(argvs), str(result)], env=env, cwd=tmp_path,
+    r = subprocess.run([sys.executable, __file__, json.dumps(argvs), str(result)], env=_env(), cwd=tmp_path,
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0 and result.exists(), r.stderr[-3000:]
     got = json.loads(result.read_text())
-    assert got["rcs"] == [0, 0, 0], (got, r.stderr[-3000:])
+    assert got["rcs"] == [0, 0], (got, r.stderr[-3000:])
     assert (tmp_path / "built" / "manifest.json").exists() and (tmp_path / "ckpt" / "model.pt").exists()
     assert len(got["listening"]) >= 5, got  # the probe saw Ray's GCS, raylet, agents...: it is not blind
     exposed = [a for a in got["listening"] if not _is_loopback(a)]
@@ -103,29 +109,35 @@ def test_every_ray_verb_listens_on_loopback_only(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_ctrl_c_stops_a_sweep_with_exit_130(tmp_path: Path) -> None:
-    """Ctrl-C (SIGINT to the terminal's process group) while a trial runs: the sweep stops at once with
-    exit 130 and one line, instead of Tune ending the experiment quietly and the sweep carrying on."""
+def test_sweep_listens_on_loopback_and_ctrl_c_exits_130(tmp_path: Path) -> None:
+    """`rtl sweep run` while a trial runs: every listening socket of its process tree is on loopback. Then
+    Ctrl-C (SIGINT to the terminal's process group): the sweep stops at once with exit 130 and one line,
+    instead of Tune ending the experiment quietly and the sweep carrying on (and exiting 0)."""
     from cluster_utils import kill_tree
     from sweep_helpers import write_spec
 
     spec = write_spec(tmp_path, name="cc", trials=3, scheduler={"name": "fifo"},
                       budget={"pretrain_epochs": 1, "finetune_epochs": 50, "trials_per_target": 3,
                               "max_concurrent": 1, "batch_size": 8})
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI",
-                                                            "TUNE_DISABLE_SIGINT_HANDLER")}
-    proc = subprocess.Popen([sys.executable, "-m", "rtl.cli", "sweep", "run", str(spec)], env=env, cwd=tmp_path,
+    proc = subprocess.Popen([sys.executable, "-m", "rtl.cli", "sweep", "run", str(spec)], env=_env(), cwd=tmp_path,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    seen: set[str] = set()
     try:
         deadline = time.monotonic() + 400
         while not any((tmp_path / "cc").rglob("params.json")):  # Tune wrote a trial's config: it runs
             assert proc.poll() is None, proc.communicate()[1][-2000:]
             assert time.monotonic() < deadline, "no trial started"
+            seen |= listening_addresses({proc.pid, *_descendants(proc.pid)})
             time.sleep(0.5)
+        for _ in range(4):
+            seen |= listening_addresses({proc.pid, *_descendants(proc.pid)})
+            time.sleep(0.25)
         os.killpg(proc.pid, signal.SIGINT)
         _, err = proc.communicate(timeout=180)
     finally:
         kill_tree(proc)
+    assert len(seen) >= 5, seen  # Ray's GCS, raylet, agents, workers were seen: the probe is not blind
+    assert not [a for a in seen if not _is_loopback(a)], seen
     assert proc.returncode == 130, err[-2000:]
     assert err.strip().splitlines()[-1] == "rtl: interrupted", err[-2000:]
 

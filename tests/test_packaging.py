@@ -56,7 +56,8 @@ def test_packaged_demo_spec_is_the_repo_one():
     from rtl.demo import PACKAGED_SPEC
 
     assert PACKAGED_SPEC.read_bytes() == (REPO / "sweeps" / "demo.yaml").read_bytes(), \
-        "rtl/resources/demo.yaml must be a copy of sweeps/demo.yaml (it is what `rtl demo` runs from a wheel)"
+        "rtl/resources/demo.yaml (what `rtl demo` runs from a wheel) differs from sweeps/demo.yaml: " \
+        "cp sweeps/demo.yaml rtl/resources/demo.yaml"
 
 
 def test_wheel_installs_and_runs_without_the_checkout(tmp_path):

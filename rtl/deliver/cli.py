@@ -88,9 +88,20 @@ def add_export_parser(sweep_sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_export)
 
 
+def _module_doc(name: str) -> str | None:
+    """A module's docstring without importing it (rtl.deliver.predict imports torch: +0.6 GB and seconds
+    for every `rtl` verb when the parser is built; issue 13)."""
+    import ast
+    import importlib.util
+
+    spec = importlib.util.find_spec(name)
+    with open(spec.origin, encoding="utf-8") as fh:
+        return ast.get_docstring(ast.parse(fh.read()))
+
+
 def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("predict", help="run a model folder / registered model on images -> CSV/Parquet",
-                              description=__import__("rtl.deliver.predict", fromlist=["_"]).__doc__,
+                              description=_module_doc("rtl.deliver.predict"),
                               formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", help="model folder (rtl finetune --out / rtl sweep export) or models:/<name>@<alias>")
     p.add_argument("images", help="folder of images, dataset folder (rtl convention) or CSV with an 'image' column")
