@@ -120,8 +120,11 @@ def test_tiny_study_end_to_end_resume_and_report(tmp_path, ray_session):
     assert all(r.info.status == "FINISHED" and "rtl.final" in r.data.tags for r in runs)
     assert {r.data.params["n_train"] for r in runs} == {"2", "8"}
     # one pretraining for the 'source' row, shared by both sizes (a cache hit for the second)
-    assert PretrainCache(spec.cache_dir()).stats() == {"miss": 1, "hit": 1}
-    assert len(tracker.find_runs({"rtl.kind": "pretrain"})) == 1
+    stats = PretrainCache(spec.cache_dir()).stats()
+    assert stats == {"miss": 1, "hit": 1}, stats
+    assert len(tracker.find_runs({"rtl.kind": "pretrain"})) == 1, [r.data.tags for r in tracker.find_runs(
+        {"rtl.kind": "pretrain"})]
+    assert len({r.data.tags["rtl.pretrain_run_id"] for r in runs if r.data.tags["rtl.strategy"] == "source"}) == 1
 
     # a driver killed before Tune saved its state, one cell killed mid-fine-tune: only that cell runs again
     shutil.rmtree(Path(rd, "ray_results"))
@@ -130,7 +133,7 @@ def test_tiny_study_end_to_end_resume_and_report(tmp_path, ray_session):
     run_study(spec)
     starts = {r.data.tags["rtl.cell"]: r.data.tags["rtl.finetune_starts"] for r in cell_runs(tracker)}
     assert len(starts) == len(plan["cells"])
-    assert starts == {c["id"]: "2" if c["id"] == victim.data.tags["rtl.cell"] else "1" for c in plan["cells"]}
+    assert starts == {c["id"]: "2" if c["id"] == victim.data.tags["rtl.cell"] else "1" for c in plan["cells"]}, starts
     run_study(spec)  # restores the finished experiment: nothing runs
     assert {r.data.tags["rtl.cell"]: r.data.tags["rtl.finetune_starts"] for r in cell_runs(tracker)} == starts
     assert PretrainCache(spec.cache_dir()).stats()["miss"] == 1

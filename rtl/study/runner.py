@@ -294,6 +294,22 @@ def _check_inputs(spec: StudySpec) -> None:
             raise RtlError(f"{spec.spec_file}: targets: {name}: no dataset at {path}")
 
 
+def _dedupe_pretrain_runs(tracker: Any) -> None:
+    """Two cells that got the same cached pretraining at the same moment can both create its MLflow run
+    (find-or-create is not atomic across processes): keep the oldest per cache key, re-link, delete the rest."""
+    from rtl.sweep.tracking import _retry
+
+    first: dict[str, str] = {}
+    for r in tracker.find_runs({"rtl.kind": "pretrain"}):  # oldest first
+        key = r.data.tags.get("rtl.cache_key", "")
+        if key not in first:
+            first[key] = r.info.run_id
+            continue
+        for c in tracker.find_runs({"rtl.kind": "cell", "rtl.pretrain_run_id": r.info.run_id}):
+            tracker.set_tags(c.info.run_id, {"rtl.pretrain_run_id": first[key]})
+        _retry(tracker.client.delete_run)(r.info.run_id)
+
+
 def run_study(spec: StudySpec, *, address: str | None = None) -> str:
     """Run (or continue) the study; returns its results dir."""
     from ray import tune
@@ -336,6 +352,7 @@ def run_study(spec: StudySpec, *, address: str | None = None) -> str:
         print(f"study {spec.name}: {n} cells on Ray Tune", flush=True)
         tuner = _tuner(spec, plan["cells"], exp)
     errored = [str(r.path) for r in tuner.fit() if r.error is not None]
+    _dedupe_pretrain_runs(tracker)
     print(f"results: {rd}\nreport:  rtl study report {rd}", flush=True)
     if errored:
         raise RtlRuntimeError(f"{len(errored)} cell(s) errored (see error.txt in {errored[0]}); finished cells "
