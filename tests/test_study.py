@@ -82,6 +82,24 @@ def test_plan_lists_skips_caps_and_refuses_bad_input(tmp_path):
         _check_inputs(load_study_spec(_workspace(tmp_path, targets=["targets/nope"])))
 
 
+def test_similarity_from_ranking_when_present_else_domain_share(tmp_path):
+    from rtl.artifacts.ranking import write_ranking
+    from rtl.study.results import similarity
+    from rtl.study.runner import plan_study
+
+    spec = load_study_spec(_workspace(tmp_path, strategies=["scratch", "source", {"name": "subset", "datasets": ["b"]}],
+                                      rankings="rankings"))
+    plan = plan_study(spec)
+    sims, how = similarity(spec, plan, [])
+    # no ranking: share of source classes from the target's domain (pcb = dataset a: 2 of 4 equal classes)
+    assert how == {"tgt": "image counts"} and sims["tgt"] == {"source": 0.5, "subset_b": 0.0}
+    rows = [{"unit": "a", "importance": 0.2, "verdict": "neutral"}, {"unit": "b", "importance": 0.6, "verdict": "helps"}]
+    write_ranking(tmp_path / "rankings" / "tgt.json", {"version": 1, "target": "tgt", "corpus_version": "sweeptest0000001",
+                                                         "order": ["b", "a"], "rows": rows, "suggested": ["b"], "by": "datasets"})
+    sims, how = similarity(spec, plan, [])
+    assert how == {"tgt": "ranking signals"} and sims["tgt"] == pytest.approx({"source": 0.75, "subset_b": 1.0})
+
+
 def _cell(row, size, mode, seed, val, test, target="t"):
     return {"target": target, "row": row, "size": size, "mode": mode, "seed": seed, "val": val, "test": test}
 
@@ -167,3 +185,21 @@ def test_cli_errors_are_one_line_exit_2(tmp_path, capsys):
     assert main(["study", "run", str(tmp_path / "missing.yaml")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and "not a study results dir" in err[0] and "cannot read study spec" in err[1]
+
+
+def test_corpus_and_quadrant_figures_are_drawn_only_from_their_data(tmp_path):
+    from rtl.study.report import fig_corpus, fig_quadrants
+
+    m = {"counts_before": {"0": 500, "1": 20}, "counts_after": {"0": 300, "1": 20},
+         "size_hist_before": {"128-255": 400, "256-511": 120}, "size_hist_after": {"32-63": 320}}
+    assert fig_corpus(m, tmp_path) == "corpus.png" and (tmp_path / "corpus.png").stat().st_size > 1000
+    assert fig_corpus({"classes": []}, tmp_path / "x") is None  # a corpus without histograms: no empty figure
+    q = {"small|similar": {"mean": -0.1, "std": 0.02, "n": 3, "winner": "probe", "margin": 0.1}}
+    assert fig_quadrants({"quadrants": q}, tmp_path) == "probe_vs_finetune.png"
+    assert fig_quadrants({"quadrants": {"_note": "needs a probe mode"}}, tmp_path) is None
+
+
+def test_shipped_demo_study_spec_is_valid():
+    spec = load_study_spec(Path(__file__).resolve().parents[1] / "studies" / "demo.yaml")
+    assert {m.probe for m in spec.modes} == {True, False} and len(spec.seeds) >= 2
+    assert "scratch" in [s.row for s in spec.strategies] and len(spec.train_sizes.values) >= 2

@@ -195,6 +195,17 @@ def transferability(spec: Any, cells: list[dict[str, Any]], d: dict[str, Any]) -
     return out
 
 
+CAPTIONS = {
+    "errors": "Test error per strategy row, one bar per target train size (lower is better); each bar uses the "
+              "mode with the lowest val error; error bars: std over seeds.",
+    "gain": "Gain over scratch (scratch error - row error, paired by seed) vs images per class: above 0 the "
+            "pretraining helps; a falling line = the gain shrinks as the target grows.",
+    "heatmap": "Mean test error for every strategy row x fine-tune mode, one panel per train size.",
+    "quadrants": "Linear probe vs fine-tuning (best fine-tune mode by val) per scenario: small/large = train sizes "
+                 "up to / above the study's median; similar = similarity >= 0.5 (table below).",
+}
+
+
 # ---- HTML -----------------------------------------------------------------------------------------------
 def _img(out: Path, name: str | None) -> str:
     if not name:
@@ -236,16 +247,20 @@ def write_html(out: Path, spec: Any, plan: dict[str, Any], d: dict[str, Any], fi
                  + _table(["target", "size", "class: images available"], notes))
     p.append("<h2>Findings</h2>" + _table(["finding", "verdict", "numbers"], [[f["finding"], f["verdict"], f["detail"]]
                                                                              for f in figs["findings"]]))
-    p.append(_img(out, figs.get("quadrants")))
-    p.append(f"<p>Similarity of a (target, row): share of the row's pretraining classes from sources sharing a "
-             f"domain tag with the target ({', '.join(f'{t}: {s}' for t, s in d['similarity_source'].items())}).</p>")
+    if figs.get("quadrants"):
+        p.append(f"<p><i>{CAPTIONS['quadrants']}</i></p>" + _img(out, figs["quadrants"]))
+    p.append("<p>Similarity of a (target, row): with a source ranking of the target, the share of the row's "
+             "importance mass on sources whose verdict is 'helps'; otherwise the share of the row's pretraining "
+             "classes from sources sharing a domain tag with the target, weighted by importance mass or image "
+             f"counts. Used per target: {', '.join(f'{t}: {s}' for t, s in d['similarity_source'].items())}.</p>")
     p.append(_table(["target"] + sorted({r for v in d["similarity"].values() for r in v}),
                     [[t] + [f"{v.get(r, math.nan):.2f}" for r in sorted({r for v in d["similarity"].values() for r in v})]
                      for t, v in d["similarity"].items()]))
     for tg in d["targets"]:
         p.append(f"<h2>Target {html.escape(tg)}</h2>")
         for key in ("errors", "gain", "heatmap"):
-            p.append(_img(out, figs[key].get(tg)))
+            if figs[key].get(tg):
+                p.append(f"<p><i>{CAPTIONS[key]}</i></p>" + _img(out, figs[key][tg]))
         sizes = [f"{s:g}" for s in d["sizes"]]
         p.append(_table(["row"] + [f"size {s}" for s in sizes],
                         [[r] + [f"{_f(d['errors'][tg].get(r, {}).get(s))} [{d['best_mode'][tg].get(r, {}).get(s, '-')}]"

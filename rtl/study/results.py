@@ -8,10 +8,12 @@ Conventions (stated in the report):
   mean val error is "the best mode" used by the bar and gain figures); a target without a test split
   falls back to val;
 * mean ± sample std (ddof=1) over seeds, n shown; gains over scratch are paired by seed;
-* similarity of a (target, strategy row): the share of the row's pretraining classes that come from a
-  source sharing a domain tag with the target, weighted by the importance mass (class_mass of a
-  weights.json computed for that target by a `weighted` row: Ngiam et al. 2018, arXiv 1811.07056) when
-  the study has one, else by the classes' image counts. >= 0.5 = "similar".
+* similarity of a (target, strategy row), >= 0.5 = "similar": with a source ranking of the target
+  (`rankings:` in the spec; rtl.select.rank), the share of the row's sources' importance mass that lies
+  on sources the ranking's signed-gain verdict calls "helps"; otherwise the share of the row's pretraining
+  classes that come from a source sharing a domain tag with the target, weighted by the importance mass
+  (class_mass of a weights.json computed for that target by a `weighted` row: Ngiam et al. 2018, arXiv
+  1811.07056) when the study has one, else by the classes' image counts.
 """
 
 from __future__ import annotations
@@ -122,6 +124,10 @@ def similarity(spec: Any, plan: dict[str, Any], cells: list[dict[str, Any]]) -> 
     sims: dict[str, dict[str, float]] = {}
     source: dict[str, str] = {}
     for tg, path in zip(spec.target_names(), spec.target_paths()):
+        ranked = _ranking_similarity(spec, tg, m, plan)
+        if ranked is not None:
+            sims[tg], source[tg] = ranked, "ranking signals"
+            continue
         tdom = set(load_dataset(path).domain)
         mass = dict(counts)
         source[tg] = "image counts"
@@ -144,6 +150,33 @@ def similarity(spec: Any, plan: dict[str, Any], cells: list[dict[str, Any]]) -> 
             rel = sum(mass.get(k, 0.0) for k in inview if ds_dom.get(cls[k]["dataset"], set()) & tdom)
             sims[tg][row] = rel / tot if tot > 0 else 0.0
     return sims, source
+
+
+def _ranking_similarity(spec: Any, tg: str, manifest: dict[str, Any], plan: dict[str, Any]) -> dict | None:
+    """{row: helping share of the row's importance mass} from the target's ranking, or None when absent
+    or computed on another corpus version."""
+    from rtl.artifacts.ranking import read_ranking
+
+    path = spec.ranking_path(tg)
+    if path is None or not os.path.isfile(path):
+        return None
+    r = read_ranking(path)
+    if r["corpus_version"] != manifest.get("version"):
+        print(f"rtl: note: {path}: ranking of another corpus version; similarity from the corpus instead")
+        return None
+    dom = {n: set(v.get("domain", [])) for n, v in manifest["datasets"].items()}
+    units = {x["unit"]: x for x in r["rows"]}
+    out = {}
+    for row, info in plan["rows"].items():
+        mask = info["masks"].get(tg)
+        if mask is None or not info["available"]:
+            continue
+        mine = [u for u in units if (u in mask if r.get("by", "datasets") == "datasets"
+                                     else any(u in dom.get(d, set()) for d in mask))]
+        tot = sum(float(units[u].get("importance") or 0.0) for u in mine)
+        helps = sum(float(units[u].get("importance") or 0.0) for u in mine if units[u].get("verdict") == "helps")
+        out[row] = helps / tot if tot > 0 else 0.0
+    return out
 
 
 def quadrants(spec: Any, plan: dict[str, Any], cells: list[dict[str, Any]], sims: dict) -> dict[str, Any]:

@@ -174,6 +174,9 @@ class StudySpec(_M):
     modes: list[Mode] = Field(min_length=1)
     seeds: list[int] = Field([0], min_length=1)
     pretrain_seed: int = 0  # one pretraining per strategy row, shared by every seed and size
+    # folder of `<target>.json` source rankings (`rtl rank --json`, a ranked sweep's `<results>/rankings`):
+    # when one exists for a target, the report's similarity comes from its signals (relative to workspace)
+    rankings: str | None = None
     budget: Budget = Budget()
     resources: Resources = Resources()
     storage: Storage = Storage()
@@ -199,6 +202,11 @@ class StudySpec(_M):
         if dup:
             raise ValueError(f"two targets share the folder name {dup[0]!r}")
         return [_inside_workspace(t) for t in v]
+
+    @field_validator("rankings")
+    @classmethod
+    def _rankings_inside(cls, v: str | None) -> str | None:
+        return None if v is None else _inside_workspace(v)
 
     @field_validator("seeds")
     @classmethod
@@ -231,6 +239,9 @@ class StudySpec(_M):
 
     def cache_dir(self) -> str:
         return self.storage.cache or join(self.workspace, "cache")
+
+    def ranking_path(self, target: str) -> str | None:
+        return None if self.rankings is None else os.path.join(self._rel(self.rankings), f"{target}.json")
 
     def _rel(self, p: str) -> str:
         return p if os.path.isabs(p) else join(self.workspace, p)
