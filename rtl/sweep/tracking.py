@@ -38,6 +38,12 @@ def default_tracking_uri(results_dir: str, configured: str | None = None) -> str
     return f"sqlite:///{os.path.abspath(os.path.join(results_dir, 'mlflow.db'))}"
 
 
+# SQLite busy, a tracking server restarting, and two fresh processes racing on MLflow's schema set-up
+# (alembic: "Online migration expected to match one row ... 0 found" / "table ... already exists"; seen
+# when two trials opened a new sweep's store at once on a loaded machine): all pass when tried again
+TRANSIENT = ("locked", "busy", "temporar", "503", "alembic_version", "migration", "already exists")
+
+
 def _retry(fn: Callable[..., T]) -> Callable[..., T]:
     """Retry on SQLite 'database is locked' and transient server errors (a few concurrent writers)."""
 
@@ -47,7 +53,7 @@ def _retry(fn: Callable[..., T]) -> Callable[..., T]:
             try:
                 return fn(*a, **kw)
             except Exception as e:  # mlflow wraps sqlalchemy OperationalError in MlflowException
-                if attempt == 7 or not any(s in str(e).lower() for s in ("locked", "busy", "temporar", "503")):
+                if attempt == 7 or not any(s in str(e).lower() for s in TRANSIENT):
                     raise
                 time.sleep(0.1 * 2**attempt * (1 + random.random()))
         raise AssertionError("unreachable")
@@ -79,7 +85,7 @@ class Tracker:
 
         self._mlflow = mlflow
         self.uri = tracking_uri
-        self.client = MlflowClient(tracking_uri=tracking_uri)
+        self.client = _retry(MlflowClient)(tracking_uri=tracking_uri)  # opening a SQLite store may migrate it
         self.experiment_id = self._get_or_create_experiment(sweep_name, artifact_root)
 
     @_retry
