@@ -143,3 +143,27 @@ def test_pickled_searcher_holds_no_expanded_secret(tmp_path: Path, monkeypatch: 
     blob = pickle.dumps(s)
     assert b"secret-o.db" not in blob and b"${RTL_TEST_DB}" in blob
     assert (tmp_path / "secret-o.db").exists()
+
+
+def test_ranked_mask_top_k_with_swaps() -> None:
+    from rtl.sweep.search import ranked_mask
+
+    order = ["a", "b", "c", "d", "e"]
+    assert ranked_mask(order, 0, 1, 1) == []  # k = 0: the generalist alone, swaps ignored
+    assert ranked_mask(order, 3, 0, 0) == ["a", "b", "c"]
+    assert ranked_mask(order, 3, 2, 0) == ["a", "c"]  # drop the 2nd of the top-3
+    assert ranked_mask(order, 3, 0, 2) == ["a", "b", "c", "e"]  # add the 2nd unit after the top-3
+    assert ranked_mask(order, 1, 1, 0) == ["a"]  # never drop the only source
+    assert ranked_mask(order, 5, 0, 1) == order  # nothing left to add
+
+
+def test_ranked_space_generalist_and_subset_params() -> None:
+    from optuna.trial import FixedTrial
+
+    space = dict(SPACE, sources={"space": "ranked", "max_k": None, "swaps": 2})
+    gen = define_space(FixedTrial({"lr": 0.01, "freeze_depth": 0, "regularizer": "none", "k": 0, "drop": 0,
+                                   "add": 0}), space, ["b", "a", "c"], None)
+    assert gen["init"] == "generalist" and gen["mask"] == [] and gen["temperature"] is None
+    sub = define_space(FixedTrial({"lr": 0.01, "freeze_depth": 0, "regularizer": "none", "k": 2, "drop": 0,
+                                   "add": 1, "importance": "off"}), space, ["b", "a", "c"], None)
+    assert sub["init"] == "corpus" and sub["mask"] == ["b", "a", "c"] and sub["temperature"] is None

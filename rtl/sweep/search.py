@@ -63,7 +63,7 @@ def define_space(trial: Any, space: dict[str, Any], units: list[str], control: s
     if control in ("scratch", "imagenet"):
         out.update(init=control, mask=None, temperature=None)
         return out
-    if space["sources"].get("space") == "ranked":
+    if (space.get("sources") or {}).get("space") == "ranked":
         return _ranked(trial, space, units, out)
     anchor = trial.suggest_categorical("anchor", units)
     mask = [u for u in units if u == anchor or trial.suggest_categorical(f"src.{u}", [0, 1]) == 1]
