@@ -45,3 +45,31 @@ def test_trial_run_reattached_not_duplicated(tmp_path: Path, monkeypatch) -> Non
     # per-epoch pretraining metrics logged once, although two trials linked the same cached pretraining
     losses = t2.client.get_metric_history(pre, "train_loss")
     assert [(m.step, m.value) for m in losses] == [(0, 2.0), (1, 1.5)]
+
+
+def _open_store(uri: str, q) -> None:
+    from rtl.sweep.tracking import Tracker
+
+    try:
+        Tracker(uri, "x").get_or_create_target_run("t")
+        q.put("ok")
+    except Exception as e:  # noqa: BLE001 -- reported to the parent
+        q.put(f"{type(e).__name__}: {str(e)[:120]}")
+
+
+def test_processes_opening_a_new_sqlite_store_at_once_all_succeed(tmp_path) -> None:
+    """Regression: two trials opening a new sweep's mlflow.db at once raced on MLflow's schema migration
+    and left it half-migrated (`table _alembic_tmp_tags already exists` for every later trial)."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    q = ctx.Queue()
+    procs = [ctx.Process(target=_open_store, args=(uri, q)) for _ in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+    assert [q.get(timeout=5) for _ in procs] == ["ok"] * 4
+    _open_store(uri, q)  # and the store stays usable
+    assert q.get(timeout=5) == "ok"

@@ -22,7 +22,7 @@ import functools
 import os
 import random
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -76,6 +76,29 @@ def source_params(mask: Iterable[str] | None, units: list[str]) -> dict[str, int
     return {f"src.{u}": int(u in on) for u in units}
 
 
+@contextlib.contextmanager
+def _schema_lock(uri: str) -> Iterator[None]:
+    """Serialise opening a SQLite tracking store across processes (flock on `<db>.lock`).
+
+    MLflow creates or migrates the schema when a process first opens a store; two trials doing it at once
+    on a new `mlflow.db` left it half-migrated (`table _alembic_tmp_tags already exists` for every later
+    trial, measured on a loaded machine). Servers (http) migrate themselves: no lock."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    import fcntl
+
+    path = uri[len("sqlite:///"):]
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    fd = os.open(path + ".lock", os.O_CREAT | os.O_RDWR, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
 class Tracker:
     """Thin wrapper over `MlflowClient` bound to one sweep's experiment."""
 
@@ -85,7 +108,8 @@ class Tracker:
 
         self._mlflow = mlflow
         self.uri = tracking_uri
-        self.client = _retry(MlflowClient)(tracking_uri=tracking_uri)  # opening a SQLite store may migrate it
+        with _schema_lock(tracking_uri):  # opening a new SQLite store creates/migrates its schema
+            self.client = _retry(MlflowClient)(tracking_uri=tracking_uri)
         self.experiment_id = self._get_or_create_experiment(sweep_name, artifact_root)
 
     @_retry
