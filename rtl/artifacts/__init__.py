@@ -8,4 +8,5 @@ one reader and silently overwritten by the other). Modules here import nothing f
 * `cache`    -- the content-addressed pretraining cache (generalists, subsets, rungs, experts);
 * `weights`  -- `weights.json` (importance weights / class masses);
 * `ranking`  -- a target's source ranking JSON (`rtl rank --json`, read by the ranked sweep).
+* `specfile` -- a results dir's `spec.json` (sweeps and studies), owner-only.
 """

@@ -31,13 +31,13 @@ pretraining cache is the workspace's (`<workspace>/cache`), shared with sweeps (
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from rtl.artifacts.specfile import read_spec_json, write_spec_json
 from rtl.errors import ConfigError
 from rtl.sweep.spec import NAME_PATTERN, Image, Resources, _inside_workspace, _loc, _msg, is_remote, join
 from rtl.yamlio import parse_yaml
@@ -278,22 +278,10 @@ def load_study_spec(path: str | os.PathLike[str], overrides: dict[str, Any] | No
 
 
 def save_resolved(spec: StudySpec, path: str) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(spec.model_dump(), f, indent=1)
-    os.replace(tmp, path)
+    write_spec_json(spec.model_dump(), path)
 
 
 def load_resolved(results_dir: str) -> StudySpec:
     """The spec a study ran with, from `<results>/spec.json`."""
-    path = os.path.join(results_dir, "spec.json")
-    try:
-        with open(path) as f:
-            data = json.load(f)
-    except OSError:
-        raise ConfigError(f"{results_dir}: not a study results dir (no spec.json); "
-                          "pass <workspace>/studies/<study name>") from None
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"{path}:{e.lineno}: malformed JSON: {e.msg}") from None
+    data, path = read_spec_json(results_dir, what="study", hint="<workspace>/studies/<study name>")
     return spec_from_dict(data, path)

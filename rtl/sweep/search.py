@@ -124,31 +124,22 @@ def control_params(control: str, spec: Any, units: list[str]) -> dict[str, Any]:
     if control != "scratch":
         p["freeze_depth"] = spec.controls.freeze_depth
     if spec.search.sources.space == "ranked" and control in ("generalist", "uniform", "importance"):
-        p["k"] = 0 if control == "generalist" else len(units)
+        p["k"] = 0 if control == "generalist" else len(units)  # the generalist alone / every source
         if spec.search.sources.swaps:
             p.update(drop=0, add=0)
         if control == "generalist":
             return p
-        if control == "uniform":
-            if not spec.search.temperature.allow_off:
-                raise ConfigError(f"{spec.spec_file}: controls.uniform: needs search.temperature.allow_off: true")
-            p["importance"] = "off"
-        else:
-            if spec.search.temperature.allow_off:
-                p["importance"] = "on"
-            p["temperature"] = spec.controls.importance_temperature
-        return p
-    if control in ("uniform", "importance"):
+    elif control in ("uniform", "importance"):
         p["anchor"] = units[0]
         p.update({f"src.{u}": 1 for u in units[1:]})
-        if control == "uniform":
-            if not spec.search.temperature.allow_off:
-                raise ConfigError(f"{spec.spec_file}: controls.uniform: needs search.temperature.allow_off: true")
-            p["importance"] = "off"
-        else:
-            if spec.search.temperature.allow_off:
-                p["importance"] = "on"
-            p["temperature"] = spec.controls.importance_temperature
+    if control == "uniform":
+        if not spec.search.temperature.allow_off:
+            raise ConfigError(f"{spec.spec_file}: controls.uniform: needs search.temperature.allow_off: true")
+        p["importance"] = "off"
+    elif control == "importance":
+        if spec.search.temperature.allow_off:
+            p["importance"] = "on"
+        p["temperature"] = spec.controls.importance_temperature
     return p
 
 

@@ -19,7 +19,6 @@ mlflow.db, report/}`; the pretraining cache is shared by every sweep of a worksp
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
@@ -28,6 +27,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from rtl.artifacts.specfile import read_spec_json, write_spec_json
 from rtl.errors import ConfigError
 from rtl.registry import Registry
 from rtl.yamlio import parse_yaml
@@ -439,24 +439,10 @@ def load_spec(path: str | os.PathLike[str], overrides: dict[str, Any] | None = N
 def save_resolved(spec: SweepSpec, path: str) -> None:
     """Write the resolved spec as JSON (what `resume`, `status` and `report` read back). `storage.*` keep
     their `${VAR}` references: secrets are expanded where used, never written here."""
-    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)  # results dir: owner only (issue 12)
-    tmp = f"{path}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    os.fchmod(fd, 0o600)  # also when a stale tmp file had another mode
-    with open(fd, "w") as f:
-        json.dump(spec.model_dump(), f, indent=1)
-    os.replace(tmp, path)
+    write_spec_json(spec.model_dump(), path)
 
 
 def load_resolved(results_dir: str) -> SweepSpec:
     """The spec a sweep was started with, from `<results>/spec.json` (raises ConfigError when absent)."""
-    path = os.path.join(results_dir, "spec.json")
-    try:
-        with open(path) as f:
-            data = json.load(f)
-    except OSError:
-        raise ConfigError(f"{results_dir}: not a sweep results dir (no spec.json); "
-                          "pass <workspace>/<sweep name>") from None
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"{path}:{e.lineno}: malformed JSON: {e.msg}") from None
+    data, path = read_spec_json(results_dir, what="sweep", hint="<workspace>/<sweep name>")
     return spec_from_dict(data, path)
