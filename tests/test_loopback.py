@@ -117,7 +117,7 @@ def test_sweep_listens_on_loopback_and_ctrl_c_exits_130(tmp_path: Path) -> None:
     from sweep_helpers import write_spec
 
     spec = write_spec(tmp_path, name="cc", trials=3, scheduler={"name": "fifo"},
-                      budget={"pretrain_epochs": 1, "finetune_epochs": 50, "trials_per_target": 3,
+                      budget={"pretrain_epochs": 1, "finetune_epochs": 400, "trials_per_target": 3,
                               "max_concurrent": 1, "batch_size": 8})
     proc = subprocess.Popen([sys.executable, "-m", "rtl.cli", "sweep", "run", str(spec)], env=_env(), cwd=tmp_path,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
@@ -134,11 +134,11 @@ def test_sweep_listens_on_loopback_and_ctrl_c_exits_130(tmp_path: Path) -> None:
             time.sleep(0.25)
         # Ctrl-C as a terminal sends it (the whole process group). Seen once in a clean-clone run: the first
         # SIGINT was swallowed and the sweep ran to the end (exit 0); a user presses again, so does this
-        # test (every 30 s, at most 4 times) -- what it asserts is that Ctrl-C stops the sweep with 130.
+        # test (every 15 s, at most 4 times) -- what it asserts is that Ctrl-C stops the sweep with 130.
         for attempt in range(4):
             os.killpg(proc.pid, signal.SIGINT)
             try:
-                _, err = proc.communicate(timeout=30 if attempt < 3 else 180)
+                _, err = proc.communicate(timeout=15 if attempt < 3 else 180)
                 break
             except subprocess.TimeoutExpired:
                 continue
