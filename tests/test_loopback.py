@@ -108,6 +108,14 @@ def test_pretrain_and_corpus_build_listen_on_loopback_only(tmp_path: Path) -> No
     assert not exposed, f"listening beyond loopback: {got['owners']}"
 
 
+def _terminal_sigint() -> None:
+    """In the child: SIGINT as a shell's foreground job gets it (default action, not blocked). Ignored or
+    blocked dispositions survive exec, and after other tests of the session (Ray, Tune, Ray Train install
+    and juggle SIGINT handlers in this process) the sweep started here ignored Ctrl-C and exited 0."""
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.slow
 def test_sweep_listens_on_loopback_and_ctrl_c_exits_130(tmp_path: Path) -> None:
     """`rtl sweep run` while a trial runs: every listening socket of its process tree is on loopback. Then
@@ -120,9 +128,12 @@ def test_sweep_listens_on_loopback_and_ctrl_c_exits_130(tmp_path: Path) -> None:
                       budget={"pretrain_epochs": 1, "finetune_epochs": 400, "trials_per_target": 3,
                               "max_concurrent": 1, "batch_size": 8})
     proc = subprocess.Popen([sys.executable, "-m", "rtl.cli", "sweep", "run", str(spec)], env=_env(), cwd=tmp_path,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            preexec_fn=_terminal_sigint)
     seen: set[str] = set()
     try:
+        sig = Path(f"/proc/{proc.pid}/status").read_text()  # SigBlk / SigIgn of the driver, for the message
+        sig = " ".join(line for line in sig.splitlines() if line.startswith(("SigBlk", "SigIgn", "SigCgt")))
         deadline = time.monotonic() + 400
         while not any((tmp_path / "cc").rglob("params.json")):  # Tune wrote a trial's config: it runs
             assert proc.poll() is None, proc.communicate()[1][-2000:]
@@ -146,7 +157,7 @@ def test_sweep_listens_on_loopback_and_ctrl_c_exits_130(tmp_path: Path) -> None:
         kill_tree(proc)
     assert len(seen) >= 5, seen  # Ray's GCS, raylet, agents, workers were seen: the probe is not blind
     assert not [a for a in seen if not _is_loopback(a)], seen
-    assert proc.returncode == 130, err[-2000:]
+    assert proc.returncode == 130, f"{sig}\n{err[-2000:]}"
     assert err.strip().splitlines()[-1] == "rtl: interrupted", err[-2000:]
 
 
