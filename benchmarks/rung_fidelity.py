@@ -4,7 +4,7 @@ Successive halving over continued-pretraining rungs (the `rungs` scheduler) is o
 subset's probe score after 1/9 or 1/3 of its budget ranks subsets like the full budget does, and like the
 fine-tuned val error the search optimises. For each target and each of `--subsets` source subsets (the
 top-1..3 of the target's ranking, all sources, and random subsets of 1-4 sources; seeded), this script
-continues the generalist through every rung (`rtl.sweep.subset.rung_checkpoint`, same cache and budgets
+continues the generalist through every rung (`rtl.sweep.subset.rung_checkpoints`, same cache and budgets
 as a sweep), records the probe error at each rung, then fine-tunes from the last rung with each seed
 (`--seeds`, the demo spec's fine-tune settings) and takes the mean val error. Prints, per target and
 pooled, Kendall tau(rung r, last rung) and tau(rung r, fine-tuned val error).
@@ -41,7 +41,7 @@ def main() -> None:
     from scipy.stats import kendalltau
 
     from rtl.sweep.runner import target_order
-    from rtl.sweep.subset import generalist, probe_error, rung_checkpoint
+    from rtl.sweep.subset import generalist, probe_error, rung_checkpoints
     from rtl.sweep.trial import units_of
     from rtl.train.finetune import FinetuneConfig, run_finetune
 
@@ -66,8 +66,7 @@ def main() -> None:
         rungs, finals = [], []
         for m in masks:
             errs = []
-            for r in range(len(spec.budget.rungs)):
-                ck, _ = rung_checkpoint(spec, gen, m, 0, r)
+            for ck, _ in rung_checkpoints(spec, gen, m, 0):
                 errs.append(probe_error(str(ck), spec, tpath, 0))
             vals = []
             for s in args.seeds:

@@ -14,9 +14,12 @@ report their own probe at every rung: they cost nothing to "pretrain" and anchor
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from rtl.artifacts.cache import PretrainCache, cache_key
 from rtl.sweep.spec import SweepSpec
@@ -37,14 +40,9 @@ def generalist(spec: SweepSpec, units: list[str]) -> tuple[Path, str]:
     return d / "ckpt", key
 
 
-def _digest(path: Path) -> str:
-    return hashlib.sha256((path / "model.pt").read_bytes()).hexdigest()[:16]
-
-
-def rung_images(spec: SweepSpec, gen_ckpt: Path) -> list[int]:
+def rung_images(spec: SweepSpec, gen_meta: dict) -> list[int]:
     """Cumulative images consumed by the end of each rung (the subset budget x the rung fractions)."""
-    meta = json.loads((gen_ckpt / "meta.json").read_text())
-    gen_images = sum(int(h.get("images", 0)) for h in meta.get("history", []))
+    gen_images = sum(int(h.get("images", 0)) for h in gen_meta.get("history", []))
     total = max(spec.budget.batch_size, int(round(spec.budget.subset_fraction * gen_images)))
     return [max(spec.budget.batch_size, int(round(f * total))) for f in spec.budget.rungs]
 
@@ -56,38 +54,50 @@ def fidelities(spec: SweepSpec) -> list[int]:
     return [max(1, int(round(f / first))) for f in spec.budget.rungs]
 
 
-def rung_checkpoint(spec: SweepSpec, gen_ckpt: Path, mask: list[str], seed: int, rung: int,
-                    weights: Path | None = None) -> tuple[Path, str]:
-    """(checkpoint, key) of the generalist continued on `mask` through rung `rung` (0-based), built on
-    rung-1's checkpoint; class-weighted when `weights` (a weights.json) is given."""
+def rung_checkpoints(spec: SweepSpec, gen_ckpt: Path, mask: list[str], seed: int,
+                     weights: Path | None = None) -> Iterator[tuple[Path, str]]:
+    """(checkpoint, key) of the generalist continued on `mask` through each rung in turn, each built on the
+    previous one; class-weighted when `weights` (a weights.json) is given. Lazy: a trial stopped after
+    rung r never builds rung r+1. The generalist's weights and meta are read once per subset."""
     from rtl.sweep.trial import _view_args
     from rtl.train.pretrain import PretrainConfig, pretrain_local, run_pretrain
 
-    images = rung_images(spec, gen_ckpt)
-    prev = gen_ckpt if rung == 0 else rung_checkpoint(spec, gen_ckpt, mask, seed, rung - 1, weights)[0]
-    payload = {"continue": _digest(gen_ckpt), "mask": sorted(mask), "seed": int(seed), "images": images[:rung + 1],
-               "weights": hashlib.sha256(weights.read_bytes()).hexdigest()[:16] if weights else None,
-               "batch_size": spec.budget.batch_size, "sides": [spec.image.min_side, spec.image.max_side]}
-    key = "rung-" + hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:40]
-    r = spec.resources
+    meta = json.loads((gen_ckpt / "meta.json").read_text())
+    images = rung_images(spec, meta)
+    lr = float((meta.get("config") or {}).get("lr", 0.1)) * 0.3  # continued pretraining: a lower lr
+    gen_digest = hashlib.sha256((gen_ckpt / "model.pt").read_bytes()).hexdigest()[:16]
+    weights_digest = hashlib.sha256(weights.read_bytes()).hexdigest()[:16] if weights else None
+    cache, r, prev = PretrainCache(spec.cache_dir()), spec.resources, gen_ckpt
+    for rung in range(len(images)):
+        payload = {"continue": gen_digest, "mask": sorted(mask), "seed": int(seed), "images": images[:rung + 1],
+                   "weights": weights_digest, "batch_size": spec.budget.batch_size,
+                   "sides": [spec.image.min_side, spec.image.max_side]}
+        key = "rung-" + hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:40]
 
-    def build(tmp: Path) -> None:
-        meta = json.loads((gen_ckpt / "meta.json").read_text())
-        lr = float((meta.get("config") or {}).get("lr", 0.1)) * 0.3  # continued pretraining: a lower lr
-        if weights is not None:
-            (tmp / "weights.json").write_bytes(weights.read_bytes())
-        cfg = PretrainConfig(
-            corpus=spec.corpus_path(), strategy="weighted" if weights else "subset", model=spec.backbone,
-            out=str(tmp / "ckpt"), epochs=1, samples_per_epoch=images[rung] - (images[rung - 1] if rung else 0),
-            batch_size=spec.budget.batch_size * r.train_workers, lr=lr, warmup_epochs=0.0,
-            workers=r.train_workers, cpus_per_worker=max(1, int(r.cpus)), use_gpu=r.gpus > 0, seed=seed + rung,
-            class_weights=str(tmp / "weights.json") if weights else None, init_checkpoint=str(prev),
-            storage_path=str(Path(spec.cache_dir()) / "runs"), min_side=spec.image.min_side,
-            max_side=spec.image.max_side, **_view_args(spec, mask))
-        (run_pretrain if r.train_workers > 1 else pretrain_local)(cfg)
+        def build(tmp: Path, rung: int = rung, prev: Path = prev) -> None:
+            if weights is not None:
+                (tmp / "weights.json").write_bytes(weights.read_bytes())
+            cfg = PretrainConfig(
+                corpus=spec.corpus_path(), strategy="weighted" if weights else "subset", model=spec.backbone,
+                out=str(tmp / "ckpt"), epochs=1, samples_per_epoch=images[rung] - (images[rung - 1] if rung else 0),
+                batch_size=spec.budget.batch_size * r.train_workers, lr=lr, warmup_epochs=0.0,
+                workers=r.train_workers, cpus_per_worker=max(1, int(r.cpus)), use_gpu=r.gpus > 0, seed=seed + rung,
+                class_weights=str(tmp / "weights.json") if weights else None, init_checkpoint=str(prev),
+                storage_path=str(Path(spec.cache_dir()) / "runs"), min_side=spec.image.min_side,
+                max_side=spec.image.max_side, **_view_args(spec, mask))
+            (run_pretrain if r.train_workers > 1 else pretrain_local)(cfg)
 
-    d = PretrainCache(spec.cache_dir()).get_or_create(key, build)
-    return d / "ckpt", key
+        prev = cache.get_or_create(key, build) / "ckpt"
+        yield prev, key
+
+
+@functools.lru_cache(maxsize=4)
+def _target_splits(target: str, channels: int, sides: tuple[int, int]) -> tuple[Any, Any]:
+    """The target's train and val eval datasets (decoded once per process, not once per rung)."""
+    from rtl.select.inference import target_dataset
+
+    return (target_dataset(target, "train", in_channels=channels, sides=sides)[0],
+            target_dataset(target, "val", in_channels=channels, sides=sides)[0])
 
 
 def probe_error(init: str, spec: SweepSpec, target: str, seed: int) -> float:
@@ -96,7 +106,6 @@ def probe_error(init: str, spec: SweepSpec, target: str, seed: int) -> float:
     import torch
 
     from rtl.models.backbones import create_model
-    from rtl.select.inference import target_dataset
     from rtl.select.signals import probe_score
     from rtl.train.checkpoint import load_checkpoint
     from rtl.train.probe import extract_features
@@ -111,8 +120,7 @@ def probe_error(init: str, spec: SweepSpec, target: str, seed: int) -> float:
         model, _ = load_checkpoint(init)
     sides = (spec.image.min_side, spec.image.max_side)
     ch = int(getattr(model, "in_channels", 3))
-    tr, _ = target_dataset(target, "train", in_channels=ch, sides=sides)
-    va, _ = target_dataset(target, "val", in_channels=ch, sides=sides)
+    tr, va = _target_splits(target, ch, sides)
     x_tr, y_tr = extract_features(model, tr, batch_size=spec.budget.batch_size)
     x_va, y_va = extract_features(model, va, batch_size=spec.budget.batch_size)
     return 1.0 - probe_score(x_tr, y_tr, x_va, y_va, kind="logreg")

@@ -142,7 +142,7 @@ def ranked_init(spec: SweepSpec, t: dict[str, Any], target: str, tracker: Tracke
     (rtl.sweep.subset); with the `rungs` scheduler each rung's probe error is reported (time attribute
     `fidelity`) so successive halving can stop the trial before the next rung or the fine-tune is paid.
     -> (init, tags, extra fields for the later reports / state / final result)."""
-    from rtl.sweep.subset import fidelities, generalist, probe_error, rung_checkpoint
+    from rtl.sweep.subset import fidelities, generalist, probe_error, rung_checkpoints
 
     gen, gkey = generalist(spec, units_of(spec))
     fids, seed, report = fidelities(spec), int(t["seed"]), spec.scheduler.name == "rungs"
@@ -150,21 +150,21 @@ def ranked_init(spec: SweepSpec, t: dict[str, Any], target: str, tracker: Tracke
     logged = {m.step for m in _retry(tracker.client.get_metric_history)(run_id, "rung_probe_error")}
     tags: dict[str, str] = {"rtl.generalist_cache_key": gkey}
     fixed = t["init"] in ("scratch", "imagenet", "generalist")
-    init, key, weights, fixed_err = (str(gen) if t["init"] == "generalist" else t["init"]), gkey, None, None
+    init, key, weights, score = (str(gen) if t["init"] == "generalist" else t["init"]), gkey, None, None
     if not fixed and t["temperature"] is not None:
         weights = _importance(spec, gen, target, list(t["mask"]), float(t["temperature"]))
+    rungs = None if fixed else rung_checkpoints(spec, gen, list(t["mask"]), seed, weights)
     for r in range(len(fids)):
-        if not fixed:
-            ckpt, key = rung_checkpoint(spec, gen, list(t["mask"]), seed, r, weights)
+        if rungs is not None:
+            ckpt, key = next(rungs)
             init = str(ckpt)
         if r + 1 <= done or not report:
             continue
-        if fixed_err is None or not fixed:
-            err = probe_error(init, spec, target, seed)
-            fixed_err = err
+        if score is None or not fixed:  # a fixed init scores the same at every rung: once
+            score = probe_error(init, spec, target, seed)
         if r + 1 not in logged:
-            tracker.log_metrics(run_id, {"rung_probe_error": fixed_err}, step=r + 1)
-        _report({"val_error": fixed_err, "fidelity": fids[r], "rung": r + 1, "epoch": 0, "finished": False},
+            tracker.log_metrics(run_id, {"rung_probe_error": score}, step=r + 1)
+        _report({"val_error": score, "fidelity": fids[r], "rung": r + 1, "epoch": 0, "finished": False},
                 {"rung": r + 1})
     if weights is not None and (Path(init).parent / "weights.json").exists():
         tags["rtl.weights_path"] = str(Path(init).parent / "weights.json")
