@@ -67,7 +67,7 @@ def test_rank_related_source_first_and_experts_cached(toy: dict[str, Path]) -> N
     assert rows["a"]["importance"] > rows["b"]["importance"]
     assert rows["a"]["distance"] < rows["b"]["distance"]
     assert {x["verdict"] for x in r["rows"]} <= {"helps", "neutral", "hurts"}
-    assert r["generalist_row"]["finetune_acc"] >= 0 and r["scratch_row"] is not None
+    assert len(r["generalist_row"]["finetune_accs"]) == 3 and len(r["scratch_row"]["finetune_accs"]) == 3  # per seed
     assert sorted(r["cost"]["experts_built"]) == ["a", "b"]
     # a second call builds nothing: the experts come from the pretraining cache
     again = rank_target(_cfg(toy), log=lambda *_: None)

@@ -109,6 +109,8 @@ def _images(table: Any) -> list[np.ndarray]:
 
 
 def _target_images(info: Any, split: str) -> list[np.ndarray]:
+    """Raw decoded target images (their own channels): the image statistics need to know a gray target is
+    gray, which the model-ready TargetDataset (converted to the model's channels) no longer says."""
     from rtl.data.convention import resolve_image_path
     from rtl.data.transforms import DecodeError, decode_image
 
@@ -155,7 +157,7 @@ def _probe_accs(x_tr: np.ndarray, y_tr: np.ndarray, x_va: np.ndarray, y_va: np.n
     return [probe_score(x_tr[i], y_tr[i], x_va, y_va, kind="logreg") for i in (_bootstrap(y_tr, s) for s in seeds)]
 
 
-def rank_target(cfg: RankConfig, *, log: Any = print, on_expert: Any = None) -> dict[str, Any]:
+def rank_target(cfg: RankConfig, *, log: Any = print) -> dict[str, Any]:
     """The ranking of one target (a JSON-able dict; see `write_ranking`)."""
     import torch
 
@@ -210,8 +212,6 @@ def rank_target(cfg: RankConfig, *, log: Any = print, on_expert: Any = None) -> 
         if was_built:
             built.append(plan.unit)
         log(f"  expert {plan.unit}: {'built' if was_built else 'cached'} ({plan.images} images)")
-        if on_expert is not None:
-            on_expert(plan, ckpt, was_built)
 
     log(f"[{info.name}] {len(units)} experts at {cfg.expert_fraction:.0%} of the generalist's "
         f"{gen.images} images each")

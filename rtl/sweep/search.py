@@ -340,12 +340,6 @@ def tune_trials(experiment_path: str | None) -> list[Any] | None:
         return None
 
 
-def tune_trial_ids(experiment_path: str | None) -> set[str] | None:
-    """Trial ids in the newest Tune experiment state at `experiment_path` (None when unreadable)."""
-    trials = tune_trials(experiment_path)
-    return None if trials is None else {t.trial_id for t in trials}
-
-
 def make_sampler(name: str, seed: int, n_startup: int) -> Any:
     import warnings
 
