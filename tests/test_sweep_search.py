@@ -167,3 +167,16 @@ def test_ranked_space_generalist_and_subset_params() -> None:
     sub = define_space(FixedTrial({"lr": 0.01, "freeze_depth": 0, "regularizer": "none", "k": 2, "drop": 0,
                                    "add": 1, "importance": "off"}), space, ["b", "a", "c"], None)
     assert sub["init"] == "corpus" and sub["mask"] == ["b", "a", "c"] and sub["temperature"] is None
+
+
+def test_reenqueued_ranking_trial_keeps_its_tag(tmp_path: Path) -> None:
+    """Regression (kill test, ranked space): an enqueued top-k trial lost with the driver came back
+    without `rtl.enqueued`, so the report no longer knew it was a ranking trial."""
+    s = _searcher(tmp_path, controls=[("top-1", 0, {"lr": 0.01, "regularizer": "none", "freeze_depth": 0,
+                                                   "anchor": "a", "src.b": 0, "src.c": 0, "importance": "off"})])
+    s.suggest("t1")
+    assert reconcile_orphans(s.study, set()) == [0]
+    again = _searcher(tmp_path)
+    again.suggest("t2")
+    trials = open_study(f"sqlite:///{tmp_path / 'o.db'}", "s/t").trials
+    assert trials[1].user_attrs.get("rtl.enqueued") == "top-1" and trials[1].user_attrs["rtl.reenqueued_from"] == 0

@@ -289,7 +289,7 @@ def reconcile_orphans(study: Any, known_trial_ids: set[str], on_orphan: Any = No
             continue
         study._storage.set_trial_user_attr(t._trial_id, ORPHANED, True)
         study.tell(t.number, state=TrialState.FAIL)
-        keep = {k: v for k, v in t.user_attrs.items() if k in ("rtl.control", "rtl.seed")}
+        keep = {k: v for k, v in t.user_attrs.items() if k in ("rtl.control", "rtl.seed", "rtl.enqueued")}
         study.enqueue_trial(t.params, user_attrs={**keep, REENQUEUED_FROM: t.number})
         if tid and on_orphan is not None:
             on_orphan(tid)
