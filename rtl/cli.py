@@ -1,4 +1,9 @@
-"""The `rtl` command. Thin: each area adds its verbs from its own `cli` module; errors print as one line."""
+"""rtl: find which source image datasets to pretrain on for your inspection task, pretrain on them and
+fine-tune the result on your target, with Ray on one machine or a cluster.
+
+Start with `rtl demo` (everything on built-in synthetic data), or with your own data:
+dataset import -> corpus build -> pretrain / rank / select -> sweep run -> sweep export -> predict.
+`rtl VERB --help` shows every option of a verb with its default."""
 
 from __future__ import annotations
 
@@ -7,19 +12,34 @@ import importlib
 import os
 import sys
 
-from rtl.cliargs import check_combinations
+from rtl.cliargs import RtlParser, check_combinations
 from rtl.errors import RtlError
 
 # Each module exposes `add_parsers(subparsers)`; every sub-parser sets `func=callable(args) -> int | None`.
-_AREAS = ["rtl.data.cli", "rtl.data.corpus_cli", "rtl.train.cli", "rtl.train.pretrain_cli", "rtl.select.cli", "rtl.select.rank_cli", "rtl.sweep.cli", "rtl.demo", "rtl.deliver.cli", "rtl.study.cli"]
+# Building them imports no torch / Ray (options that need a config module are added on first use).
+_AREAS = ["rtl.data.cli", "rtl.data.corpus_cli", "rtl.train.pretrain_cli", "rtl.train.finetune_cli",
+          "rtl.select.cli", "rtl.select.rank_cli", "rtl.sweep.cli", "rtl.deliver.cli", "rtl.study.cli", "rtl.demo"]
+
+EXAMPLES = """examples:
+  rtl demo                       # synthetic data -> corpus -> sweep -> report
+  rtl dataset import --format imagefolder raw/pcb data/pcb --name pcb --domains pcb
+  rtl corpus build data/sources/* --out corpus/
+  rtl pretrain --corpus corpus/ --backbone resnet18 --workers 2 --out ckpt/src
+  rtl rank --target data/targets/target_pcb --corpus corpus/ --generalist ckpt/src
+  rtl select weights --target data/targets/target_pcb --checkpoint ckpt/src --corpus corpus/ --out weights.json
+  rtl finetune --target data/targets/target_pcb --init ckpt/src --seeds 0,1,2
+  rtl sweep run sweeps/demo.yaml && rtl sweep export demo-workspace/demo --target target_pcb --out models/pcb
+  rtl predict models/pcb images/ --out preds.csv
+
+exit codes: 0 ok, 2 bad input or options (one line `rtl: error: ...`), 1 runtime failure, 130 Ctrl-C"""
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="rtl", description=__doc__)
+    parser = RtlParser(prog="rtl", description=__doc__, epilog=EXAMPLES)
     from rtl import __version__
 
     parser.add_argument("--version", action="version", version=f"rtl {__version__}")
-    sub = parser.add_subparsers(dest="verb", metavar="VERB")
+    sub = parser.add_subparsers(dest="verb", metavar="VERB", parser_class=RtlParser)
     sub.required = True
     for name in _AREAS:
         try:

@@ -76,11 +76,11 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def add_parsers(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("demo", help="synth -> corpus -> sweep -> report on the embedded data")
-    p.add_argument("--workspace", default="demo-workspace")
-    p.add_argument("--spec", default=str(DEFAULT_SPEC))
-    p.add_argument("--size", default="demo", choices=["tiny", "demo", "full"])
-    p.add_argument("--seed", type=seed, default=0)
+    p = subparsers.add_parser("demo", help="see it work: synthetic data -> corpus -> sweep -> report", description=__doc__)
+    p.add_argument("--workspace", default="demo-workspace", help="folder for the data, corpus, runs and report")
+    p.add_argument("--spec", default=str(DEFAULT_SPEC), help="sweep spec to run")
+    p.add_argument("--size", default="demo", choices=["tiny", "demo", "full"], help="synthetic family size")
+    p.add_argument("--seed", type=seed, default=0, help="seed of the data and the corpus undersampling")
     p.add_argument("--cap", type=nonneg_int, default=300, help="images kept per class in the corpus")
     p.add_argument("--address", default=None, help="Ray address (default: RAY_ADDRESS or a local Ray)")
     p.set_defaults(func=_demo)

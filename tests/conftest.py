@@ -64,3 +64,49 @@ def pytest_collection_modifyitems(config, items) -> None:
                     getattr(d, "baseid", "").startswith("tests")]
         if "ray_session" in item.fixturenames or any(f is not None and _slow_source(f) for f in fns):
             item.add_marker(pytest.mark.slow)
+
+
+# ---- one dataset builder for every test: rtl.data.synth at 32-40 px ------------------------------------
+def synth_dataset(root, name: str = "tgt", *, industry: str = "pcb", classes=("ok", "short"),
+                  per_split: tuple[int, int, int] | None = (4, 2, 2), per_class: int | dict | None = None,
+                  sides: tuple[int, int] = (32, 40), seed: int = 0, fmt: str = "png"):
+    """A convention dataset folder at `root` drawn by `rtl.data.synth` (the demo's surfaces and defects).
+
+    A target (`per_split` = train/val/test images per class, fixed splits) unless `per_class` is given:
+    then a source dataset (an int for every class or {class: n}), split by `make_splits`. Image sides
+    are drawn in `sides`; film/semiconductor are grayscale, the rest RGB. Same arguments -> same bytes."""
+    from pathlib import Path
+
+    from rtl.data.synth import Spec, generate_dataset
+
+    if per_class is None:
+        spec = Spec(name, industry, dict.fromkeys(classes, 0), sides, fmt=fmt, target=True,
+                    split_counts=tuple(per_split))
+    else:
+        counts = per_class if isinstance(per_class, dict) else dict.fromkeys(classes, int(per_class))
+        spec = Spec(name, industry, counts, sides, fmt=fmt)
+    generate_dataset(spec, Path(root), "demo", seed)
+    return Path(root)
+
+
+@pytest.fixture(scope="session")
+def make_dataset():
+    """`make_dataset(root, name, **kw)` -> a synth dataset folder (`synth_dataset`). Session-scoped so
+    module- and session-scoped fixtures can build with it too; every call writes under the given root."""
+    return synth_dataset
+
+
+@pytest.fixture(scope="session")
+def tiny_family(tmp_path_factory) -> dict:
+    """Built once per session, READ-ONLY (copy a folder before changing it): name -> folder of
+    sources `pcb_a` (ok/short/scratch), `pcb_b` (ok/open/scratch), `film_a` (gray, ok/bubble/scratch),
+    8 images per class, and target `target_pcb` (ok/short, 6/2/2 images per class), all 32-40 px."""
+    root = tmp_path_factory.mktemp("tiny_family")
+    return {
+        "pcb_a": synth_dataset(root / "pcb_a", "pcb_a", classes=("ok", "short", "scratch"), per_class=8),
+        "pcb_b": synth_dataset(root / "pcb_b", "pcb_b", classes=("ok", "open", "scratch"), per_class=8, seed=1),
+        "film_a": synth_dataset(root / "film_a", "film_a", industry="film", classes=("ok", "bubble", "scratch"),
+                                per_class=8),
+        "target_pcb": synth_dataset(root / "target_pcb", "target_pcb", classes=("ok", "short"), per_split=(6, 2, 2),
+                                    seed=2),
+    }

@@ -95,14 +95,14 @@ def test_errors_are_one_line(tmp_path, capsys):
     with pytest.raises(DatasetError, match="field 'name'"):
         import_dataset("imagefolder", tmp_path / "src", tmp_path / "d", name="bad name", domain=["a"])
     rc = main(["dataset", "import", "--format", "voc", str(tmp_path / "nope"), str(tmp_path / "d"),
-               "--name", "x", "--domain", "a"])
+               "--name", "x", "--domains", "a"])
     err = capsys.readouterr().err
     assert rc == 2 and err.startswith("rtl: error:") and err.count("\n") == 1
     rc = main(["dataset", "import", "--format", "imagefolder", str(tmp_path / "src"), str(tmp_path / "d"),
-               "--name", "x", "--domain", "a"])
+               "--name", "x", "--domains", "a"])
     assert rc == 0 and "imported" in capsys.readouterr().out
     rc = main(["dataset", "import", "--format", "imagefolder", str(tmp_path / "src"), str(tmp_path / "d"),
-               "--name", "x", "--domain", "a"])
+               "--name", "x", "--domains", "a"])
     assert rc == 2 and "not empty" in capsys.readouterr().err
 
 

@@ -45,8 +45,8 @@ BAD = [  # (argv, text the one-line error must contain)
     (["finetune", "--target", "T", "--init", "scratch", "--epochs", "0"], "--epochs"),
     (["finetune", "--target", "T", "--init", "scratch", "--seeds", "0,-1"], "--seeds"),
     (["finetune", "--target", "T", "--init", "scratch", "--lr", "0"], "--lr"),
-    (["select", "--target", "T", "--corpus", "C", "--top-k", "0"], "--top-k"),
-    (["select", "--target", "T", "--corpus", "C", "--mass-threshold", "1.5"], "--mass-threshold"),
+    (["select", "weights", "--target", "T", "--corpus", "C", "--top-k", "0"], "--top-k"),
+    (["select", "weights", "--target", "T", "--corpus", "C", "--mass-threshold", "1.5"], "--mass-threshold"),
     (["synth", "OUT", "--seed", "-1"], "--seed"),
 ]
 

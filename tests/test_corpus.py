@@ -199,7 +199,7 @@ def test_cli_build_and_info(family, tmp_path, ray_session, capsys):
     text = capsys.readouterr().out
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["version"] in text and "rejects: 0" in text
-    assert main(["corpus", "info", str(out), "--domain", "film"]) == 0
+    assert main(["corpus", "info", str(out), "--domains", "film"]) == 0
     text = capsys.readouterr().out
     assert "film_a" in text.split("view:")[1] and "pcb_a" not in text.split("view:")[1]
     assert main(["corpus", "info", str(out), "--datasets", "nope"]) == 2

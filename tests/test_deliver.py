@@ -107,8 +107,8 @@ def test_model_folder_round_trip_and_refuses_tampering(tmp_path: Path) -> None:
 
 def test_kept_models_order_and_prune(tmp_path: Path) -> None:
     """The champion among seeds is the lowest val error (0.0 included); pruning keeps only given trials."""
-    from rtl.deliver.sweep import kept_models, models_dir, prune_models
     from rtl.models.backbones import create_model
+    from rtl.sweep.deliver import kept_models, models_dir, prune_models
 
     net = create_model("small_cnn", 2)
     root = models_dir(str(tmp_path), "t")
@@ -126,7 +126,7 @@ def test_finetune_out_predict_matches_training_evaluation(trained, tmp_path: Pat
     """No train/serve skew: predict (decode -> model folder preprocessing) gives the probabilities the
     training evaluation path (TargetDataset, centre crop) gives, and the metrics saved in the folder."""
     from rtl.data.convention import load_dataset
-    from rtl.deliver.sweep import evaluate_probs
+    from rtl.deliver.finetuned import evaluate_probs
     from rtl.train.target_data import TargetDataset
 
     _, tgt, out = trained

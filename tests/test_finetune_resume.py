@@ -6,10 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 from torch.utils.data import DataLoader, TensorDataset
 
-from rtl.data.convention import ImageRecord, write_dataset_yaml, write_labels_csv, write_splits
 from rtl.errors import RtlError
 from rtl.models.backbones import create_model
 from rtl.train.engine import FitConfig, fit
@@ -21,24 +19,9 @@ class Killed(Exception):
 
 
 @pytest.fixture(scope="module")
-def target(tmp_path_factory):
-    """2 classes (which half is bright), 6/2/2 images per class, 32-40 px wide so train crops are random."""
-    root = tmp_path_factory.mktemp("resume_target")
-    rng = np.random.default_rng(0)
-    records = []
-    for label in ("bottom", "top"):
-        for i in range(10):
-            split = "train" if i < 6 else "val" if i < 8 else "test"
-            img = rng.integers(0, 60, (36, int(rng.integers(32, 41)), 3)).astype(np.uint8)
-            img[slice(0, 18) if label == "top" else slice(18, 36)] += 150
-            rel = f"images/{label}/{i:03d}.png"
-            (root / rel).parent.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(img).save(root / rel)
-            records.append(ImageRecord(rel, label, split))
-    write_dataset_yaml(root, name="resume_target", domain=["test"])
-    write_labels_csv(root, records)
-    write_splits(root, records)
-    return root
+def target(tiny_family):
+    """2 classes, 6/2/2 images per class, 32-40 px so train crops are random (read-only, shared)."""
+    return tiny_family["target_pcb"]
 
 
 def _cfg(target) -> FinetuneConfig:

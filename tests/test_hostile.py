@@ -48,7 +48,7 @@ def img(path: Path, size=(32, 32), value=128, fmt=None) -> Path:
 
 
 def imp(fmt: str, src: Path | str, dst: Path | str, *extra: str) -> list[str]:
-    return ["dataset", "import", "--format", fmt, str(src), str(dst), "--name", "x", "--domain", "pcb", *extra]
+    return ["dataset", "import", "--format", fmt, str(src), str(dst), "--name", "x", "--domains", "pcb", *extra]
 
 
 def mini_dataset(root: Path, name: str = "mini") -> Path:

@@ -140,7 +140,7 @@ def test_coco_invalid_json_names_line_and_cli_exit_2(tmp_path, capsys):
     src = coco_src(tmp_path)
     (src / "annotations/instances.json").write_text('{"images": [\n  {"id": 1,}\n]}')
     rc = main(["dataset", "import", "--format", "coco", str(src), str(tmp_path / "dst"), "--name", "c",
-               "--domain", "pcb"])
+               "--domains", "pcb"])
     err = capsys.readouterr().err
     assert rc == 2 and "instances.json:2:" in err and "invalid JSON" in err and "Traceback" not in err
 
@@ -224,7 +224,7 @@ def test_yolo_unreadable_image_is_reject_and_cli_runs(tmp_path, capsys):
     src = yolo_src(tmp_path)
     (src / "images/val/c.jpg").write_bytes(b"")
     rc = main(["dataset", "import", "--format", "yolo", str(src), str(tmp_path / "dst"), "--name", "y",
-               "--domain", "pcb", "--option", "default_label=good"])
+               "--domains", "pcb", "--option", "default_label=good"])
     err = capsys.readouterr().err
     assert rc == 0 and "skipped images/val/c.jpg: cannot read image header" in err
     assert sorted(Path(r.path).name for r in load_dataset(tmp_path / "dst").records) == ["a.jpg", "b.png"]

@@ -91,7 +91,7 @@ def test_pretrain_and_corpus_build_listen_on_loopback_only(tmp_path: Path) -> No
     write_corpus(tmp_path / "corpus")
     src = write_target(tmp_path / "src", "src")
     argvs = [
-        ["pretrain", "--corpus", str(tmp_path / "corpus"), "--strategy", "source", "--model", "small_cnn",
+        ["pretrain", "--corpus", str(tmp_path / "corpus"), "--strategy", "source", "--backbone", "small_cnn",
          "--epochs", "1", "--workers", "2", "--batch-size", "8", "--out", str(tmp_path / "ckpt")],
         ["corpus", "build", str(src), "--out", str(tmp_path / "built"), "--min-side", "32", "--max-side", "40",
          "--quiet"],

@@ -189,7 +189,7 @@ def test_select_weights_puts_mass_on_the_source_the_target_came_from(world, caps
     from rtl.select.importance import read_weights
 
     out = world / "w.json"
-    rc = _cli("select", "--target", world / "t_red", "--model", world / "trained", "--corpus", world / "corpus",
+    rc = _cli("select", "weights", "--target", world / "t_red", "--checkpoint", world / "trained", "--corpus", world / "corpus",
               "--temperature", "2.0", "--out", out, "--top-k", "3")
     text = capsys.readouterr().out
     assert rc == 0, text
@@ -205,7 +205,7 @@ def test_select_scores_rank_trained_checkpoint_first(world, capsys) -> None:
     import json
 
     out = world / "rank.json"
-    rc = _cli("select", "--target", world / "t_red", "--corpus", world / "corpus", "--score", "logme,leep,nce",
+    rc = _cli("select", "scores", "--target", world / "t_red", "--corpus", world / "corpus", "--scores", "logme,leep,nce",
               "--checkpoints", world / "untrained", world / "trained", "--out", out)
     text = capsys.readouterr().out
     assert rc == 0, text
@@ -215,24 +215,24 @@ def test_select_scores_rank_trained_checkpoint_first(world, capsys) -> None:
 
 
 def test_select_gray_target_on_rgb_model_runs(world, capsys) -> None:
-    rc = _cli("select", "--target", world / "t_blue_gray", "--model", world / "trained", "--corpus",
+    rc = _cli("select", "weights", "--target", world / "t_blue_gray", "--checkpoint", world / "trained", "--corpus",
               world / "corpus", "--out", world / "wg.json")
     assert rc == 0, capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
-    "extra,msg",
+    "verb,extra,msg",
     [
-        (["--split", "test"], "no usable images in split 'test'"),
-        ([], "needs --model"),
-        (["--score", "logme,foo", "--checkpoints", "X"], "unknown score 'foo'"),
-        (["--model", "nowhere", "--out", "x.json"], "checkpoint nowhere not found"),
+        ("weights", ["--split", "test"], "no usable images in split 'test'"),
+        (None, [], "needs --model"),  # the deprecated spelling without a sub-verb
+        ("scores", ["--scores", "logme,foo", "--checkpoints", "X"], "unknown score 'foo'"),
+        ("weights", ["--checkpoint", "nowhere", "--out", "x.json"], "checkpoint nowhere not found"),
     ],
 )
-def test_select_bad_input_is_one_line_error(world, capsys, extra, msg) -> None:
-    base = ["select", "--target", world / "t_red", "--corpus", world / "corpus"]
+def test_select_bad_input_is_one_line_error(world, capsys, verb, extra, msg) -> None:
+    base = ["select", *([verb] if verb else []), "--target", world / "t_red", "--corpus", world / "corpus"]
     if extra[:1] == ["--split"]:
-        extra = extra + ["--model", world / "trained", "--out", world / "x.json"]
+        extra = extra + ["--checkpoint", world / "trained", "--out", world / "x.json"]
     rc = _cli(*base, *extra)
     err = capsys.readouterr().err
     assert rc == 2 and msg in err and "Traceback" not in err

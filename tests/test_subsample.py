@@ -59,13 +59,11 @@ def test_bad_sizes_are_config_errors(size, kind):
         subsample_train(_records(COUNTS), size, kind=kind)
 
 
-def test_finetune_train_subset_keeps_val_and_test(tmp_path):
-    from sweep_helpers import write_target
-
+def test_finetune_train_subset_keeps_val_and_test(tmp_path, make_dataset):
     from rtl.data.convention import load_dataset
     from rtl.train.finetune import FinetuneConfig, load_target
 
-    root = write_target(tmp_path / "tgt", per_split=(4, 2, 2))
+    root = make_dataset(tmp_path / "tgt", per_split=(4, 2, 2))
     info = load_dataset(root)
     sub = subsample_train(info.split("train"), 1, seed=0)
     full = load_target(FinetuneConfig(target=str(root)), 3, (32, 36))

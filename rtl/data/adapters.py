@@ -38,6 +38,7 @@ from rtl.data.convention import (
     write_splits,
     write_voc_xml,
 )
+from rtl.data.import_common import ImportLog
 from rtl.data.safety import atomic_destination, check_creatable, name_problem, printable, safe_source_path
 from rtl.errors import DatasetError
 from rtl.registry import Registry
@@ -286,8 +287,6 @@ def import_dataset(fmt: str, src: str | Path, dst: str | Path, *, name: str, dom
     nothing is left, or on any error, `dst` is not created (the import is written to a temporary sibling
     and renamed into place at the end).
     """
-    from rtl.data.import_common import ImportLog
-
     adapter = FORMATS.get(fmt)
     src, dst = Path(src), Path(dst)
     if not src.exists():

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from rtl.cliargs import seed
+from rtl.cliargs import deprecated, seed, tags
 from rtl.errors import RtlError
 
 
@@ -30,8 +30,7 @@ def _import(args: argparse.Namespace) -> int:
             raise RtlError(f"--option expects KEY=VALUE, got {kv!r}")
         k, v = kv.split("=", 1)
         options[k.strip().replace("-", "_")] = v
-    domain = [d.strip() for d in args.domain.split(",") if d.strip()]
-    dst = import_dataset(args.format, args.src, args.dst, name=args.name, domain=domain,
+    dst = import_dataset(args.format, args.src, args.dst, name=args.name, domain=args.domains,
                          description=args.description, license=args.license, link=args.link, seed=args.seed,
                          **options)
     print(check_dataset(dst).summary())
@@ -52,39 +51,47 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def add_parsers(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("synth", help="generate the synthetic inspection dataset family (no download)")
+    p = subparsers.add_parser("synth", help="synthetic inspection datasets to try rtl on (no download)",
+                              description=_synth_doc())
     p.add_argument("out", help="output folder (sources/, targets/, relations.json)")
     p.add_argument("--size", choices=["tiny", "demo", "full", "hard"], default="demo",
-                   help="hard: >= 20 sources, 8 targets with related/harmful/unrelated ground truth (ranking)")
-    p.add_argument("--seed", type=seed, default=0)
+                   help="family size; hard: >= 20 sources, 8 targets with related/harmful/unrelated ground truth")
+    p.add_argument("--seed", type=seed, default=0, help="seed of every generated image and split")
     p.add_argument("--force", action="store_true",
                    help="write into a non-empty folder that is not a previous synth output of the same size and "
                         "seed (its dataset folders are replaced)")
     p.set_defaults(func=_synth)
 
-    d = subparsers.add_parser("dataset", help="import or check a dataset folder")
+    d = subparsers.add_parser("dataset", help="import your image datasets into rtl's layout, or check one")
     dsub = d.add_subparsers(dest="dataset_verb", metavar="ACTION")
     dsub.required = True
 
     from rtl.data.adapters import FORMATS
 
     imp = dsub.add_parser("import", help="convert class folders / CSV / Pascal VOC / COCO / YOLO into the rtl convention")
-    imp.add_argument("--format", required=True, choices=FORMATS.names())
+    imp.add_argument("--format", required=True, choices=FORMATS.names(), help="layout of the source")
     imp.add_argument("src", help="source folder (or the CSV / COCO JSON file for --format csv / coco)")
     imp.add_argument("dst", help="new dataset folder")
-    imp.add_argument("--name", required=True)
-    imp.add_argument("--domain", required=True, help="comma-separated domain tags, e.g. pcb,smt")
-    imp.add_argument("--description", default="")
-    imp.add_argument("--license", default="")
+    imp.add_argument("--name", required=True, help="dataset name ([A-Za-z0-9_-]+)")
+    imp.add_argument("--domains", required=True, type=tags, metavar="A,B", help="domain tags, e.g. pcb,smt")
+    imp.add_argument("--description", default="", help="free text for dataset.yaml")
+    imp.add_argument("--license", default="", help="license of the images, for dataset.yaml")
     imp.add_argument("--link", action="store_true", help="hard-link images instead of copying")
     imp.add_argument("--seed", type=seed, default=0, help="seed of the hash-based splits")
     imp.add_argument("--option", action="append", metavar="KEY=VALUE",
                      help="adapter option, e.g. label_column=class (csv), default_label=good (voc/coco/yolo), "
                           "images=DIR (coco), names=FILE or unlabeled=skip (yolo)")
+    deprecated(imp, "--domain", "--domains")
     imp.set_defaults(func=_import)
 
     chk = dsub.add_parser("check", help="report every problem of a dataset folder as file:line: message")
-    chk.add_argument("dst")
+    chk.add_argument("dst", help="dataset folder")
     chk.add_argument("--deep", action="store_true", help="open every image header (sizes, modes)")
     chk.set_defaults(func=_check)
 
+
+
+def _synth_doc() -> str:
+    return ("Writes a family of small synthetic inspection datasets (sources and held-out targets in the rtl\n"
+            "dataset convention) and relations.json, the ground truth of which sources help which target.\n\n"
+            "    rtl synth data/ --size demo --seed 0")

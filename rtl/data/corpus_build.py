@@ -24,6 +24,7 @@ import json
 import math
 import os
 import shutil
+import threading
 import time
 import uuid
 from collections import Counter
@@ -34,12 +35,22 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from rtl.artifacts.manifest import SHARDS_DIR, manifest_path, read_existing_manifest, write_manifest
 from rtl.data.convention import Box, DatasetInfo, check_dataset, read_dataset_yaml, resolve_image_path
 from rtl.data.corpus_view import SCHEMA
 from rtl.data.safety import check_creatable, exclusive_lock
 from rtl.data.sampling import ClassTable, undersample
-from rtl.data.transforms import DecodeError, decode_image, fit_size, needs_patches, patch_crop
+from rtl.data.transforms import (
+    DecodeError,
+    decode_fit,
+    decode_image,
+    needs_patches,
+    open_image,
+    oriented_size,
+    patch_crop,
+)
 from rtl.errors import DatasetError, RtlError
+from rtl.raystart import ensure_ray  # a cluster, or a local Ray on 127.0.0.1 only (issue 17)
 
 __all__ = ["build_corpus", "size_bucket"]
 
@@ -61,40 +72,54 @@ def size_bucket(h: int, w: int) -> str:
 # ------------------------------------------------------------------------------------- worker side
 
 
-def _process_unit(unit: dict, p: dict, shard_dir: str) -> dict:
-    """Decode/fit/patch one unit of images and write its shard. Never raises for bad images."""
-    t0, wall0, cpu0 = time.perf_counter(), time.time(), time.process_time()
-    cols: dict[str, list] = {f.name: [] for f in SCHEMA}
-    rejects, before, after, digests = [], [], [], []
-    for ds, root, rel, label, cid, split, boxes in unit["decode"]:
+class _ShardWork:
+    """Decodes images one by one into the rows of one shard; used by Ray tasks and by the driver."""
+
+    def __init__(self, uid: int, p: dict, shard_dir: str) -> None:
+        self.uid, self.p, self.shard_dir = uid, p, shard_dir
+        self.t0, self.wall0, self.cpu0 = time.perf_counter(), time.time(), time.thread_time()
+        self.cols: dict[str, list] = {f.name: [] for f in SCHEMA}
+        self.rejects: list = []
+        self.before: list = []
+        self.after: list = []
+        self.digests: list = []
+        self.n_decoded = self.n_headers = 0
+
+    def add(self, row: list) -> None:
+        """Decode/fit/patch one image into rows. Never raises for bad images (they become rejects)."""
+        ds, root, rel, label, cid, split, boxes = row
+        p = self.p
+        self.n_decoded += 1
         try:
-            full = resolve_image_path(root, rel)
-            arr = decode_image(full, keep_gray=p["keep_gray"], max_pixels=p["max_pixels"])
+            im = open_image(resolve_image_path(root, rel), max_pixels=p["max_pixels"])
+            h, w = oriented_size(im)
+            bx = [Box(*b) for b in boxes]
+            if needs_patches(h, w, p["min_side"], p["max_side"], boxes=bx, max_downscale=p["max_downscale"],
+                             min_defect_px=p.get("min_defect_px", 6.0)):
+                arr = decode_image(im, keep_gray=p["keep_gray"])
+                h, w = arr.shape[:2]
+                pseed = int.from_bytes(hashlib.blake2b(f"{p['seed']}\0{ds}\0{rel}".encode(),
+                                                       digest_size=4).digest(), "big")
+                pieces = patch_crop(arr, bx, size=p["max_side"], max_patches=p["max_patches"], seed=pseed)
+                if bx:  # background patches of a defect image would carry the defect label: drop them
+                    pieces = [pc for pc in pieces if pc[1]]
+                outs = [pc[0] for pc in pieces]
+            else:  # decode + fit in one step (JPEGs much larger than the fit decode at reduced scale)
+                outs = [decode_fit(im, p["min_side"], p["max_side"], keep_gray=p["keep_gray"])]
         except DatasetError as e:
-            rejects.append([ds, rel, f"path refused: {e}"])
-            before.append(None)
-            continue
+            self.rejects.append([ds, rel, f"path refused: {e}"])
+            self.before.append(None)
+            return
         except DecodeError as e:
-            rejects.append([ds, rel, e.reason])
-            before.append(None)
-            continue
+            self.rejects.append([ds, rel, e.reason])
+            self.before.append(None)
+            return
         except Exception as e:  # noqa: BLE001 - one odd file must not kill the build; it is listed instead
-            rejects.append([ds, rel, f"unexpected error: {type(e).__name__}: {e}"])
-            before.append(None)
-            continue
-        h, w = arr.shape[:2]
-        before.append([h, w])
-        bx = [Box(*b) for b in boxes]
-        if needs_patches(h, w, p["min_side"], p["max_side"], boxes=bx, max_downscale=p["max_downscale"],
-                         min_defect_px=p.get("min_defect_px", 6.0)):
-            pseed = int.from_bytes(hashlib.blake2b(f"{p['seed']}\0{ds}\0{rel}".encode(),
-                                                   digest_size=4).digest(), "big")
-            pieces = patch_crop(arr, bx, size=p["max_side"], max_patches=p["max_patches"], seed=pseed)
-            if bx:  # background patches of a defect image would carry the defect label: drop them
-                pieces = [pc for pc in pieces if pc[1]]
-            outs = [pc[0] for pc in pieces]
-        else:
-            outs = [fit_size(arr, p["min_side"], p["max_side"])]
+            self.rejects.append([ds, rel, f"unexpected error: {type(e).__name__}: {e}"])
+            self.before.append(None)
+            return
+        self.before.append([h, w])
+        cols = self.cols
         for k, img in enumerate(outs):
             data = img.tobytes()
             oh, ow, oc = img.shape
@@ -102,24 +127,42 @@ def _process_unit(unit: dict, p: dict, shard_dir: str) -> dict:
                             ("class_id", cid), ("dataset", ds), ("label", label), ("source_path", rel),
                             ("patch", k), ("split", split)):
                 cols[name].append(v)
-            after.append([oh, ow])
+            self.after.append([oh, ow])
             hh = hashlib.sha256(data)  # sha256: ~2x faster than blake2b here (SHA-NI)
             hh.update(json.dumps([oh, ow, oc, cid, ds, label, rel, k, split]).encode())
-            digests.append([ds, rel, k, hh.hexdigest()])
-    shard = None
-    if cols["pixels"]:
-        shard = f"part-{unit['uid']:05d}.parquet"
-        table = pa.Table.from_pydict(cols, schema=SCHEMA)
-        tmp = Path(shard_dir) / (shard + ".tmp")
-        pq.write_table(table, tmp, compression="zstd", compression_level=1, use_dictionary=["dataset", "label",
-                                                                                       "split"])
-        os.replace(tmp, Path(shard_dir) / shard)
-    for rel_abs in unit["headers"]:  # images dropped by the cap: header only, for the "before" histogram
-        before.append(_header_size(rel_abs))
-    return {"uid": unit["uid"], "shard": shard, "rows": len(cols["pixels"]), "rejects": rejects,
-            "before": before, "after": after, "digests": digests,
-            "class_rows": Counter(int(c) for c in cols["class_id"]), "seconds": time.perf_counter() - t0,
-            "cpu_seconds": time.process_time() - cpu0, "span": [wall0, time.time()], "pid": os.getpid()}
+            self.digests.append([ds, rel, k, hh.hexdigest()])
+
+    def header(self, path: str) -> None:
+        """An image dropped by the cap: header only, for the "before" histogram."""
+        self.n_headers += 1
+        self.before.append(_header_size(path))
+
+    def finish(self) -> dict:
+        """Write the shard (if any row) and return the unit's small metadata."""
+        cols, shard = self.cols, None
+        if cols["pixels"]:
+            shard = f"part-{self.uid:05d}.parquet"
+            table = pa.Table.from_pydict(cols, schema=SCHEMA)
+            tmp = Path(self.shard_dir) / (shard + ".tmp")
+            pq.write_table(table, tmp, compression="zstd", compression_level=1,
+                           use_dictionary=["dataset", "label", "split"])
+            os.replace(tmp, Path(self.shard_dir) / shard)
+        return {"uid": self.uid, "shard": shard, "rows": len(cols["pixels"]), "rejects": self.rejects,
+                "before": self.before, "after": self.after, "digests": self.digests,
+                "class_rows": Counter(int(c) for c in cols["class_id"]), "n_decoded": self.n_decoded,
+                "n_headers": self.n_headers,
+                "seconds": time.perf_counter() - self.t0, "cpu_seconds": time.thread_time() - self.cpu0,
+                "span": [self.wall0, time.time()], "pid": os.getpid()}
+
+
+def _process_unit(unit: dict, p: dict, shard_dir: str) -> dict:
+    """Ray task: decode/fit/patch one unit of images and write its shard. Never raises for bad images."""
+    work = _ShardWork(unit["uid"], p, shard_dir)
+    for row in unit["decode"]:
+        work.add(row)
+    for path in unit["headers"]:
+        work.header(path)
+    return work.finish()
 
 
 def _header_size(path: str) -> list[int] | None:
@@ -163,8 +206,6 @@ def _load(dataset_dirs: list[str | Path]) -> tuple[list[DatasetInfo], list[dict]
 
 def _init_ray(address: str | None) -> bool:
     """Connect to `address`/RAY_ADDRESS or start a local Ray; True when this call started it."""
-    from rtl.raystart import ensure_ray  # a cluster, or a local Ray on 127.0.0.1 only (issue 17)
-
     # Ray runs workers at nice 15 by default; a batch build wants its fair share of the CPUs (local only)
     return ensure_ray(address, _system_config={"worker_niceness": 0})
 
@@ -174,20 +215,23 @@ def _prepare_out(out: Path) -> dict | None:
     check_creatable(out, "corpus folder")  # not a file, and no file in the way of creating it
     if not out.exists():
         return None
-    mpath = out / "manifest.json"
-    if mpath.is_file():
-        try:
-            return json.loads(mpath.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as e:
-            raise RtlError(f"{mpath}: cannot read existing manifest: {e}") from None
+    existing = read_existing_manifest(out)
+    if existing is not None:
+        return existing
     stray = [c.name for c in out.iterdir()
-             if not (c.name.startswith((".building-", ".manifest-")) or c.name in ("shards", LOCK_NAME))]
+             if not (c.name.startswith((".building-", ".manifest-")) or c.name in (SHARDS_DIR, LOCK_NAME))]
     if stray:
         raise RtlError(f"{out}: folder exists, is not empty and is not a corpus (has {stray[0]})")
     return None
 
 
-def _units(rows: list[list], headers: list[str], n_cpu: int, max_side: int = 256) -> list[dict]:
+def _unit_cap(max_side: int) -> int:
+    """Most images per unit / shard: ~32 MB of output pixels, 16..1024 images."""
+    return max(16, min(1024, (32 << 20) // (3 * max_side * max_side)))
+
+
+def _units(rows: list[list], headers: list[str], n_cpu: int, max_side: int = 256, first_uid: int = 0
+           ) -> list[dict]:
     """Cut work into units, one task and one shard each.
 
     ~6 units per CPU balance the tail (units differ in cost: sizes, patches). A unit holds at most
@@ -195,10 +239,9 @@ def _units(rows: list[list], headers: list[str], n_cpu: int, max_side: int = 256
     so they go in big batches that keep the per-task cost (scheduling, worker hand-off, one Parquet file)
     negligible, while large outputs keep shards of a readable size.
     """
-    per_unit = max(16, min(1024, (32 << 20) // (3 * max_side * max_side)))
-    size = min(per_unit, max(4, math.ceil(len(rows) / (6 * max(1, n_cpu)))))
+    size = min(_unit_cap(max_side), max(4, math.ceil(len(rows) / (6 * max(1, n_cpu)))))
     n = max(1, math.ceil(len(rows) / size))
-    units = [{"uid": i, "decode": rows[i * size:(i + 1) * size], "headers": []} for i in range(n)]
+    units = [{"uid": first_uid + i, "decode": rows[i * size:(i + 1) * size], "headers": []} for i in range(n)]
     for j, h in enumerate(headers):
         units[j % n]["headers"].append(h)
     return units
@@ -248,28 +291,39 @@ def build_corpus(dataset_dirs: list[str | Path], out: str | Path, *, min_side: i
     work = out / f".building-{uuid.uuid4().hex[:8]}"
     started = ok = False
     pool = ThreadPoolExecutor(1, thread_name_prefix="rtl-label-scan")
+    stop = threading.Event()
     try:
-        # The label scan (a stat per listed image) and Ray's start (mostly waiting on new processes)
-        # are independent: run the scan in a thread meanwhile, so a build pays max(scan, start), not both.
-        scan = pool.submit(_plan, dirs, table, cap, seed)
+        # The label scan (a stat per listed image) and Ray's start (mostly waiting on new processes) are
+        # independent: a thread scans meanwhile and then decodes the first images itself (`_head_start`)
+        # until Ray is up, so a build pays max(scan + head start, Ray start), not their sum.
+        for stale in out.glob(".building-*"):  # left by a killed build (we hold the lock)
+            shutil.rmtree(stale, ignore_errors=True)
+        (work / SHARDS_DIR).mkdir(parents=True)
+        shard_dir = str(work / SHARDS_DIR)
+        head = pool.submit(_scan_and_head_start, dirs, table, cap, seed, params, shard_dir, stop)
         t0 = time.perf_counter()
-        started = _init_ray(address)
+        try:
+            started = _init_ray(address)
+        finally:
+            stop.set()  # Ray is up (or failed): the driver hands the rest to Ray tasks
         import ray
 
         timings["ray_init"] = time.perf_counter() - t0
-        infos, rejects, warnings, items, rows, headers, timings["labels"] = scan.result()
+        (infos, rejects, warnings, items, rows, headers, timings["labels"]), head_metas = head.result()
         counts_before = Counter(cid for cid, _ in items)
-        for stale in out.glob(".building-*"):  # left by a killed build (we hold the lock)
-            shutil.rmtree(stale, ignore_errors=True)
-        (work / "shards").mkdir(parents=True)
+        n_head = sum(m["n_decoded"] for m in head_metas)
+        timings["head_start_images"] = n_head
+        timings["head_start_seconds"] = sum(m["seconds"] for m in head_metas)
         t0 = time.perf_counter()
-        metas = _run(rows, headers, params, str(work / "shards"), progress,
-                     int(ray.cluster_resources().get("CPU", 1)))
+        n_head_headers = sum(m["n_headers"] for m in head_metas)
+        metas = head_metas + _run(rows[n_head:], headers[n_head_headers:], params, shard_dir, progress,
+                                  int(ray.cluster_resources().get("CPU", 1)), first_uid=len(head_metas))
         timings["process"] = time.perf_counter() - t0
-        # parallelism actually achieved: task-seconds per wall-second of the decode stage
-        timings["decode_task_seconds"] = sum(m["seconds"] for m in metas)
+        ray_metas = metas[len(head_metas):]
+        # parallelism actually achieved by the Ray tasks: task-seconds per wall-second of that stage
+        timings["decode_task_seconds"] = sum(m["seconds"] for m in ray_metas)
         timings["decode_cpu_seconds"] = sum(m["cpu_seconds"] for m in metas)
-        timings["decode_workers"] = len({m["pid"] for m in metas})
+        timings["decode_workers"] = len({m["pid"] for m in ray_metas})
         t0 = time.perf_counter()
         manifest = _manifest(infos, table, params, counts_before, rejects, warnings, metas, len(items),
                              len(rows))
@@ -281,7 +335,8 @@ def build_corpus(dataset_dirs: list[str | Path], out: str | Path, *, min_side: i
         ok = True
         return manifest
     finally:
-        pool.shutdown(wait=False, cancel_futures=True)
+        stop.set()
+        pool.shutdown(wait=True, cancel_futures=True)  # the head start stops within one image
         shutil.rmtree(work, ignore_errors=True)
         lock.release()
         if created and not ok:  # a failed first build leaves no folder behind
@@ -292,6 +347,38 @@ def build_corpus(dataset_dirs: list[str | Path], out: str | Path, *, min_side: i
             import ray
 
             ray.shutdown()
+
+
+def _scan_and_head_start(dirs: list, table: ClassTable, cap: int | None, seed: int, params: dict,
+                         shard_dir: str, stop: threading.Event) -> tuple[tuple, list[dict]]:
+    """Label scan (`_plan`), then `_head_start` until `stop`; -> (plan, the driver's shard metadata)."""
+    plan = _plan(dirs, table, cap, seed)
+    return plan, _head_start(plan[4], plan[5], params, shard_dir, stop)
+
+
+def _head_start(rows: list, headers: list, params: dict, shard_dir: str, stop: threading.Event) -> list[dict]:
+    """Decode `rows` from the front in the driver, in shards as large as a Ray unit, until `stop` is set.
+
+    Starting a local Ray takes seconds (new processes importing Ray's Python modules) during which the
+    driver only waits and the CPUs are partly idle; a small build can be mostly done by then. The images
+    decoded here are the first ones of `rows` (returned metadata: `n_decoded` each), so the Ray tasks take
+    `rows[sum(n_decoded):]`; with all rows done it goes on with the header reads of `headers` (`n_headers`).
+    Stops within one image of `stop`; the corpus (rows, version) is the same whoever decodes which image.
+    Shard uids 0, 1, ... (the Ray units are numbered after them).
+    """
+    metas: list[dict] = []
+    per_shard = _unit_cap(params["max_side"])
+    i = j = 0
+    while (i < len(rows) or j < len(headers)) and not stop.is_set():
+        work = _ShardWork(len(metas), params, shard_dir)
+        while i < len(rows) and work.n_decoded < per_shard and not stop.is_set():
+            work.add(rows[i])
+            i += 1
+        while i == len(rows) and j < len(headers) and not stop.is_set():
+            work.header(headers[j])
+            j += 1
+        metas.append(work.finish())
+    return metas
 
 
 def _plan(dirs: list, table: ClassTable, cap: int | None, seed: int) -> tuple:
@@ -320,7 +407,8 @@ def _plan(dirs: list, table: ClassTable, cap: int | None, seed: int) -> tuple:
     return infos, rejects, warnings, items, rows, headers, time.perf_counter() - t0
 
 
-def _run(rows: list, headers: list, params: dict, shard_dir: str, progress: bool, n_cpu: int) -> list[dict]:
+def _run(rows: list, headers: list, params: dict, shard_dir: str, progress: bool, n_cpu: int,
+         first_uid: int = 0) -> list[dict]:
     """One Ray task per unit (1 CPU each), all submitted at once; Ray runs as many as there are CPUs.
 
     Plain tasks rather than Ray Data's map_batches (what this stage used before issue 13): each unit
@@ -332,7 +420,9 @@ def _run(rows: list, headers: list, params: dict, shard_dir: str, progress: bool
 
     import ray
 
-    units = _units(rows, headers, n_cpu, params["max_side"])
+    if not rows and not headers:  # the driver's head start did it all
+        return []
+    units = _units(rows, headers, n_cpu, params["max_side"], first_uid)
     task = ray.remote(num_cpus=1)(_process_unit)
     pending = [task.remote(u, params, shard_dir) for u in units]
     metas: list[dict] = []
@@ -346,7 +436,7 @@ def _run(rows: list, headers: list, params: dict, shard_dir: str, progress: bool
             first = (str(cause).strip().splitlines() or [type(cause).__name__])[-1]
             raise RtlError(f"corpus build: a decode task failed: {first}") from None
         metas.append(m)
-        n_done += len(units[m["uid"]]["decode"])
+        n_done += m["n_decoded"]
         if progress and (not pending or time.monotonic() - t_print > 2.0):
             print(f"corpus build: {len(metas)}/{len(units)} tasks, {n_done}/{len(rows)} images",
                   file=sys.stderr, flush=True)
@@ -383,7 +473,7 @@ def _manifest(infos: list[DatasetInfo], table: ClassTable, params: dict, counts_
     h = hashlib.sha256(json.dumps(classes, sort_keys=True).encode())
     for d in sorted(digests, key=lambda x: (x[0], x[1], x[2])):
         h.update(json.dumps(d).encode())
-    shards = [f"shards/{m['shard']}" for m in metas if m["shard"]]
+    shards = [f"{SHARDS_DIR}/{m['shard']}" for m in metas if m["shard"]]
     n_decode_rejects = sum(len(m["rejects"]) for m in metas)
     return {
         "version": h.hexdigest()[:16],
@@ -410,13 +500,10 @@ def _manifest(infos: list[DatasetInfo], table: ClassTable, params: dict, counts_
 
 def _commit(out: Path, work: Path, manifest: dict) -> None:
     """Swap the new shards in and write manifest.json last (temp file + rename)."""
-    mpath = out / "manifest.json"
-    mpath.unlink(missing_ok=True)  # from here until the end, `out` is visibly not a finished corpus
-    old = out / "shards"
+    manifest_path(out).unlink(missing_ok=True)  # from here until the end, `out` is visibly not a finished corpus
+    old = out / SHARDS_DIR
     if old.exists():
         trash = work / "old-shards"
         os.replace(old, trash)
-    os.replace(work / "shards", old)
-    tmp = out / f".manifest-{uuid.uuid4().hex[:8]}.tmp"
-    tmp.write_text(json.dumps(manifest, indent=1), encoding="utf-8")
-    os.replace(tmp, mpath)
+    os.replace(work / SHARDS_DIR, old)
+    write_manifest(out, manifest)

@@ -6,26 +6,26 @@ import argparse
 from collections import Counter
 from pathlib import Path
 
-from rtl.cliargs import downscale, nonneg_float, nonneg_int, positive_int, seed, side
+from rtl.cliargs import deprecated, downscale, names, nonneg_float, nonneg_int, positive_int, seed, side
 from rtl.errors import RtlError
 
 
 def add_parsers(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("corpus", help="build or inspect the pretraining corpus")
+    p = subparsers.add_parser("corpus", help="pool your source datasets into one pretraining corpus")
     sub = p.add_subparsers(dest="corpus_verb", metavar="ACTION")
     sub.required = True
 
     b = sub.add_parser("build", help="decode, undersample and size-normalise datasets into Parquet shards")
     b.add_argument("datasets", nargs="+", metavar="DATASET_DIR", help="dataset folders (see `rtl dataset`)")
     b.add_argument("--out", required=True, metavar="CORPUS", help="corpus folder (reuses its class table)")
-    b.add_argument("--min-side", type=side, default=224)
-    b.add_argument("--max-side", type=side, default=256)
-    b.add_argument("--cap", type=nonneg_int, default=1000, help="images kept per class; 0 = all (default 1000)")
+    b.add_argument("--min-side", type=side, default=224, help="smallest image side after resizing (px)")
+    b.add_argument("--max-side", type=side, default=256, help="largest image side after resizing (px)")
+    b.add_argument("--cap", type=nonneg_int, default=1000, help="images kept per class; 0 = all")
     b.add_argument("--seed", type=seed, default=0, help="undersampling / patch seed")
     b.add_argument("--rgb", action="store_true", help="store gray images as 3 channels")
     b.add_argument("--max-patches", type=positive_int, default=8, help="patches per very large image")
     b.add_argument("--max-downscale", type=downscale, default=8.0,
-                   help="patch-crop images that would shrink by more than this (default 8)")
+                   help="patch-crop images that would shrink by more than this")
     b.add_argument("--min-defect-px", type=nonneg_float, default=6.0,
                    help="patch-crop images whose smallest VOC box would shrink below this many px; 0 = off")
     b.add_argument("--class-table", metavar="PATH", help="manifest.json / corpus dir whose class ids to keep")
@@ -34,10 +34,11 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     b.set_defaults(func=_build)
 
     i = sub.add_parser("info", help="class table, counts, rejects and version of a corpus")
-    i.add_argument("corpus", metavar="CORPUS")
-    i.add_argument("--domain", action="append", help="only datasets with this domain tag (repeatable)")
-    i.add_argument("--datasets", help="comma-separated dataset names")
-    i.add_argument("--split", action="append", choices=["train", "val", "test"], help="only this split")
+    i.add_argument("corpus", metavar="CORPUS", help="corpus folder")
+    i.add_argument("--domains", type=names, metavar="A,B", help="only datasets with these domain tags")
+    i.add_argument("--datasets", type=names, metavar="A,B", help="only these datasets")
+    i.add_argument("--split", action="append", choices=["train", "val", "test"], help="only this split (repeatable)")
+    deprecated(i, "--domain", "--domains", extend=True)
     i.set_defaults(func=_info)
 
 
@@ -74,6 +75,8 @@ def summary(m: dict, out: Path | None = None) -> str:
         lines.append(f"  warnings: {len(m['warnings'])} (see manifest.json)")
     t = m.get("timings", {})
     parts = [f"{k} {t[k]:.1f}s" for k in ("labels", "ray_init", "process", "finalize") if k in t]
+    if t.get("head_start_images"):
+        parts.insert(2, f"{int(t['head_start_images'])} images decoded by the driver while Ray started")
     if t.get("process"):
         parts.append(f"decode parallelism {t.get('decode_task_seconds', 0) / t['process']:.2f} "
                      f"over {t.get('decode_workers', '?')} workers")
@@ -88,8 +91,7 @@ def _fmt_hist(h: dict) -> str:
 def _info(args: argparse.Namespace) -> int:
     from rtl.data.corpus_view import open_corpus
 
-    ds = [d.strip() for d in args.datasets.split(",") if d.strip()] if args.datasets else None
-    view = open_corpus(args.corpus, datasets=ds, domains=args.domain, splits=args.split)
+    view = open_corpus(args.corpus, datasets=args.datasets, domains=args.domains, splits=args.split)
     m = view.manifest
     print(summary(m, Path(args.corpus)))
     counts = view.class_counts()

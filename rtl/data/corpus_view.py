@@ -8,14 +8,14 @@ model's output k means the same class in every checkpoint made from this corpus.
 
 from __future__ import annotations
 
-import json
 from functools import cached_property
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
 
+from rtl.artifacts.manifest import read_manifest
 from rtl.errors import RtlError
 
 if TYPE_CHECKING:
@@ -138,31 +138,6 @@ class CorpusView:
                 f"splits={self.splits})")
 
 
-def _read_manifest(root: Path) -> dict:
-    mpath = root / "manifest.json"
-    if not root.is_dir():
-        raise RtlError(f"{root}: corpus folder not found")
-    try:
-        manifest = json.loads(mpath.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise RtlError(f"{root}: not a corpus (no manifest.json; an unfinished build?)") from None
-    except (OSError, ValueError) as e:
-        raise RtlError(f"{mpath}: cannot read manifest: {e}") from None
-    if not isinstance(manifest, dict):
-        raise RtlError(f"{mpath}: not a corpus manifest (expected a JSON object)")
-    for key in ("version", "classes", "datasets", "shards"):
-        if key not in manifest:
-            raise RtlError(f"{mpath}: manifest has no '{key}'")
-    shards = manifest["shards"]
-    if not isinstance(shards, list) or not all(isinstance(s, str) for s in shards):
-        raise RtlError(f"{mpath}: 'shards' must be a list of paths")
-    for s in shards:  # shards live inside the corpus folder: never read a path the manifest points elsewhere
-        p = PurePosixPath(s)
-        if p.is_absolute() or ".." in p.parts or not s.strip():
-            raise RtlError(f"{mpath}: shard path {s!r} is not inside the corpus folder")
-    return manifest
-
-
 def _first_line(e: BaseException) -> str:
     return str(e).splitlines()[0] if str(e) else type(e).__name__
 
@@ -174,7 +149,7 @@ def open_corpus(path: str | Path, *, datasets: list[str] | None = None, domains:
     Unknown dataset/domain/split names raise RtlError listing the valid ones.
     """
     root = Path(path)
-    manifest = _read_manifest(root)
+    manifest = read_manifest(root)
     all_ds: dict[str, dict] = manifest["datasets"]
     chosen = sorted(all_ds)
     filtered = False

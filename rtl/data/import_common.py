@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rtl.data.convention import Box
+from rtl.data.safety import safe_source_path
 from rtl.errors import DatasetError
 
 SPLIT_ALIASES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
@@ -35,8 +36,6 @@ def label_from_boxes(boxes: Sequence[Box], default_label: str) -> str:
 def safe_image(root: Path, rel: str) -> Path:
     """`root/rel` for an existing image file; DatasetError(reason) when `rel` is absolute, has `..`,
     resolves outside `root`, is missing or not an image (`rtl.data.safety.safe_source_path`)."""
-    from rtl.data.safety import safe_source_path
-
     return safe_source_path(root, rel)
 
 

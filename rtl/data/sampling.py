@@ -18,6 +18,7 @@ from collections.abc import Hashable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+from rtl.artifacts.manifest import read_class_table_source
 from rtl.errors import RtlError
 
 __all__ = ["undersample", "sample_key", "ClassTable"]
@@ -86,15 +87,7 @@ class ClassTable:
     def load(cls, src: str | Path | dict | list) -> ClassTable:
         """From a manifest dict, a class list, a corpus dir, a manifest.json or a JSON class list."""
         if isinstance(src, (str, Path)):
-            p = Path(src)
-            if p.is_dir():
-                p = p / "manifest.json"
-            try:
-                src = json.loads(p.read_text(encoding="utf-8"))
-            except FileNotFoundError:
-                raise RtlError(f"{p}: class table not found") from None
-            except (OSError, ValueError) as e:
-                raise RtlError(f"{p}: cannot read class table: {e}") from None
+            src = read_class_table_source(src)
         if isinstance(src, dict):
             if "classes" not in src:
                 raise RtlError("class table: expected a manifest with a 'classes' list")

@@ -39,6 +39,7 @@ from rtl.data.convention import (
     write_splits,
     write_voc_xml,
 )
+from rtl.data.safety import claim_destination
 from rtl.errors import RtlError
 
 INDUSTRY_MODE = {"pcb": "RGB", "film": "L", "display": "RGB", "solar": "RGB", "semiconductor": "L",
@@ -435,14 +436,12 @@ def generate_family(out: Path, *, size: str = "demo", seed: int = 0, force: bool
     `force`: generating replaces dataset folders, so a folder holding user data is refused.
     Returns {"sources": [...rows], "targets": [...rows], "relations": {...}, "seconds": float}.
     """
-    from rtl.data.safety import claim_destination
-
     if size not in ("tiny", "demo", "full", "hard"):
         raise RtlError(f"unknown synth size {size!r}; valid: tiny, demo, full, hard")
     out = Path(out)
     claim_destination(out, SYNTH_MARKER, {"size": size, "seed": seed}, force=force)
     if size == "hard":  # the source-ranking family: its own worlds and relations (rtl.data.synth_hard)
-        from rtl.data.synth_hard import generate_hard_family
+        from rtl.data.synth_hard import generate_hard_family  # local: synth_hard imports this module
 
         return generate_hard_family(out, seed=seed)
     t0 = time.perf_counter()

@@ -31,8 +31,8 @@ def check_out_dir(out) -> None:
 
 def save_finetune_out(out, cfg, summary, *, ok_class: str | None = None):
     """`rtl finetune --out DIR`: the seed with the lowest val error becomes a model folder."""
+    from rtl.deliver.finetuned import finetune_model_folder
     from rtl.deliver.metrics import format_metrics
-    from rtl.deliver.sweep import finetune_model_folder
 
     best = min(summary.results, key=lambda r: (r.val_error, r.seed))
     path, m = finetune_model_folder(out, cfg, best, ok_class=ok_class,
@@ -70,7 +70,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from rtl.deliver.sweep import export_best
+    from rtl.sweep.deliver import export_best
 
     out = export_best(os.path.abspath(args.dir), args.target, args.out, seed=args.seed)
     print(f"model: {out}")
@@ -100,16 +100,15 @@ def _module_doc(name: str) -> str | None:
 
 
 def add_parsers(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("predict", help="run a model folder / registered model on images -> CSV/Parquet",
-                              description=_module_doc("rtl.deliver.predict"),
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = subparsers.add_parser("predict", help="classify new images with a trained model -> CSV/Parquet",
+                              description=_module_doc("rtl.deliver.predict"))  # formatter: rtl.cliargs
     p.add_argument("model", help="model folder (rtl finetune --out / rtl sweep export) or models:/<name>@<alias>")
     p.add_argument("images", help="folder of images, dataset folder (rtl convention) or CSV with an 'image' column")
     p.add_argument("--out", required=True, help="predictions file (.csv or .parquet); rejects go to <out>.rejects.csv")
     p.add_argument("--split", default=None, help="only this split of a dataset folder (train/val/test)")
     p.add_argument("--engine", default="auto", choices=("auto", "local", "ray"),
                    help="local loop, Ray Data batch inference, or auto (Ray for large inputs)")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=64, help="images per inference batch")
     p.add_argument("--actors", type=int, default=None, help="Ray Data actor pool size (default: CPUs)")
     p.add_argument("--gpus", type=float, default=0, help="GPUs for the Ray actor pool (0 = CPU)")
     p.add_argument("--address", default=None, help="Ray cluster address (implies --engine ray under auto)")

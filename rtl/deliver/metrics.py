@@ -11,6 +11,11 @@ and, when the target has an "ok" (good) class, the binary defect-vs-ok view, def
 - `defect_recall_at_far`: the best defect recall over thresholds whose false-alarm rate is at most
   `max_false_alarm` (default 5%), i.e. the operating point a line would choose.
 NaN where undefined (e.g. AUROC with one kind of image only).
+
+A sweep optimises one of them on the val split (spec `objective`, names in rtl.artifacts.trial): the search,
+the schedulers and Optuna always *minimise*, so an objective travels in loss form (`objective_loss`:
+the value itself for error-like metrics, 1 - value for the others, e.g. 1 - macro F1); `from_loss`
+turns it back into the metric a person reads. `defect_recall` means `defect_recall_at_far`.
 """
 
 from __future__ import annotations
@@ -20,8 +25,14 @@ from typing import Any
 
 import numpy as np
 
-OBJECTIVES = ("error", "macro_f1", "balanced_error", "defect_recall", "auroc")
+from rtl.artifacts.trial import OBJECTIVES
+
 NEEDS_OK = ("defect_recall", "false_alarm_rate", "auroc", "defect_recall_at_far")
+NEEDS_OK_OBJECTIVES = ("defect_recall", "auroc")  # objectives that need the target's ok class
+# the inspection_metrics key each objective reads
+OBJECTIVE_METRIC = {"error": "error", "macro_f1": "macro_f1", "balanced_error": "balanced_error",
+                    "defect_recall": "defect_recall_at_far", "auroc": "auroc"}
+assert set(OBJECTIVE_METRIC) == set(OBJECTIVES)
 
 
 def inspection_metrics(y_true: np.ndarray, probs: np.ndarray, classes: list[str], ok_class: str | None,
@@ -64,6 +75,37 @@ def inspection_metrics(y_true: np.ndarray, probs: np.ndarray, classes: list[str]
 def objective_direction(name: str) -> str:
     """"min" for error-like metrics, "max" for the rest."""
     return "min" if name in ("error", "balanced_error", "false_alarm_rate") else "max"
+
+
+def objective_metric(objective: str) -> str:
+    """The `inspection_metrics` key an objective reads (`defect_recall` -> `defect_recall_at_far`)."""
+    return OBJECTIVE_METRIC[objective]
+
+
+def objective_loss(objective: str, value: float | None) -> float:
+    """`value` of the objective's metric in the form every searcher/scheduler minimises."""
+    if value is None:
+        return math.nan
+    return float(value) if objective_direction(objective) == "min" else 1.0 - float(value)
+
+
+def from_loss(objective: str, loss: float | None) -> float | None:
+    """Inverse of `objective_loss`: the metric value a person reads (None stays None)."""
+    if loss is None:
+        return None
+    return float(loss) if objective_direction(objective) == "min" else 1.0 - float(loss)
+
+
+def objective_label(objective: str, max_false_alarm: float = 0.05) -> str:
+    """Human name of an objective, e.g. "macro F1", "defect recall @ FAR<=5%"."""
+    if objective == "defect_recall":
+        return f"defect recall @ FAR<={100 * max_false_alarm:g}%"
+    return {"error": "error", "macro_f1": "macro F1", "balanced_error": "balanced error", "auroc": "AUROC"}[objective]
+
+
+def better_word(objective: str) -> str:
+    """"lower" or "higher": which way the objective improves (for report lines)."""
+    return "lower" if objective_direction(objective) == "min" else "higher"
 
 
 def format_metrics(m: dict[str, Any]) -> str:

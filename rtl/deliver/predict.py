@@ -25,8 +25,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from rtl.data.convention import load_dataset
+from rtl.data.transforms import DecodeError, decode_fit
+from rtl.deliver.metrics import inspection_metrics
 from rtl.deliver.model import LoadedModel, build_model, prepare_image
 from rtl.errors import RtlError
+from rtl.raystart import ensure_ray
 
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".pgm", ".ppm"}
 RAY_MIN_IMAGES = 1000
@@ -54,8 +58,6 @@ def collect_inputs(src: str | Path, *, split: str | None = None) -> list[Item]:
     if src.is_file() and src.suffix.lower() == ".csv":
         items = _from_csv(src)
     elif (src / "dataset.yaml").is_file():
-        from rtl.data.convention import load_dataset
-
         info = load_dataset(src)
         recs = info.split(split) if split else list(info.records)
         items = [Item(r.path, str((info.root / r.path).resolve()), r.label) for r in recs]
@@ -93,12 +95,13 @@ def _from_csv(path: Path) -> list[Item]:
 
 def _decode_batch(files: list[str], pre: dict[str, Any]) -> tuple[list[int], torch.Tensor | None, dict[int, str]]:
     """-> (indices that decoded, (B, C, S, S) inputs, index -> reject reason)."""
-    from rtl.data.transforms import DecodeError, decode_image
-
     ok, xs, bad = [], [], {}
     for i, f in enumerate(files):
         try:
-            xs.append(prepare_image(decode_image(f, keep_gray=True), pre))
+            # decode_fit: the decode + fit of training (TargetDataset) and corpus build; prepare_image's own
+            # fit_size then leaves the image as it is (already within the sides)
+            img = decode_fit(f, int(pre["min_side"]), int(pre["max_side"]), keep_gray=True)
+            xs.append(prepare_image(img, pre))
             ok.append(i)
         except DecodeError as e:
             bad[i] = e.reason
@@ -144,8 +147,6 @@ class _RayPredictor:
 def _predict_ray(lm: LoadedModel, items: list[Item], batch_size: int, *, address: str | None, gpus: float,
                  actors: int | None) -> tuple[np.ndarray, dict[int, str]]:
     import ray
-
-    from rtl.raystart import ensure_ray
 
     ensure_ray(address)  # a cluster, or a local Ray on 127.0.0.1 only (issue 17)
     cpus = int(ray.available_resources().get("CPU", 1))
@@ -228,8 +229,6 @@ def write_outputs(df: Any, rejects: list[tuple[str, str]], out: str | Path) -> t
 
 def labelled_metrics(pred: Predictions, classes: list[str], ok_class: str | None) -> dict[str, float] | None:
     """Inspection metrics when every accepted item has a known label of the model's classes."""
-    from rtl.deliver.metrics import inspection_metrics
-
     labels = [it.label for it in pred.items]
     if not labels or any(lb not in classes for lb in labels):
         return None

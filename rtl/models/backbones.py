@@ -19,10 +19,12 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from rtl.artifacts.checkpoint import MODEL_FILE, read_checkpoint_meta, read_state_dict
 from rtl.errors import RtlError
 from rtl.registry import Registry
 
@@ -282,9 +284,21 @@ def create_model(
     return _from_checkpoint(name, num_classes, in_channels, weights, head)
 
 
-def _from_checkpoint(name: str, num_classes: int, in_channels: int, path: str, head: str) -> Backbone:
-    from rtl.train.checkpoint import load_checkpoint  # local import: checkpoint imports this module
+def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu") -> tuple[Backbone, dict[str, Any]]:
+    """Rebuild the network a checkpoint's `meta.json` describes and load its `model.pt` (strict).
+    -> (Backbone, meta dict). The format is rtl.artifacts.checkpoint; RtlError on a bad checkpoint."""
+    path = Path(path)
+    meta = read_checkpoint_meta(path)
+    state = read_state_dict(path, map_location=map_location)
+    model = create_model(meta.model, meta.num_classes, in_channels=meta.in_channels, head=meta.head)
+    try:
+        model.load_state_dict(state)
+    except (RuntimeError, TypeError, AttributeError) as e:
+        raise RtlError(f"checkpoint {path / MODEL_FILE} does not fit {meta.model}: {str(e).splitlines()[0]}") from None
+    return model, meta.as_dict()
 
+
+def _from_checkpoint(name: str, num_classes: int, in_channels: int, path: str, head: str) -> Backbone:
     model, meta = load_checkpoint(path)
     if meta.get("model") != name:
         raise RtlError(f"checkpoint {path} holds a {meta.get('model')!r} model, not {name!r}")

@@ -1,8 +1,9 @@
 """`rtl sweep report DIR`: per target the best searched configuration vs every control.
 
 Numbers come from the Optuna storage (COMPLETE trials only: pruned trials never reached the full
-fine-tuning budget, so their scores are not comparable). Selection is by **val** error; test error is
-only reported. Controls run once per seed; the best searched configuration (found with the first seed)
+fine-tuning budget, so their scores are not comparable). Selection is by the spec's objective on **val**
+(rtl.sweep.objective: error by default, or macro F1, balanced error, defect recall at a false-alarm
+rate, AUROC); its test value is only reported. Every row and the verdict are in the objective's units. Controls run once per seed; the best searched configuration (found with the first seed)
 is re-run with every other seed by the runner's "confirm" trials (MLflow runs `rtl.kind=confirm`), so
 every row is mean ± sample std over seeds, with n shown. Gains are differences of mean test error to
 scratch, ImageNet and the uniform corpus (positive = the searched configuration is better). The
@@ -21,8 +22,13 @@ from typing import Any
 
 import numpy as np
 
+from rtl.artifacts.layout import REPORT_MD, report_dir
+from rtl.data.convention import load_dataset
+from rtl.report.verdict import plot_effects, source_effects, subset_verdict
+from rtl.sweep.objective import Objective
 from rtl.sweep.spec import load_resolved
 from rtl.sweep.status import best_searched, target_trials
+from rtl.sweep.trial import tracker_for, units_of
 
 CONTROLS = ("scratch", "imagenet", "generalist", "uniform", "importance")
 
@@ -39,19 +45,22 @@ def _fmt(m: float, s: float, n: int) -> str:
 
 
 def confirm_results(results_dir: str, target: str, number: int) -> dict[int, dict[str, float | None]]:
-    """seed -> {"val", "test"} of the finished confirm runs of Optuna trial `number` (MLflow)."""
-    from rtl.sweep.trial import tracker_for
-
-    tracker = tracker_for(load_resolved(results_dir))
+    """seed -> {"val", "test"} (the objective's metric, e.g. final_val_macro_f1) of the finished confirm
+    runs of Optuna trial `number` (MLflow)."""
+    spec = load_resolved(results_dir)
+    key = Objective.of(spec).key
+    tracker = tracker_for(spec)
     out: dict[int, dict[str, float | None]] = {}
     for r in tracker.find_runs({"rtl.kind": "confirm", "rtl.target": target, "rtl.optuna_number": str(number)}):
         m, seed = r.data.metrics, r.data.tags.get("rtl.seed")
-        if "final_val_error" in m and seed is not None and r.data.tags.get("rtl.final"):
-            out[int(seed)] = {"val": m["final_val_error"], "test": m.get("final_test_error")}
+        if f"final_val_{key}" in m and seed is not None and r.data.tags.get("rtl.final"):
+            out[int(seed)] = {"val": m[f"final_val_{key}"], "test": m.get(f"final_test_{key}")}
     return out
 
 
 def summarize_target(results_dir: str, target: str) -> dict[str, Any]:
+    """Rows (controls, best searched) of val / test values of the spec's objective, mean ± std over seeds."""
+    obj = Objective.of(load_resolved(results_dir))
     trials = [t for t in target_trials(results_dir, target) if t.state.name == "COMPLETE"]
     searched = [t for t in trials if not t.user_attrs.get("rtl.control")]
     best = best_searched(results_dir, target)  # the trial the runner confirms over seeds
@@ -59,21 +68,22 @@ def summarize_target(results_dir: str, target: str) -> dict[str, Any]:
     for name in CONTROLS:
         ts = [t for t in trials if t.user_attrs.get("rtl.control") == name]
         if ts:
-            rows[name] = {"val": _ms([t.value for t in ts]), "test": _ms([t.user_attrs.get("rtl.test_error") for t in ts]),
-                          "vals": [t.value for t in ts]}
+            vals = [obj.value(t.value) for t in ts]
+            rows[name] = {"val": _ms(vals), "test": _ms([obj.test_value(t) for t in ts]), "vals": vals}
     confirm: dict[int, dict[str, float | None]] = {}
     if best is not None:
         confirm = confirm_results(results_dir, target, best.number)
-        vals = [best.value] + [c["val"] for c in confirm.values()]
-        tests = [best.user_attrs.get("rtl.test_error")] + [c["test"] for c in confirm.values()]
+        vals = [obj.value(best.value)] + [c["val"] for c in confirm.values()]
+        tests = [obj.test_value(best)] + [c["test"] for c in confirm.values()]
         rows["best (search)"] = {"val": _ms(vals), "test": _ms(tests), "vals": vals}
-    gains = {}
+    gains = {}  # improvement of the mean test value (positive = the searched configuration is better)
+    sign = 1.0 if obj.lower_is_better else -1.0  # error-like: ref - best; higher-is-better: best - ref
     if best is not None and rows["best (search)"]["test"][2]:
         for ref in ("scratch", "imagenet", "uniform"):
             if ref in rows and rows[ref]["test"][2]:
-                gains[ref] = rows[ref]["test"][0] - rows["best (search)"]["test"][0]
+                gains[ref] = sign * (rows[ref]["test"][0] - rows["best (search)"]["test"][0])
     return {"target": target, "best": best, "rows": rows, "gains": gains, "n_complete": len(trials),
-            "n_searched": len(searched), "confirm_seeds": sorted(confirm)}
+            "n_searched": len(searched), "confirm_seeds": sorted(confirm), "objective": obj}
 
 
 INSPECTION = (("macro_f1", "macro F1"), ("balanced_error", "balanced error"), ("defect_recall", "defect recall"),
@@ -84,8 +94,6 @@ def inspection_summary(results_dir: str, target: str, best: Any) -> tuple[dict[s
     """Per strategy (controls, best searched incl. its confirm seeds) mean ± std over seeds of the
     inspection metrics the trials logged (rtl.deliver.metrics; `test_*`, `val_*` when no test split).
     -> (rows, ok class name or None)."""
-    from rtl.sweep.trial import tracker_for
-
     tracker = tracker_for(load_resolved(results_dir))
     runs = tracker.find_runs({"rtl.kind": "trial", "rtl.target": target})
     groups: dict[str, list[Any]] = {n: [r for r in runs if r.data.tags.get("rtl.control") == n] for n in CONTROLS}
@@ -118,8 +126,6 @@ def _inspection_md(rows: dict[str, dict[str, tuple]], ok: str | None) -> list[st
 
 def _deliverable_md(spec: Any, target: str) -> list[str]:
     """Where the recommended model is: registered URI (target parent run tag) and the export command."""
-    from rtl.sweep.trial import tracker_for
-
     runs = tracker_for(spec).find_runs({"rtl.kind": "target", "rtl.target": target})
     tags = runs[0].data.tags if runs else {}
     if not tags.get("rtl.model_dir"):
@@ -132,8 +138,6 @@ def _deliverable_md(spec: Any, target: str) -> list[str]:
 
 def _importance_mass(results_dir: str, target: str, best: Any) -> dict[str, float] | None:
     """Per-source importance mass from the weights.json of the best trial (or the importance control)."""
-    from rtl.sweep.trial import tracker_for
-
     tracker = tracker_for(load_resolved(results_dir))
     runs = tracker.find_runs({"rtl.kind": "trial", "rtl.target": target})
     want = [best.user_attrs.get("rtl.tune_trial_id")] if best is not None else []
@@ -157,13 +161,14 @@ def _plots(out: str, s: dict[str, Any], mass: dict[str, float] | None) -> list[s
     if names:
         fig, ax = plt.subplots(figsize=(1.2 * len(names) + 2, 3))
         x = np.arange(len(names))
-        for off, key, lab in ((-0.2, "val", "val error"), (0.2, "test", "test error")):
+        label = s["objective"].label if "objective" in s else "error"
+        for off, key, lab in ((-0.2, "val", f"val {label}"), (0.2, "test", f"test {label}")):
             m = [s["rows"][n][key][0] for n in names]
             e = [s["rows"][n][key][1] for n in names]
             ax.bar(x + off, m, 0.4, yerr=e, label=lab, capsize=3)
         ax.set_xticks(x, names, rotation=20)
-        ax.set_ylabel("error")
-        ax.set_title(f"{s['target']}: error by strategy")
+        ax.set_ylabel(label)
+        ax.set_title(f"{s['target']}: {label} by strategy")
         ax.legend()
         fig.tight_layout()
         files.append(os.path.join(out, f"errors_{s['target']}.png"))
@@ -184,10 +189,12 @@ def _plots(out: str, s: dict[str, Any], mass: dict[str, float] | None) -> list[s
 
 
 def trials_table(results_dir: str, target: str) -> list[str]:
-    """Markdown rows: every trial of the target's study that counts (orphans of a killed driver excluded)."""
-    rows = ["| trial | kind | state | val error | fine-tune epochs | sources |", "|---|---|---|---|---|---|"]
+    """Markdown rows: every trial of the target's study that counts (orphans of a killed driver excluded).
+    A stopped trial shows its last intermediate value (a rung's probe error in the ranked space)."""
+    obj = Objective.of(load_resolved(results_dir))
+    rows = [f"| trial | kind | state | val {obj.label} | fine-tune epochs | sources |", "|---|---|---|---|---|---|"]
     for t in target_trials(results_dir, target):
-        val = f"{t.value:.4f}" if t.value is not None else (
+        val = f"{obj.value(t.value):.4f}" if t.value is not None else (
             f"{list(t.intermediate_values.values())[-1]:.4f} (stopped)" if t.intermediate_values else "-")
         rows.append(f"| {t.number} | {t.user_attrs.get('rtl.control') or 'search'} | {t.state.name.lower()} | "
                     f"{val} | {t.user_attrs.get('rtl.epochs', '-')} | {t.user_attrs.get('rtl.mask', '-')} |")
@@ -197,8 +204,6 @@ def trials_table(results_dir: str, target: str) -> list[str]:
 def _verdict_md(spec: Any, target: str, s: dict[str, Any]) -> list[str]:
     """The answer with a null (rtl.report.verdict): a subset only if it beats the generalist alone and all
     sources by > 2σ of seed noise."""
-    from rtl.data.convention import load_dataset
-    from rtl.report.verdict import subset_verdict
 
     rows, b = s["rows"], s["best"]
     if b is None or "best (search)" not in rows:
@@ -207,27 +212,29 @@ def _verdict_md(spec: Any, target: str, s: dict[str, Any]) -> list[str]:
         floor = 1.0 / max(1, len(load_dataset(dict(zip(spec.target_names(), spec.target_paths()))[target]).split("val")))
     except Exception:  # noqa: BLE001 -- the report must not fail on a moved target
         floor = 0.0
+    obj = Objective.of(spec)
     v = subset_verdict(rows["best (search)"]["vals"], rows.get("generalist", {}).get("vals"),
-                       rows.get("uniform", {}).get("vals"), floor=floor, subset=str(b.user_attrs.get("rtl.mask")))
+                       rows.get("uniform", {}).get("vals"), floor=floor, subset=str(b.user_attrs.get("rtl.mask")),
+                       objective=obj.name, max_false_alarm=obj.max_false_alarm)
     return ["", f"**Verdict:** {v['message']}."]
 
 
 def _effects_plot(spec: Any, results_dir: str, target: str, out: str) -> str | None:
-    from rtl.report.verdict import plot_effects, source_effects
-    from rtl.sweep.trial import units_of
-
     effects = source_effects(target_trials(results_dir, target), units_of(spec))
     return plot_effects(effects, os.path.join(out, f"source_effects_{target}.png"),
-                        f"{target}: per-source effect over finished trials")
+                        f"{target}: per-source effect over finished trials", f"val {Objective.of(spec).label}")
 
 
 def write_report(results_dir: str, *, log_mlflow: bool = True) -> str:
     """Write report.md + PNGs under `<results>/report`; returns the Markdown path."""
     spec = load_resolved(results_dir)
-    out = os.path.join(spec.results_dir, "report")
+    out = report_dir(spec.results_dir)
     os.makedirs(out, exist_ok=True)
+    obj = Objective.of(spec)
     md = [f"# Sweep `{spec.name}`", "", f"Backbone `{spec.backbone}`, {spec.budget.trials_per_target} trials per "
-          f"target, seeds {spec.seeds}. Chosen by **val** error; test error is reported only.", ""]
+          f"target, seeds {spec.seeds}. Objective: **{obj.label}** (spec `objective: {obj.name}`, "
+          f"{'lower' if obj.lower_is_better else 'higher'} is better). Chosen by **val** {obj.label}; "
+          f"test {obj.label} is reported only.", ""]
     per_target_files: dict[str, list[str]] = {}
     for target in spec.target_names():
         s = summarize_target(results_dir, target)
@@ -241,7 +248,7 @@ def write_report(results_dir: str, *, log_mlflow: bool = True) -> str:
                    f"{('{:.3g}'.format(p['temperature'])) if 'temperature' in p else 'off'}, lr {p['lr']:.3g}, freeze depth {p.get('freeze_depth', 0)}, "
                    f"regulariser {p.get('regularizer', 'none')}"
                    + (f" ({p['reg_strength']:.3g})" if "reg_strength" in p else "") + ".", ""]
-        md += ["| strategy | val error | test error |", "|---|---|---|"]
+        md += [f"| strategy | val {obj.label} | test {obj.label} |", "|---|---|---|"]
         md += [f"| {n} | {_fmt(*r['val'])} | {_fmt(*r['test'])} |" for n, r in s["rows"].items()]
         if b is not None:
             n_best = s["rows"]["best (search)"]["val"][2]
@@ -253,7 +260,7 @@ def write_report(results_dir: str, *, log_mlflow: bool = True) -> str:
         md += _inspection_md(*inspection_summary(results_dir, target, b))
         md += _deliverable_md(spec, target)
         if s["gains"]:
-            md += ["", "Gain of the best searched configuration (reduction of mean test error over seeds): "
+            md += ["", f"Gain of the best searched configuration (improvement of mean test {obj.label} over seeds): "
                    + ", ".join(f"vs {k}: {v:+.3f}" for k, v in s["gains"].items())]
         md += _verdict_md(spec, target, s)
         md += ["", *trials_table(results_dir, target)]
@@ -263,12 +270,10 @@ def write_report(results_dir: str, *, log_mlflow: bool = True) -> str:
             files.append(eff)
         md += [""] + [f"![{os.path.basename(f)}]({os.path.basename(f)})" for f in files] + [""]
         per_target_files[target] = files
-    path = os.path.join(out, "report.md")
+    path = os.path.join(out, REPORT_MD)
     with open(path, "w") as f:
         f.write("\n".join(md) + "\n")
     if log_mlflow:
-        from rtl.sweep.trial import tracker_for
-
         tracker = tracker_for(spec)
         for target, files in per_target_files.items():
             run = tracker.get_or_create_target_run(target)

@@ -6,8 +6,13 @@ image's worth of error); otherwise "no subset beats the generalist" and the bett
 recommended. The selection seed's value is optimistic (it was chosen on val), which is why the other
 seeds (confirm trials) are in the mean.
 
-Per-source effect: mean val error of finished trials *without* the source minus *with* it (positive =
-including it lowers the error), with a Welch 95 % interval. Users asked for this instead of Optuna's
+The comparison is on the spec's objective (rtl.sweep.objective: val error by default, or macro F1,
+balanced error, defect recall at a false-alarm rate, AUROC), with the same 2σ rule in its units; the
+floor stays one val image's worth, a coarse bound for the non-error metrics too.
+
+Per-source effect: mean objective loss (Optuna's value: val error, 1 - macro F1, ...) of finished trials
+*without* the source minus *with* it (positive = including it improves the objective), with a Welch 95 %
+interval. Users asked for this instead of Optuna's
 parameter importances, which mislead on the anchor/bit and top-k encodings (docs/measurements/sweep.md).
 """
 
@@ -19,6 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from rtl.deliver.metrics import objective_direction, objective_label
+
 
 def _ms(xs: Sequence[float]) -> tuple[float, float]:
     a = np.asarray([x for x in xs if x is not None and math.isfinite(x)], float)
@@ -28,9 +35,16 @@ def _ms(xs: Sequence[float]) -> tuple[float, float]:
 
 
 def subset_verdict(best: Sequence[float], generalist: Sequence[float] | None, all_sources: Sequence[float] | None,
-                   *, floor: float = 0.0, subset: str = "") -> dict[str, Any]:
-    """best / generalist / all_sources: val errors over seeds (lower is better). -> {"chosen": bool,
-    "recommend": "subset"|"generalist"|"all sources", "message": str, "sigma": float, "margins": {...}}."""
+                   *, floor: float = 0.0, subset: str = "", objective: str = "error",
+                   max_false_alarm: float = 0.05) -> dict[str, Any]:
+    """best / generalist / all_sources: val values of `objective` over seeds (val errors by default;
+    higher is better for macro_f1 / defect_recall / auroc). -> {"chosen": bool, "recommend":
+    "subset"|"generalist"|"all sources", "message": str, "sigma": float, "margins": {...}}; margins are
+    improvements in the objective's units (positive = the subset is better)."""
+    if objective_direction(objective) == "max":  # compare as losses: the same rule, the same margins
+        best, generalist, all_sources = ([1.0 - x for x in v if x is not None] if v else v
+                                         for v in (best, generalist, all_sources))
+    unit = "" if objective == "error" else f" {objective_label(objective, max_false_alarm)}"
     mb, sb = _ms(best)
     refs = {k: _ms(v) for k, v in (("generalist", generalist), ("all sources", all_sources)) if v}
     if not refs or math.isnan(mb):
@@ -43,10 +57,10 @@ def subset_verdict(best: Sequence[float], generalist: Sequence[float] | None, al
     if all(d > 2 * sigma for d in margins.values()):
         return {"chosen": True, "recommend": "subset", "sigma": sigma, "margins": margins,
                 "message": f"subset {subset} beats " + " and ".join(
-                    f"{k} by {d:.3f}" for k, d in margins.items()) + f" (> 2σ = {2 * sigma:.3f})"}
+                    f"{k} by {d:.3f}" for k, d in margins.items()) + f"{unit} (> 2σ = {2 * sigma:.3f})"}
     better = min(refs, key=lambda k: refs[k][0])
     return {"chosen": False, "recommend": better, "sigma": sigma, "margins": margins,
-            "message": f"no subset beats the generalist and all sources by > 2σ = {2 * sigma:.3f} "
+            "message": f"no subset beats the generalist and all sources by > 2σ = {2 * sigma:.3f}{unit} "
                        f"(margins: " + ", ".join(f"{k} {d:+.3f}" for k, d in margins.items())
                        + f"); recommend {better}"}
 
@@ -62,8 +76,9 @@ def trial_mask(t: Any) -> list[str] | None:
 
 
 def source_effects(trials: Sequence[Any], units: Sequence[str]) -> list[dict[str, Any]]:
-    """Per unit: effect = mean val error without - with (over COMPLETE trials with a source decision),
-    Welch 95 % half-width, counts. Units never (or always) in a mask get NaN."""
+    """Per unit: effect = mean Optuna value (the objective as a loss; val error by default) without - with
+    (over COMPLETE trials with a source decision), Welch 95 % half-width, counts. Positive = the source
+    improves the objective. Units never (or always) in a mask get NaN."""
     rows = [(trial_mask(t), float(t.value)) for t in trials if t.state.name == "COMPLETE" and t.value is not None]
     rows = [(m, v) for m, v in rows if m is not None]
     out = []
@@ -80,7 +95,7 @@ def source_effects(trials: Sequence[Any], units: Sequence[str]) -> list[dict[str
     return sorted(out, key=lambda r: (-(r["effect"] if math.isfinite(r["effect"]) else -1e9), r["unit"]))
 
 
-def plot_effects(effects: Sequence[dict[str, Any]], path: str, title: str) -> str | None:
+def plot_effects(effects: Sequence[dict[str, Any]], path: str, title: str, label: str = "val error") -> str | None:
     """Horizontal bars with 95 % intervals; None when no unit has an estimate."""
     rows = [r for r in effects if math.isfinite(r["effect"])]
     if not rows:
@@ -98,7 +113,8 @@ def plot_effects(effects: Sequence[dict[str, Any]], path: str, title: str) -> st
     ax.set_yticks(y)
     ax.set_yticklabels([f"{r['unit']} ({r['n_with']}/{r['n_without']})" for r in rows], fontsize=7)
     ax.axvline(0, color="k", lw=0.8)
-    ax.set_xlabel("val error without − with (positive: the source helps); 95 % interval")
+    ax.set_xlabel(f"{label} loss without − with (positive: the source helps); 95 % interval"
+                  if label != "val error" else "val error without − with (positive: the source helps); 95 % interval")
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=90)

@@ -20,7 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rtl.artifacts.cache import PretrainCache  # the shared content-addressed cache (one lock per key)
+from rtl.artifacts.checkpoint import META_FILE, MODEL_FILE, has_weights, read_checkpoint_meta, weights_sha
 from rtl.errors import RtlError
+from rtl.train.pretrain import PretrainConfig, pretrain_local, run_pretrain
 
 __all__ = ["ExpertPlan", "GeneralistInfo", "generalist_info", "plan_experts", "build_experts", "units_in"]
 
@@ -38,19 +41,19 @@ class GeneralistInfo:
 def generalist_info(path: str | Path) -> GeneralistInfo:
     """Read a generalist checkpoint's meta and budget; RtlError (one line) when it is not one."""
     p = Path(path)
-    if not (p / "model.pt").is_file() or not (p / "meta.json").is_file():
-        raise RtlError(f"--generalist: no rtl checkpoint at {path} (model.pt + meta.json)")
+    if not has_weights(p):
+        raise RtlError(f"--generalist: no rtl checkpoint at {path} ({MODEL_FILE} + {META_FILE})")
     try:
-        meta = json.loads((p / "meta.json").read_text())
-    except (OSError, ValueError) as e:
-        raise RtlError(f"--generalist: {p / 'meta.json'}: unreadable ({e})") from None
+        meta = read_checkpoint_meta(p).as_dict()
+    except RtlError as e:
+        raise RtlError(f"--generalist: {e}") from None
     cfg = meta.get("config") or {}
     history = meta.get("history") or []
     images = int(sum(int(h.get("images", 0)) for h in history))
     if images <= 0:
         raise RtlError(f"--generalist: {path} was never trained on a corpus (strategy "
                        f"{meta.get('strategy')!r}); pass a `source` / `subset` pretraining")
-    digest = hashlib.sha256((p / "model.pt").read_bytes()).hexdigest()[:16]
+    digest = weights_sha(p)
     return GeneralistInfo(str(p.resolve()), meta, digest, images, int(cfg.get("batch_size", 64)),
                           float(cfg.get("lr", 0.1)))
 
@@ -90,8 +93,6 @@ def plan_experts(gen: GeneralistInfo, units: Sequence[str], *, by: str = "datase
 
 def _train_expert(gen: GeneralistInfo, corpus: str, plan: ExpertPlan, out: Path, *, by: str, lr_mult: float,
                   workers: int, use_gpu: bool, cpus_per_worker: int) -> None:
-    from rtl.train.pretrain import PretrainConfig, pretrain_local, run_pretrain
-
     view = {"datasets": [plan.unit]} if by == "datasets" else {"domains": [plan.unit]}
     cfg = PretrainConfig(corpus=corpus, strategy="subset", model=str(gen.meta.get("model")), out=str(out / "ckpt"),
                          epochs=1, samples_per_epoch=plan.images, batch_size=gen.batch_size,
@@ -114,8 +115,6 @@ def build_experts(gen: GeneralistInfo, corpus: str, plans: Sequence[ExpertPlan],
                   ) -> dict[str, Path]:
     """unit -> expert checkpoint dir, built once per key in the pretraining cache.
     `on_expert(plan, ckpt, built)` is called for each (built=False when it came from the cache)."""
-    from rtl.artifacts.cache import PretrainCache  # the shared content-addressed cache (one lock per key)
-
     cache = PretrainCache(cache_dir)
     out: dict[str, Path] = {}
     for plan in plans:

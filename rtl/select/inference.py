@@ -25,7 +25,10 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from rtl.data.convention import load_dataset
 from rtl.errors import RtlError
+from rtl.train.checkpoint import load_checkpoint
+from rtl.train.target_data import TargetDataset, mean_std
 
 __all__ = ["Inference", "infer", "convert_channels", "infer_checkpoint"]
 
@@ -49,8 +52,6 @@ class Inference:
 def convert_channels(x: torch.Tensor, channels: int) -> torch.Tensor:
     """(B, C, H, W) normalised batch -> (B, channels, H, W), same maths as `to_channels` (1->3 replicate,
     3->1 BT.601 luma), applied in pixel space: un-normalise, convert, re-normalise with rtl's statistics."""
-    from rtl.train.target_data import mean_std
-
     c = x.shape[1]
     if c == channels:
         return x
@@ -148,8 +149,6 @@ def infer_checkpoint(
     `sides` = (min_side, max_side) overrides the checkpoint's; `default_sides` is used when the checkpoint
     does not record them (pass the corpus manifest's).
     """
-    from rtl.train.checkpoint import load_checkpoint
-
     model, meta = load_checkpoint(checkpoint)
     data, classes = target_dataset(target, split, in_channels=int(getattr(model, "in_channels", 3)),
                                    sides=sides or checkpoint_sides(meta, default_sides))
@@ -169,9 +168,6 @@ def target_dataset(
 ) -> tuple[Dataset, list[str]]:
     """Eval-mode `TargetDataset` over one split of a target folder, labels indexed into its classes."""
     import warnings
-
-    from rtl.data.convention import load_dataset
-    from rtl.train.target_data import TargetDataset
 
     info = load_dataset(target)
     classes = info.classes()

@@ -34,9 +34,31 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from rtl.artifacts.ranking import RANKING_VERSION, read_ranking, write_ranking
+from rtl.data.convention import load_dataset, resolve_image_path
+from rtl.data.corpus_view import decode_row, open_corpus
+from rtl.data.transforms import DecodeError, decode_image, to_channels
 from rtl.errors import RtlError
+from rtl.select.experts import build_experts, generalist_info, plan_experts, units_in
+from rtl.select.importance import aggregate_mass, class_mass, importance_weights
+from rtl.select.inference import infer, target_dataset
+from rtl.select.ranking import format_table
+from rtl.select.signals import (
+    combine_rankings,
+    feature_distance,
+    image_stats,
+    image_stats_similarity,
+    probe_score,
+    signed_gains,
+    target_verdict,
+)
+from rtl.select.transferability import logme
+from rtl.train.checkpoint import load_checkpoint
+from rtl.train.corpus_data import CorpusDataset, read_view_table
+from rtl.train.finetune import FinetuneConfig, run_finetune
+from rtl.train.probe import extract_features
 
 __all__ = ["RankConfig", "rank_target", "format_ranking", "write_ranking", "read_ranking", "SIGNALS"]
 
@@ -82,8 +104,6 @@ class RankConfig:
 
 
 def _view(corpus: str, by: str, units: Sequence[str] | None) -> Any:
-    from rtl.data.corpus_view import open_corpus
-
     if units is None:
         return open_corpus(corpus)
     return open_corpus(corpus, datasets=list(units)) if by == "datasets" else open_corpus(corpus, domains=list(units))
@@ -91,8 +111,6 @@ def _view(corpus: str, by: str, units: Sequence[str] | None) -> Any:
 
 def _source_table(corpus: str, by: str, unit: str, n: int, seed: int) -> Any:
     """Up to `n` corpus rows of one unit (deterministic sample), pixel columns only."""
-    from rtl.train.corpus_data import read_view_table
-
     table = read_view_table(_view(corpus, by, [unit]))
     if table.num_rows > n:
         idx = np.sort(np.random.default_rng([seed, table.num_rows]).choice(table.num_rows, n, replace=False))
@@ -101,8 +119,6 @@ def _source_table(corpus: str, by: str, unit: str, n: int, seed: int) -> Any:
 
 
 def _images(table: Any) -> list[np.ndarray]:
-    from rtl.data.corpus_view import decode_row
-
     cols = table.to_pydict()
     return [decode_row(p, h, w, c) for p, h, w, c in zip(cols["pixels"], cols["height"], cols["width"],
                                                          cols["channels"])]
@@ -111,9 +127,6 @@ def _images(table: Any) -> list[np.ndarray]:
 def _target_images(info: Any, split: str) -> list[np.ndarray]:
     """Raw decoded target images (their own channels): the image statistics need to know a gray target is
     gray, which the model-ready TargetDataset (converted to the model's channels) no longer says."""
-    from rtl.data.convention import resolve_image_path
-    from rtl.data.transforms import DecodeError, decode_image
-
     out = []
     for r in info.split(split):
         try:
@@ -124,15 +137,11 @@ def _target_images(info: Any, split: str) -> list[np.ndarray]:
 
 
 def _features(model: Any, data: Any, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
-    from rtl.train.probe import extract_features
-
     return extract_features(model, data, batch_size=batch_size)
 
 
 def _short_finetunes(cfg: RankConfig, init: str, backbone: str, sides: tuple[int, int]) -> list[float]:
     """Target val accuracy after one short fine-tune per seed from `init` (checkpoint dir or "scratch")."""
-    from rtl.train.finetune import FinetuneConfig, run_finetune
-
     out = []
     for s in cfg.seeds:
         ft = FinetuneConfig(target=cfg.target, init=init, model=backbone, lr=cfg.finetune_lr, epochs=cfg.finetune_epochs,
@@ -152,32 +161,11 @@ def _bootstrap(y: np.ndarray, seed: int) -> np.ndarray:
 
 def _probe_accs(x_tr: np.ndarray, y_tr: np.ndarray, x_va: np.ndarray, y_va: np.ndarray,
                 seeds: Sequence[int]) -> list[float]:
-    from rtl.select.signals import probe_score
-
     return [probe_score(x_tr[i], y_tr[i], x_va, y_va, kind="logreg") for i in (_bootstrap(y_tr, s) for s in seeds)]
 
 
 def rank_target(cfg: RankConfig, *, log: Any = print) -> dict[str, Any]:
     """The ranking of one target (a JSON-able dict; see `write_ranking`)."""
-    import torch
-
-    from rtl.data.convention import load_dataset
-    from rtl.select.experts import build_experts, generalist_info, plan_experts, units_in
-    from rtl.select.importance import aggregate_mass, class_mass, importance_weights
-    from rtl.select.inference import infer, target_dataset
-    from rtl.select.signals import (
-        combine_rankings,
-        feature_distance,
-        image_stats,
-        image_stats_similarity,
-        probe_score,
-        signed_gains,
-        target_verdict,
-    )
-    from rtl.select.transferability import logme
-    from rtl.train.checkpoint import load_checkpoint
-    from rtl.train.corpus_data import CorpusDataset
-
     t0 = time.perf_counter()
     gen = generalist_info(cfg.generalist)
     full = _view(cfg.corpus, cfg.by, None)
@@ -235,8 +223,6 @@ def rank_target(cfg: RankConfig, *, log: Any = print) -> dict[str, Any]:
     mass = by_ds if cfg.by == "datasets" else by_dom
 
     # ---- low-level statistics: gray target -> gray-converted sources (imaging shift is not a mismatch)
-    from rtl.data.transforms import to_channels
-
     timgs = _target_images(info, "train")
     gray = bool(timgs) and all(im.shape[2] == 1 for im in timgs)
     tdesc = image_stats(timgs, gray=gray) if timgs else None
@@ -315,8 +301,6 @@ def rank_target(cfg: RankConfig, *, log: Any = print) -> dict[str, Any]:
 
 
 def format_ranking(r: dict[str, Any]) -> str:
-    from rtl.select.ranking import format_table
-
     def f(v: Any, nd: int = 3) -> str:
         return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{nd}f}"
 

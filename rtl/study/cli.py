@@ -27,11 +27,11 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def add_parsers(subparsers: argparse._SubParsersAction) -> None:
-    study = subparsers.add_parser("study", help="pretraining strategies x target sizes x fine-tune modes, with figures")
+    study = subparsers.add_parser("study", help="measure which pretraining helps, with figures and a report")
     sub = study.add_subparsers(dest="study_verb", metavar="ACTION")
     sub.required = True
     p = sub.add_parser("run", help="run (or continue) a study spec (studies/*.yaml): one Ray Tune trial per cell")
-    p.add_argument("spec")
+    p.add_argument("spec", help="study spec YAML, e.g. studies/demo.yaml")
     p.add_argument("--workspace", default=None, help="override the spec's workspace")
     p.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS or local)")
     p.add_argument("--no-report", action="store_true", help="do not write the report at the end")

@@ -27,6 +27,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from rtl.artifacts.manifest import is_corpus
 from rtl.errors import ConfigError, RtlError, RtlRuntimeError
 from rtl.study.spec import StudySpec, load_resolved, save_resolved
 
@@ -287,7 +288,7 @@ def _tuner(spec: StudySpec, cells: list[dict[str, Any]], exp_path: str) -> Any:
 
 
 def _check_inputs(spec: StudySpec) -> None:
-    if not os.path.isfile(os.path.join(spec.corpus_path(), "manifest.json")):
+    if not is_corpus(spec.corpus_path()):
         raise RtlError(f"{spec.spec_file}: corpus: no corpus at {spec.corpus_path()} (run `rtl corpus build` first)")
     for name, path in zip(spec.target_names(), spec.target_paths()):
         if not os.path.isfile(os.path.join(path, "dataset.yaml")):

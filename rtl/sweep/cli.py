@@ -81,11 +81,11 @@ def _ui(args: argparse.Namespace) -> int:
 
 
 def add_parsers(subparsers: argparse._SubParsersAction) -> None:
-    sweep = subparsers.add_parser("sweep", help="search source subsets x fine-tuning per target (Ray Tune)")
+    sweep = subparsers.add_parser("sweep", help="search sources x fine-tuning per target: the best model")
     sub = sweep.add_subparsers(dest="sweep_verb", metavar="ACTION")
     sub.required = True
     p = sub.add_parser("run", help="run a sweep spec (sweeps/*.yaml)")
-    p.add_argument("spec")
+    p.add_argument("spec", help="sweep spec YAML, e.g. sweeps/demo.yaml")
     p.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS or local)")
     p.add_argument("--workspace", default=None, help="override the spec's workspace")
     p.add_argument("--dry-run", action="store_true",
@@ -97,16 +97,16 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
         p = sub.add_parser(name, help=hlp)
         p.add_argument("dir", help="results dir: <workspace>/<sweep name>")
         if name == "resume":
-            p.add_argument("--address", default=None)
+            p.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS or local)")
         if name == "report":
             p.add_argument("--no-mlflow", action="store_true", help="do not log the report to MLflow")
         p.set_defaults(func=fn)
     from rtl.deliver.cli import add_export_parser  # `rtl sweep export` (issue 11)
 
     add_export_parser(sub)
-    ui = subparsers.add_parser("ui", help="MLflow UI on a sweep's tracking store (127.0.0.1)")
+    ui = subparsers.add_parser("ui", help="browse a sweep's runs and models in the MLflow UI")
     ui.add_argument("--workspace", default=".", help="sweep results dir (or a workspace with one sweep)")
-    ui.add_argument("--port", type=port, default=5000)
+    ui.add_argument("--port", type=port, default=5000, help="port to listen on")
     ui.add_argument("--host", type=host_address, default="127.0.0.1",
-                    help="address to listen on (default 127.0.0.1; another one prints a warning)")
+                    help="address to listen on (another than loopback prints a warning)")
     ui.set_defaults(func=_ui)

@@ -10,6 +10,8 @@ so a user fixes a spec in one round instead of one Ray start per mistake. Checke
   `rtl sweep resume` unpickles Tune state from there (docs/cluster.md, "Workspace permissions");
 * corpus and target folders exist, target folder names are unique, `search.sources.include` is in the
   corpus;
+* the objective: `defect_recall` / `auroc` need an ok class in every target (`ok_class`, else one named
+  ok / good / normal / ...) and val images of both kinds; a configured `ok_class` must be a class of each;
 * `backbone` is registered (or a timm model when timm is installed); the budget leaves searched trials
   after the control trials; an ImageNet control is possible for the backbone;
 * `resources` is finite and, for a local Ray (no `--address`/`RAY_ADDRESS`/`ray start` cluster), fits
@@ -36,6 +38,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
+from rtl.artifacts.manifest import is_corpus
 from rtl.errors import ConfigError, RtlError, RtlRuntimeError
 from rtl.sweep.spec import SweepSpec, join, load_resolved
 
@@ -400,6 +403,42 @@ def _controls(spec: SweepSpec, units: list[str], backbone_ok: bool, problems: _P
     return []
 
 
+def _check_objective(spec: SweepSpec, targets: list[tuple[str, str]], problems: _Problems) -> None:
+    """An objective that needs the "ok" class (rtl.deliver.metrics) on a target without one, or whose
+    val split lacks ok or defect images (the metric would be undefined for every trial)."""
+    from rtl.data.convention import load_dataset
+    from rtl.deliver.metrics import NEEDS_OK_OBJECTIVES
+    from rtl.deliver.model import find_ok_class
+
+    objective, configured = getattr(spec, "objective", "error"), getattr(spec, "ok_class", None)
+    if objective not in NEEDS_OK_OBJECTIVES and not configured:
+        return
+    missing, one_kind = [], []
+    for name, path in targets:
+        try:
+            info = load_dataset(path)
+        except RtlError as e:
+            problems.add(f"targets: {name}: {e}")
+            continue
+        classes = info.classes()
+        try:
+            ok = find_ok_class(classes, configured)  # the rule the trials and the model folder use
+        except RtlError:  # a configured ok_class that is not a class of this target
+            ok = None
+        if ok is None:
+            missing.append(f"{name} ({', '.join(classes)})")
+        elif objective in NEEDS_OK_OBJECTIVES and len({r.label == ok for r in info.split("val")}) < 2:
+            one_kind.append(name)
+    if missing and configured:
+        problems.add(f"ok_class: {configured!r} is not a class of target(s) {'; '.join(missing)}")
+    elif missing:
+        problems.add(f"objective: {objective} needs an ok (no-defect) class; target(s) without one: "
+                     f"{'; '.join(missing)}; set ok_class or choose error, macro_f1 or balanced_error")
+    if one_kind:
+        problems.add(f"objective: {objective} needs ok and defect images in the val split; target(s) with one "
+                     f"kind only: {', '.join(one_kind)}")
+
+
 # ------------------------------------------------------------------------------------------ entry point
 def preflight(spec: SweepSpec, *, address: str | None = None, warn: bool = True) -> Plan:
     """Check `spec` before any side effect; return the plan, or raise one error listing every problem.
@@ -425,7 +464,7 @@ def preflight(spec: SweepSpec, *, address: str | None = None, warn: bool = True)
     units: list[str] = []
     corpus = spec.corpus_path()
     if _reachable(spec.corpus):
-        if not os.path.isfile(os.path.join(corpus, "manifest.json")):
+        if not is_corpus(corpus):
             problems.add(f"corpus: no corpus at {corpus} (run `rtl corpus build` first)")
         else:
             from rtl.sweep.trial import units_of
@@ -446,6 +485,8 @@ def preflight(spec: SweepSpec, *, address: str | None = None, warn: bool = True)
                 problems.add(f"search.sources.ranking.file: {name}: no ranking at {rp}")
     if len({n for n, _ in targets}) != len(targets):
         problems.add("targets: two targets share a folder name")
+    _check_objective(spec, [(n, p) for raw, (n, p) in zip(spec.targets, targets)
+                            if _reachable(raw) and os.path.isfile(os.path.join(p, "dataset.yaml"))], problems)
     backbone_ok = _check_backbone(spec.backbone, problems)
     controls = _controls(spec, units, backbone_ok, problems)
     resources = _check_resources(spec, address, problems)

@@ -24,8 +24,9 @@ import os
 import time
 from typing import Any
 
+from rtl.artifacts.trial import TrialParams
 from rtl.errors import RtlError, RtlRuntimeError
-from rtl.sweep.search import OptunaAskTell, control_params, define_space, ranking_params
+from rtl.sweep.search import METRIC, OptunaAskTell, control_params, define_space, objective_of, ranking_params
 from rtl.sweep.spec import SweepSpec, join, load_resolved, save_resolved
 from rtl.sweep.status import best_searched, confirm_experiment
 from rtl.sweep.trial import run_trial, tracker_for, units_of
@@ -96,10 +97,11 @@ def _callbacks(results_dir: str, target: str) -> list[Any]:
         def _line(self, trials: list[Any]) -> str:
             fin = [t for t in trials if t.status == "TERMINATED"]
             done = [t for t in fin if (t.last_result or {}).get("finished")]
-            best = min((t.last_result["val_error"] for t in done), default=None)
+            losses = [v for v in (objective_of(t.last_result) for t in done) if v is not None]
+            best = objective.value(min(losses, default=None))
             return (f"[{target}] running {sum(t.status == 'RUNNING' for t in trials)} | done {len(done)} | "
                     f"pruned {len(fin) - len(done)} | errored {sum(t.status == 'ERROR' for t in trials)} | "
-                    f"pending {sum(t.status == 'PENDING' for t in trials)} | best val "
+                    f"pending {sum(t.status == 'PENDING' for t in trials)} | best val {objective.label} "
                     + (f"{best:.4f}" if best is not None else "-"))
 
         def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
@@ -118,6 +120,9 @@ def _callbacks(results_dir: str, target: str) -> list[Any]:
 
     from ray.tune.logger import JsonLoggerCallback
 
+    from rtl.sweep.objective import Objective
+
+    objective = Objective.of(load_resolved(results_dir))
     return [Progress(), JsonLoggerCallback()]  # result.json per trial (status/report read it)
 
 
@@ -146,10 +151,11 @@ def _scheduler(spec: SweepSpec) -> Any:
         from rtl.sweep.subset import fidelities
 
         top = fidelities(spec)[-1]
-        return ControlAwareASHA(time_attr="fidelity", metric="val_error", mode="min", max_t=top + 1, grace_period=1,
+        return ControlAwareASHA(time_attr="fidelity", metric=METRIC, mode="min", max_t=top + 1, grace_period=1,
                                 reduction_factor=spec.scheduler.reduction_factor)
     # time_attr "epoch": the trainable's final report repeats the last epoch with finished=True
-    return ControlAwareASHA(time_attr="epoch", metric="val_error", mode="min", max_t=spec.budget.finetune_epochs,
+    # metric: the spec's objective in loss form (rtl.sweep.objective), per fine-tune epoch
+    return ControlAwareASHA(time_attr="epoch", metric=METRIC, mode="min", max_t=spec.budget.finetune_epochs,
                          grace_period=spec.scheduler.grace_period, reduction_factor=spec.scheduler.reduction_factor)
 
 
@@ -265,7 +271,7 @@ def confirm_configs(spec: SweepSpec, target: str, units: list[str], best: Any) -
 
     params = define_space(FixedTrial(best.params), spec.search.model_dump(), units, None)
     used = int(best.user_attrs.get("rtl.seed", spec.seeds[0]))
-    return [{"number": best.number, "control": "", "seed": s, "kind": "confirm", **params}
+    return [TrialParams(number=best.number, seed=s, kind="confirm", **params).to_config()
             for s in dict.fromkeys(spec.seeds) if s != used]
 
 
@@ -429,7 +435,7 @@ def run_sweep(spec: SweepSpec, *, address: str | None = None) -> str:
         order = target_order(spec, target, units)
         errored += _run_target(spec, target, order)
         errored += _run_confirm(spec, target, order)
-        from rtl.deliver.sweep import deliver_target  # keep + register the best model (issue 11)
+        from rtl.sweep.deliver import deliver_target  # keep + register the best model (issue 11)
 
         deliver_target(spec, target)
     for target in spec.target_names():

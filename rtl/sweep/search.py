@@ -19,6 +19,12 @@ cluster), and:
   arrive for an orphan, it is kept as a finished trial and its re-enqueued twin is withdrawn. The
   runner then tops the study up to the budget (`accounted_trials`), so no WAITING trial is left behind.
 
+What is minimised: `objective_loss`, the spec's objective in loss form (rtl.deliver.metrics: val error,
+or 1 - macro F1, 1 - AUROC, ...; the study's direction stays "minimize", so a study created before
+objectives existed resumes as it was). Results without it (trials of such a sweep) fall back to
+`val_error`, which is the same number under the default objective. Each COMPLETE trial also keeps
+`rtl.val_error` and its `rtl.test_*` values (test error, test objective metric) as user attrs.
+
 The source subset is encoded so it can never be empty (no repair, no rejected samples): an `anchor`
 categorical picks one unit that is always on, then one 0/1 categorical `src.<unit>` per other unit.
 """
@@ -32,6 +38,7 @@ from typing import Any
 
 from ray.tune.search import Searcher
 
+from rtl.artifacts.trial import TrialParams
 from rtl.errors import ConfigError
 from rtl.sweep.spec import expand_storage
 
@@ -42,13 +49,23 @@ ORPHANED = "rtl.orphaned"  # FAIL: lost with a killed driver, params re-enqueued
 SUPERSEDED = "rtl.superseded"  # FAIL: a re-enqueued twin withdrawn because its orphan finished after all
 REENQUEUED_FROM = "rtl.reenqueued_from"
 RESUMED_FROM = "rtl.resumed_from"
+METRIC = "objective_loss"  # what the searcher and the schedulers minimise (the objective in loss form)
+
+
+def objective_of(result: dict[str, Any] | None) -> float | None:
+    """The value to minimise from a trial report: `objective_loss`, else (older sweeps) `val_error`."""
+    if not result:
+        return None
+    v = result.get(METRIC, result.get("val_error"))
+    return None if v is None else float(v)
 
 
 def define_space(trial: Any, space: dict[str, Any], units: list[str], control: str | None) -> dict[str, Any]:
     """Define-by-run search space -> trial params for the trainable. `space` = SweepSpec.search dict.
 
-    Returns {"mask": [units on] | None, "temperature": float | None, "lr", "freeze_depth",
-    "regularizer", "reg_strength", "init"}. Controls use the same parameter names (values enqueued)."""
+    Returns the `TrialParams` fields the space decides (rtl.artifacts.trial): {"mask": [units on] | None,
+    "temperature": float | None, "lr", "freeze_depth", "regularizer", "reg_strength", "init"} and, in the
+    ranked space, "k", "drop", "add". Controls use the same parameter names (values enqueued)."""
     out: dict[str, Any] = {"init": "corpus"}
     out["lr"] = trial.suggest_float("lr", space["lr"]["low"], space["lr"]["high"], log=True)
     if control == "scratch":
@@ -96,6 +113,7 @@ def _ranked(trial: Any, space: dict[str, Any], order: list[str], out: dict[str, 
     drop = trial.suggest_categorical("drop", swaps) if swaps[1:] else 0
     add = trial.suggest_categorical("add", swaps) if swaps[1:] else 0
     mask = ranked_mask(order, k, int(drop), int(add))
+    out.update(k=int(k), drop=int(drop), add=int(add))
     if not mask:  # the generalist itself: no subset pretraining, no importance weights
         out.update(init="generalist", mask=[], temperature=None)
         return out
@@ -149,7 +167,7 @@ class OptunaAskTell(Searcher):
     def __init__(self, *, storage_url: str, study_name: str, space: dict[str, Any], units: list[str],
                  sampler: str = "tpe", seed: int = 0, n_startup_trials: int = 4,
                  controls: list[tuple[str, int, dict[str, Any]]] = ()) -> None:
-        super().__init__(metric="val_error", mode="min")
+        super().__init__(metric=METRIC, mode="min")
         # the URL as written (`${VAR}` unexpanded): Ray pickles the searcher into tuner.pkl in the results
         # dir, so an expanded database password must never be an attribute
         self.storage_url, self.study_name, self.space, self.units = storage_url, study_name, space, units
@@ -159,7 +177,7 @@ class OptunaAskTell(Searcher):
         self._live: dict[str, int] = {}  # Tune trial id -> Optuna trial number
 
     def set_search_properties(self, metric: str | None, mode: str | None, config: dict, **spec: Any) -> bool:
-        return True  # metric/mode fixed (val_error, min); the space is define-by-run
+        return True  # metric/mode fixed (objective_loss, min); the space is define-by-run
 
     # ---- study --------------------------------------------------------------------------------------
     def __getstate__(self) -> dict[str, Any]:
@@ -188,23 +206,25 @@ class OptunaAskTell(Searcher):
         t = self.study.ask()
         control = t.user_attrs.get("rtl.control")
         seed = int(t.user_attrs.get("rtl.seed", self.seed))
-        params = define_space(t, self.space, self.units, control)
+        params = TrialParams(number=t.number, control=control or "", seed=seed,
+                             enqueued=t.user_attrs.get("rtl.enqueued", ""),
+                             **define_space(t, self.space, self.units, control))
         t.set_user_attr(TUNE_ID, trial_id)
-        t.set_user_attr("rtl.mask", ",".join(params["mask"]) if params["mask"] else
-                        ("generalist" if params["init"] == "generalist" else "none"))
+        t.set_user_attr("rtl.mask", params.mask_label)
         self._live[trial_id] = t.number
-        return {"trial": {"number": t.number, "control": control or "", "seed": seed, **params}}
+        return {"trial": params.to_config()}  # a plain dict: Tune pickles configs
 
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
         num = self._number(trial_id)
-        if num is None or result.get("finished") or "val_error" not in result:
+        value = objective_of(result)
+        if num is None or result.get("finished") or value is None:
             return
         if "fidelity" in result and "rung" not in result:
             return  # rungs scheduler: fine-tune epochs are not intermediate values (the rungs are)
         ft = self.study.get_trials(deepcopy=False)[num]
         step = int(result["rung"]) if "rung" in result else int(result.get("epoch", result.get("training_iteration", 0)))
         if ft.state.name == "RUNNING" and step not in ft.intermediate_values:
-            self.study._storage.set_trial_intermediate_value(ft._trial_id, step, float(result["val_error"]))
+            self.study._storage.set_trial_intermediate_value(ft._trial_id, step, value)
 
     def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
         import optuna
@@ -219,7 +239,7 @@ class OptunaAskTell(Searcher):
         ft = study.get_trials(deepcopy=False)[num]
         if ft.state in (TrialState.COMPLETE, TrialState.PRUNED):
             return  # already told (e.g. finished before the driver died, re-reported on resume)
-        value = None if not result or "val_error" not in result else float(result["val_error"])
+        value = objective_of(result)
         if error or value is None or not math.isfinite(value):
             state = TrialState.FAIL
         elif result.get("finished"):
@@ -229,8 +249,9 @@ class OptunaAskTell(Searcher):
         attrs = {"rtl.epochs": int(result.get("epoch", 0))} if result else {}
         if result and "rung" in result and not result.get("finished"):
             attrs["rtl.rung"] = int(result["rung"])  # stopped after this pretraining rung
-        if result and result.get("test_error") is not None:
-            attrs["rtl.test_error"] = float(result["test_error"])
+        if result and state == TrialState.COMPLETE:  # the report reads these (val error next to the objective)
+            attrs |= {f"rtl.{k}": float(v) for k, v in result.items() if (k == "val_error" or k.startswith("test_"))
+                      and isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
         if ft.state == TrialState.FAIL:
             if state == TrialState.FAIL or any(t.user_attrs.get(RESUMED_FROM) == ft.number
                                                for t in study.get_trials(deepcopy=False)):

@@ -40,8 +40,10 @@ def mlflow_disagreement(results_dir: str, target: str, trials: list[Any]) -> str
 
 
 def best_searched(results_dir: str, target: str) -> Any:
-    """The COMPLETE non-control trial with the lowest val error (ties: lowest number); None if none.
-    The runner confirms this trial over seeds and the report shows it: one definition for both."""
+    """The COMPLETE non-control trial best on the spec's objective (ties: lowest number); None if none.
+    A trial's Optuna value is the objective in loss form (rtl.sweep.objective: val error, 1 - macro F1,
+    ...), so "best" is the lowest value whatever the objective. The runner confirms this trial over
+    seeds, keeps its model and the report shows it: one definition for all three."""
     done = [t for t in target_trials(results_dir, target)
             if t.state.name == "COMPLETE" and not t.user_attrs.get("rtl.control")]
     return min(done, key=lambda t: (t.value, t.number), default=None)
@@ -53,17 +55,20 @@ def confirm_experiment(spec: Any, target: str, number: int) -> str:
 
 
 def sweep_status(results_dir: str) -> list[dict[str, Any]]:
+    from rtl.sweep.objective import Objective
+
     spec = load_resolved(results_dir)
+    objective = Objective.of(spec)
     rows = []
     for target in spec.target_names():
         trials = target_trials(results_dir, target)
         by = {s: [t for t in trials if t.state.name == s] for s in ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")}
-        best = min(by["COMPLETE"], key=lambda t: t.value, default=None)
+        best = min(by["COMPLETE"], key=lambda t: t.value, default=None)  # value: the objective as a loss
         rows.append({
             "target": target, "budget": spec.budget.trials_per_target, "done": len(by["COMPLETE"]),
             "pruned": len(by["PRUNED"]), "errored": len(by["FAIL"]), "running": len(by["RUNNING"]),
-            "queued": len(by["WAITING"]),
-            "best_val": best.value if best else None,
+            "queued": len(by["WAITING"]), "objective": objective.name, "objective_label": objective.label,
+            "best_val": objective.value(best.value) if best else None,  # the objective's metric, on val
             "best_trial": best.number if best else None,
             "best_mask": best.user_attrs.get("rtl.mask") if best else None,
             "tune": _tune_counts(join(spec.results_dir, "ray_results", target)),
@@ -101,7 +106,9 @@ def _tune_counts(exp_path: str) -> dict[str, int] | None:
 
 
 def format_status(rows: list[dict[str, Any]]) -> str:
-    head = f"{'target':<20} {'done':>5} {'pruned':>6} {'errored':>7} {'running':>7} {'queued':>6} {'budget':>6}  best val (trial, sources)   tune state"
+    label = rows[0].get("objective_label", "error") if rows else "error"
+    head = (f"{'target':<20} {'done':>5} {'pruned':>6} {'errored':>7} {'running':>7} {'queued':>6} {'budget':>6}  "
+            f"{'best val ' + label + ' (trial, sources)':<26}   tune state")
     lines = [head, "-" * len(head)]
     for r in rows:
         best = f"{r['best_val']:.4f} (#{r['best_trial']}, {r['best_mask']})" if r["best_val"] is not None else "-"

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from rtl.artifacts.cache import PretrainCache, cache_key
+from rtl.artifacts.checkpoint import read_checkpoint_meta, weights_sha
 from rtl.sweep.spec import SweepSpec
 
 
@@ -62,10 +63,10 @@ def rung_checkpoints(spec: SweepSpec, gen_ckpt: Path, mask: list[str], seed: int
     from rtl.sweep.trial import _view_args
     from rtl.train.pretrain import PretrainConfig, pretrain_local, run_pretrain
 
-    meta = json.loads((gen_ckpt / "meta.json").read_text())
+    meta = read_checkpoint_meta(gen_ckpt).as_dict()
     images = rung_images(spec, meta)
     lr = float((meta.get("config") or {}).get("lr", 0.1)) * 0.3  # continued pretraining: a lower lr
-    gen_digest = hashlib.sha256((gen_ckpt / "model.pt").read_bytes()).hexdigest()[:16]
+    gen_digest = weights_sha(gen_ckpt)
     weights_digest = hashlib.sha256(weights.read_bytes()).hexdigest()[:16] if weights else None
     cache, r, prev = PretrainCache(spec.cache_dir()), spec.resources, gen_ckpt
     for rung in range(len(images)):

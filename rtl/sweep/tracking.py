@@ -25,6 +25,8 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
+from rtl.artifacts.model_folder import META_FILE, MODEL_FILE
+
 T = TypeVar("T")
 
 
@@ -347,7 +349,7 @@ def publish_champion(tracker: Tracker, target: str, model_dir: str, meta: dict[s
 
     c = tracker.client
     parent = tracker.get_or_create_target_run(target)
-    sha = meta["sha256"]["model.pt"]
+    sha = meta["sha256"][MODEL_FILE]
     version = None
     try:
         for mv in _retry(c.search_model_versions)(f"name='{registered_name}'"):
@@ -370,7 +372,7 @@ def publish_champion(tracker: Tracker, target: str, model_dir: str, meta: dict[s
             info = mlflow.pytorch.log_model(
                 lm.model, name="model", signature=infer_signature(example.numpy(), out),
                 input_example=example.numpy(),
-                extra_files=[os.path.join(model_dir, "model.pt"), os.path.join(model_dir, "meta.json")],
+                extra_files=[os.path.join(model_dir, MODEL_FILE), os.path.join(model_dir, META_FILE)],
                 pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
             # tags at creation: a kill right after registering still leaves the digest a resume looks for
             mv = mlflow.register_model(info.model_uri, registered_name, await_registration_for=30,
@@ -405,6 +407,6 @@ def download_registered_model(uri: str, dst: str, *, tracking_uri: str | None = 
     except Exception as e:
         raise RtlError(f"{uri}: not found in {uri_t} ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
     folder = os.path.join(local, "extra_files")
-    if not os.path.isfile(os.path.join(folder, "meta.json")):
-        raise RtlError(f"{uri}: not an rtl model (no extra_files/meta.json in the logged model)")
+    if not os.path.isfile(os.path.join(folder, META_FILE)):
+        raise RtlError(f"{uri}: not an rtl model (no extra_files/{META_FILE} in the logged model)")
     return folder

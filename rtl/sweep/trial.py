@@ -9,8 +9,12 @@ Steps (all idempotent, so a trial re-executed after a crash or `rtl sweep resume
    arXiv 1811.07056), then the specialist pretrained class-weighted on the same subset. Pretraining runs
    in-process (`pretrain_local`) for 1 worker, or as a Ray Train `TorchTrainer` (`run_pretrain`) for
    `train_workers > 1`; its Ray state lives under `<cache>/runs`, so a killed build resumes by epoch;
-4. fine-tune; every epoch `tune.report({"val_error", "epoch", ...}, checkpoint=...)` so ASHA can stop it;
-   the last report carries `finished: True` and the test error (the searcher tells PRUNED otherwise).
+4. fine-tune; every epoch `tune.report({"val_error", "objective_loss", "epoch", ...}, checkpoint=...)` so
+   ASHA can stop it (`objective_loss`: the spec's objective as a loss, rtl.sweep.objective); the last
+   report carries `finished: True` and the test values (the searcher tells PRUNED otherwise).
+
+The trial's config is parsed once into `TrialParams` and its pretraining decided once as a
+`PretrainPlan` (rtl.artifacts.trial); Tune and Optuna see plain dicts.
 
 Exact resume: each per-epoch checkpoint holds `state.json` (epoch) and `fit_state.pt` — the fine-tune's
 resumable state (model, optimizer, scheduler, history, best weights, every RNG; `rtl.train.engine.fit`),
@@ -31,12 +35,16 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import tempfile
 from pathlib import Path
 from typing import Any
 
 from rtl.artifacts.cache import PretrainCache, cache_key
+from rtl.artifacts.checkpoint import read_checkpoint_meta
+from rtl.artifacts.trial import PretrainPlan, TrialParams
+from rtl.errors import RtlError
 from rtl.sweep.spec import SweepSpec, load_resolved
 from rtl.sweep.tracking import Tracker, _retry, default_tracking_uri, mask_params
 
@@ -106,25 +114,49 @@ def _schedule(spec: SweepSpec) -> dict[str, Any]:
             "samples_per_epoch": samples_per_epoch(spec)}
 
 
-def prepare_init(spec: SweepSpec, t: dict[str, Any], target: str, tracker: Tracker | None
+def pretrain_plan(spec: SweepSpec, t: TrialParams | dict[str, Any]) -> PretrainPlan:
+    """What trial `t` pretrains, decided once from its params and the spec (rtl.artifacts.trial).
+
+    A dict (`init`, `mask`, `seed`, `temperature`: the study runner's and the benchmarks' form) is read
+    as the same fields; any `init` other than scratch / imagenet / generalist means "pretrain the mask"."""
+    if isinstance(t, dict):
+        init = t.get("init") if t.get("init") in ("scratch", "imagenet", "generalist") else "corpus"
+        mask, seed, temp = t.get("mask"), int(t.get("seed", 0)), t.get("temperature")
+    else:
+        init, mask, seed, temp = t.init, t.mask, t.seed, t.temperature
+    ranked = spec.search.sources.space == "ranked"
+    fixed = init in ("scratch", "imagenet", "generalist")
+    return PretrainPlan(
+        init=init, space=spec.search.sources.space, by=spec.search.sources.by, mask=list(mask or []),
+        strategy="none" if fixed else ("subset" if temp is None else "weighted"),
+        temperature=None if fixed or temp is None else float(temp), seed=seed, continue_generalist=ranked,
+        epochs=1 if ranked else spec.budget.pretrain_epochs,
+        samples_per_epoch=None if ranked or fixed else samples_per_epoch(spec),
+        subset_fraction=spec.budget.subset_fraction if ranked else None, rungs=list(spec.budget.rungs) if ranked else [])
+
+
+def prepare_init(spec: SweepSpec, plan: PretrainPlan | dict[str, Any], target: str, tracker: Tracker | None
                  ) -> tuple[str, dict[str, str]]:
-    """-> (finetune init: checkpoint dir | "scratch" | "imagenet", tags linking the pretraining)."""
-    if t["init"] in ("scratch", "imagenet"):
-        return t["init"], {}
+    """Bit space: the mask pretrained from scratch (cached). -> (finetune init: checkpoint dir |
+    "scratch" | "imagenet", tags linking the pretraining). A dict is read by `pretrain_plan`."""
+    if isinstance(plan, dict):
+        plan = pretrain_plan(spec, plan)
+    if plan.init in ("scratch", "imagenet"):
+        return plan.init, {}
     from rtl.train.strategies import open_view
 
     cache = PretrainCache(spec.cache_dir())
     runs = Path(spec.cache_dir()) / "runs"
-    mask, seed, version = list(t["mask"]), int(t["seed"]), open_view(spec.corpus_path()).version
+    mask, seed, version = list(plan.mask), plan.seed, open_view(spec.corpus_path()).version
     base = dict(corpus_version=version, mask=mask, backbone=spec.backbone, schedule=_schedule(spec), seed=seed)
     key = cache_key(temperature=None, **base)
     gen = cache.get_or_create(key, lambda d: _pretrain(spec, d / "ckpt", runs, seed, "subset", mask))
     tags = {"rtl.cache_key": key}
-    if t.get("temperature") is None:
+    if plan.strategy != "weighted" or plan.temperature is None:
         return _linked(str(gen / "ckpt"), key, mask, None, tracker, tags)
-    weights = _importance(spec, gen / "ckpt", target, mask, float(t["temperature"]))
+    weights = _importance(spec, gen / "ckpt", target, mask, plan.temperature)
     digest = hashlib.sha256(weights.read_bytes()).hexdigest()[:16]
-    key = cache_key(temperature=float(t["temperature"]), weights_digest=digest, **base)
+    key = cache_key(temperature=plan.temperature, weights_digest=digest, **base)
 
     def build(d: Path) -> None:
         (d / "weights.json").write_bytes(weights.read_bytes())
@@ -133,27 +165,32 @@ def prepare_init(spec: SweepSpec, t: dict[str, Any], target: str, tracker: Track
     spec_dir = cache.get_or_create(key, build)
     tags.update({"rtl.cache_key": key, "rtl.generalist_cache_key": tags["rtl.cache_key"],
                  "rtl.weights_path": str(spec_dir / "weights.json")})
-    return _linked(str(spec_dir / "ckpt"), key, mask, float(t["temperature"]), tracker, tags)
+    return _linked(str(spec_dir / "ckpt"), key, mask, plan.temperature, tracker, tags)
 
 
-def ranked_init(spec: SweepSpec, t: dict[str, Any], target: str, tracker: Tracker, run_id: str,
+def ranked_init(spec: SweepSpec, plan: PretrainPlan, target: str, tracker: Tracker, run_id: str,
                 state: dict[str, Any]) -> tuple[str, dict[str, str], dict[str, Any]]:
     """Ranked space: the init is the generalist continued on the trial's subset through every rung
     (rtl.sweep.subset); with the `rungs` scheduler each rung's probe error is reported (time attribute
     `fidelity`) so successive halving can stop the trial before the next rung or the fine-tune is paid.
-    -> (init, tags, extra fields for the later reports / state / final result)."""
+    -> (init, tags, extra fields for the later reports / state / final result).
+
+    The rung score is the probe's val *error* whatever the spec's `objective`: successive halving only
+    compares trials at the same rung, the probe is a cheap proxy for any of the objectives, and an
+    ok-class metric on a logistic probe's few val images is mostly noise. It is reported as both
+    `val_error` and the schedulers' `objective_loss`; the fine-tune's reports then carry the objective."""
     from rtl.sweep.subset import fidelities, generalist, probe_error, rung_checkpoints
 
     gen, gkey = generalist(spec, units_of(spec))
-    fids, seed, report = fidelities(spec), int(t["seed"]), spec.scheduler.name == "rungs"
+    fids, seed, report = fidelities(spec), plan.seed, spec.scheduler.name == "rungs"
     done = int(state.get("rung", 0))  # rungs reported before a restart: never reported again
     logged = {m.step for m in _retry(tracker.client.get_metric_history)(run_id, "rung_probe_error")}
     tags: dict[str, str] = {"rtl.generalist_cache_key": gkey}
-    fixed = t["init"] in ("scratch", "imagenet", "generalist")
-    init, key, weights, score = (str(gen) if t["init"] == "generalist" else t["init"]), gkey, None, None
-    if not fixed and t["temperature"] is not None:
-        weights = _importance(spec, gen, target, list(t["mask"]), float(t["temperature"]))
-    rungs = None if fixed else rung_checkpoints(spec, gen, list(t["mask"]), seed, weights)
+    fixed = plan.fixed
+    init, key, weights, score = (str(gen) if plan.init == "generalist" else plan.init), gkey, None, None
+    if plan.strategy == "weighted" and plan.temperature is not None:
+        weights = _importance(spec, gen, target, list(plan.mask), plan.temperature)
+    rungs = None if fixed else rung_checkpoints(spec, gen, list(plan.mask), seed, weights)
     for r in range(len(fids)):
         if rungs is not None:
             ckpt, key = next(rungs)
@@ -164,18 +201,18 @@ def ranked_init(spec: SweepSpec, t: dict[str, Any], target: str, tracker: Tracke
             score = probe_error(init, spec, target, seed)
         if r + 1 not in logged:
             tracker.log_metrics(run_id, {"rung_probe_error": score}, step=r + 1)
-        _report({"val_error": score, "fidelity": fids[r], "rung": r + 1, "epoch": 0, "finished": False},
-                {"rung": r + 1})
+        _report({"val_error": score, "objective_loss": score, "fidelity": fids[r], "rung": r + 1, "epoch": 0,
+                 "finished": False}, {"rung": r + 1})
     if weights is not None and (Path(init).parent / "weights.json").exists():
         tags["rtl.weights_path"] = str(Path(init).parent / "weights.json")
     extra: dict[str, Any] = {}
     if report:
         extra = {"result": {"fidelity": fids[-1]}, "state": {"rung": len(fids)},
                  "final": {"fidelity": fids[-1] + 1}}
-    if t["init"] in ("scratch", "imagenet"):
+    if plan.init in ("scratch", "imagenet"):
         return init, tags, extra
     tags["rtl.cache_key"] = key
-    init, tags = _linked(init, key, list(t["mask"] or []), t["temperature"], tracker, tags)
+    init, tags = _linked(init, key, list(plan.mask), plan.temperature, tracker, tags)
     return init, tags, extra
 
 
@@ -183,8 +220,8 @@ def _linked(ckpt: str, key: str, mask: list[str], temp: float | None, tracker: T
             tags: dict[str, str]) -> tuple[str, dict[str, str]]:
     if tracker is not None:  # one pretraining run per cache key, linked from every trial that uses it
         try:
-            history = json.loads((Path(ckpt) / "meta.json").read_text()).get("history", [])
-        except (OSError, ValueError):
+            history = read_checkpoint_meta(ckpt).history
+        except RtlError:
             history = []
         tags["rtl.pretrain_run_id"] = tracker.get_or_create_pretrain_run(
             key, {"mask": ",".join(sorted(mask)), "temperature": temp, "checkpoint": ckpt}, history)
@@ -253,21 +290,21 @@ def confirm_key(number: int, seed: int) -> str:
     return f"confirm-{number}-seed{seed}"
 
 
-def _trial_run(tracker: Tracker, trial_id: str, target: str, t: dict[str, Any]) -> tuple[str, dict | None]:
+def _trial_run(tracker: Tracker, trial_id: str, target: str, t: TrialParams) -> tuple[str, dict | None]:
     """-> (MLflow run id, final result already recorded on a confirm run, else None)."""
-    if t.get("kind") != "confirm":
+    if t.kind != "confirm":
         run_id = tracker.get_or_create_trial_run(
-            trial_id, target=target, name=f"{target}#{t['number']}" + (f"-{t['control']}" if t["control"] else ""),
-            tags={"rtl.optuna_number": t["number"], "rtl.control": t["control"] or "search"})
+            trial_id, target=target, name=f"{target}#{t.number}" + (f"-{t.control}" if t.control else ""),
+            tags={"rtl.optuna_number": t.number, "rtl.control": t.control or "search"})
         # finished before the driver died but after Tune's last checkpoint of it: the run holds the result
         prior = _retry(tracker.client.get_run)(run_id).data.tags.get("rtl.final")
         return run_id, json.loads(prior) if prior else None
-    key = confirm_key(int(t["number"]), int(t["seed"]))
+    key = confirm_key(t.number, t.seed)
     parent = tracker.get_or_create_target_run(target)
     run_id = tracker._get_or_create(  # Tracker has no confirm-run helper; same find-or-create by tags
         {"rtl.kind": "confirm", "rtl.trial_id": key, "rtl.target": target},
-        {"mlflow.parentRunId": parent, "rtl.optuna_number": str(t["number"]), "rtl.control": "search",
-         "rtl.seed": str(t["seed"])}, f"{target}#{t['number']}-confirm-seed{t['seed']}")
+        {"mlflow.parentRunId": parent, "rtl.optuna_number": str(t.number), "rtl.control": "search",
+         "rtl.seed": str(t.seed)}, f"{target}#{t.number}-confirm-seed{t.seed}")
     tracker.set_tags(run_id, {"rtl.tune_trial_id": trial_id})
     prior = _retry(tracker.client.get_run)(run_id).data.tags.get("rtl.final")
     if prior is None:
@@ -285,7 +322,9 @@ def run_trial(config: dict[str, Any]) -> None:
     from rtl.train.finetune import FinetuneConfig, run_finetune
 
     spec = load_resolved(config["rtl"]["results_dir"])
-    target_name, t = config["rtl"]["target"], config["trial"]
+    # parsed once here (a config of any rtl version: resumed sweeps); typed from here on
+    t = TrialParams.parse(config["trial"], f"{config['rtl']['results_dir']}: trial config")
+    target_name = config["rtl"]["target"]
     target = dict(zip(spec.target_names(), spec.target_paths()))[target_name]
     torch.set_num_threads(max(1, int(spec.resources.cpus)))
     trial_id = tune.get_context().get_trial_id()
@@ -296,26 +335,31 @@ def run_trial(config: dict[str, Any]) -> None:
     if ray.is_initialized():
         tracker.set_tags(run_id, {"rtl.node_id": ray.get_runtime_context().get_node_id(),
                                   "rtl.node_ip": ray.util.get_node_ip_address()})
-    tracker.log_params(run_id, {**mask_params(t["mask"], units_of(spec) if t["mask"] is not None else []),
-                                "temperature": t["temperature"] if t["temperature"] is not None else "off",
-                                "lr": t["lr"], "freeze_depth": t["freeze_depth"], "regularizer": t["regularizer"],
-                                "reg_strength": t["reg_strength"], "init": t["init"], "seed": t["seed"],
-                                "control": t["control"] or "search", "backbone": spec.backbone}
-                       | ({"confirm_of": t["number"]} if t.get("kind") == "confirm" else {}))
+    tracker.log_params(run_id, {**mask_params(t.mask, units_of(spec) if t.mask is not None else []),
+                                "temperature": t.temperature if t.temperature is not None else "off",
+                                "lr": t.lr, "freeze_depth": t.freeze_depth, "regularizer": t.regularizer,
+                                "reg_strength": t.reg_strength, "init": t.init, "seed": t.seed,
+                                "control": t.control or "search", "backbone": spec.backbone}
+                       | ({"confirm_of": t.number} if t.kind == "confirm" else {}))
     from rtl.sweep.tracking import source_params  # src.<name> = 0/1 per source (issue 11)
 
-    tracker.log_params(run_id, source_params(t["mask"], units_of(spec)))
+    tracker.log_params(run_id, source_params(t.mask, units_of(spec)))
     if "final" not in state and prior is not None:  # confirm trial re-created after its result was logged
         state = {"epoch": prior["epoch"], "final": prior}
     if "final" in state:  # finished before the driver died: never re-run
+        state["final"].setdefault("objective_loss", state["final"]["val_error"])  # recorded before objectives
         _log_final(tracker, run_id, state["final"])
         tracker.finish(run_id)
         _report(state["final"], state)
         return
-    if spec.search.sources.space == "ranked":
-        init, tags, rung = ranked_init(spec, t, target, tracker, run_id, state)
+    plan = pretrain_plan(spec, t)
+    if plan.space == "ranked":
+        init, tags, rung = ranked_init(spec, plan, target, tracker, run_id, state)
     else:
-        (init, tags), rung = prepare_init(spec, t, target, tracker), {}
+        (init, tags), rung = prepare_init(spec, plan, target, tracker), {}
+    from rtl.sweep.objective import objective_hooks
+
+    obj, val_metrics = objective_hooks(spec)
     starts = int(_retry(tracker.client.get_run)(run_id).data.tags.get("rtl.finetune_starts", 0)) + 1
     tracker.set_tags(run_id, tags | {"rtl.finetune_starts": starts})  # > 1: resumed (or re-run) fine-tuning
     done_epochs = int(state.get("epoch", 0))  # reported before the restart: never logged/reported again
@@ -331,28 +375,31 @@ def run_trial(config: dict[str, Any]) -> None:
         e = epoch + 1
         if e <= done_epochs:  # only in a seeded replay (no resume state): already logged and reported
             return False
-        if e not in logged:
-            tracker.log_metrics(run_id, {k: m[k] for k in ("train_loss", "val_error", "val_loss", "best_val_error")
-                                         if k in m}, step=e)
+        if e not in logged:  # every inspection metric of the val split (val_macro_f1, val_auroc, ...) too
+            tracker.log_metrics(run_id, {k: m[k] for k in m if k in ("train_loss", "best_val_error") or (
+                k.startswith("val_") and isinstance(m[k], float) and math.isfinite(m[k]))}, step=e)
         if e < spec.budget.finetune_epochs:  # the last epoch is reported as final
-            _report({"val_error": float(m["best_val_error"]), "epoch": e, "finished": False} | rung.get("result", {}),
-                    {"epoch": e} | rung.get("state", {}), latest.get(epoch))
+            # the selected-so-far epoch's values: what the trial would end with if stopped now
+            _report({"val_error": float(m["best_val_error"]), "objective_loss": obj.at_best(m), "epoch": e,
+                     "finished": False} | rung.get("result", {}), {"epoch": e} | rung.get("state", {}),
+                    latest.get(epoch))
         return False
 
-    ft = FinetuneConfig(target=target, init=init, model=spec.backbone, lr=t["lr"], freeze_depth=t["freeze_depth"],
-                        reg=t["regularizer"], reg_alpha=t["reg_strength"] or 0.01, epochs=spec.budget.finetune_epochs,
-                        seed=int(t["seed"]), batch_size=spec.budget.batch_size, min_side=spec.image.min_side,
+    ft = FinetuneConfig(target=target, init=init, model=spec.backbone, lr=t.lr, freeze_depth=t.freeze_depth,
+                        reg=t.regularizer, reg_alpha=t.reg_strength or 0.01, epochs=spec.budget.finetune_epochs,
+                        seed=t.seed, batch_size=spec.budget.batch_size, min_side=spec.image.min_side,
                         max_side=spec.image.max_side, device="cuda" if spec.resources.gpus > 0 else "cpu",
                         keep_state=True)  # model folder + inspection metrics (issue 11)
     if fit_state is not None:
         log.info("trial %s resumes fine-tuning after epoch %d", trial_id, done_epochs)
-    res = run_finetune(ft, on_epoch=on_epoch, resume_state=fit_state, state_callback=keep_state)
+    res = run_finetune(ft, on_epoch=on_epoch, resume_state=fit_state, state_callback=keep_state,
+                       val_metrics=val_metrics)
     final = {"val_error": float(res.val_error), "test_error": res.test_error, "epoch": len(res.history),
-             "finished": True, "best_epoch": res.best_epoch} | rung.get("final", {})
+             "finished": True, "best_epoch": res.best_epoch} | obj.final(res) | rung.get("final", {})
     _log_artifacts(tracker, run_id, res, tags.get("rtl.weights_path"))
-    from rtl.deliver.sweep import save_trial_model  # model folder + inspection metrics (issue 11)
+    from rtl.sweep.deliver import save_trial_model  # model folder + inspection metrics (issue 11)
 
-    save_trial_model(spec, target_name, t, ft, res, tracker=tracker, run_id=run_id, tags=tags)
+    save_trial_model(spec, target_name, t.to_config(), ft, res, tracker=tracker, run_id=run_id, tags=tags)
     # the tag before the metrics: a kill after it resumes into "finished" (never fine-tunes again), and
     # the final metrics are logged once by whichever start gets there
     tracker.set_tags(run_id, {"rtl.final": json.dumps(final),
@@ -363,9 +410,14 @@ def run_trial(config: dict[str, Any]) -> None:
 
 
 def _log_final(tracker: Tracker, run_id: str, final: dict[str, Any]) -> None:
-    """final_val_error / final_test_error, logged once per run whatever the kills in between."""
+    """final_val_error / final_test_error (and `final_val_<m>` / `final_test_<m>` of the objective's
+    metric, e.g. final_val_macro_f1), logged once per run whatever the kills in between."""
     if not _retry(tracker.client.get_metric_history)(run_id, "final_val_error"):
-        tracker.log_metrics(run_id, {"final_val_error": final["val_error"], "final_test_error": final["test_error"]})
+        extra = {f"final_{k}": float(v) for k, v in final.items() if k.startswith(("val_", "test_"))
+                 and k not in ("val_error", "test_error") and isinstance(v, float) and math.isfinite(v)}
+        tracker.log_metrics(run_id, {"final_val_error": final["val_error"], "final_test_error": final["test_error"]}
+                            | extra)
+
 
 
 def _log_artifacts(tracker: Tracker, run_id: str, res: Any, weights_path: str | None) -> None:

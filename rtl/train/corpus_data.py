@@ -32,6 +32,7 @@ import pyarrow as pa
 import torch
 from torch.utils.data import Dataset
 
+from rtl.data.transforms import DecodeError, decode_image, fit_size, to_channels
 from rtl.errors import RtlError
 from rtl.train.target_data import mean_std
 
@@ -125,8 +126,6 @@ class CorpusDataset(Dataset):
 def _to_channels(img: np.ndarray, channels: int) -> np.ndarray:
     if img.shape[2] == channels:
         return img
-    from rtl.data.transforms import to_channels
-
     return to_channels(img, channels)
 
 
@@ -138,8 +137,6 @@ def load_joint_dir(root: str | Path, *, first_class_id: int, min_side: int, max_
     with ``decode_image`` and fit to the corpus sides with ``fit_size``. Loaded fully in memory (meant
     for small auxiliary sets). -> (table with ``PIXEL_COLUMNS``, class-table entries).
     """
-    from rtl.data.transforms import DecodeError, decode_image, fit_size
-
     root = Path(root)
     if not root.is_dir():
         raise RtlError(f"joint dir {root} not found")

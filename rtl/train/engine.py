@@ -27,6 +27,8 @@ from rtl.errors import RtlError
 
 OnEpoch = Callable[[int, dict[str, Any]], bool | None]
 StateCallback = Callable[[int, dict[str, Any]], None]  # (epoch, resumable state)
+# (labels (N,) int, softmax probs (N, K)) -> {metric name: value}; fit logs each as `val_<name>` per epoch
+ValMetrics = Callable[[np.ndarray, np.ndarray], dict[str, float]]
 
 
 @dataclass
@@ -178,17 +180,24 @@ def train_epoch(
 @torch.no_grad()
 def evaluate(
     model: nn.Module, loader: Iterable, *, device: str | torch.device = "cpu", num_classes: int | None = None,
-    channels_last: bool = False, sync: bool = False,
+    channels_last: bool = False, sync: bool = False, keep_probs: bool = False,
 ) -> dict[str, Any]:
     """Top-1 error, mean CE loss, per-class accuracy (nan for classes absent from `loader`) and the
-    confusion matrix (rows = true class, columns = predicted). `sync=True` sums over DDP ranks."""
+    confusion matrix (rows = true class, columns = predicted). `sync=True` sums over DDP ranks.
+    `keep_probs` (single process only) also returns "labels" (N,) and softmax "probs" (N, K) as NumPy,
+    for metrics that need scores (AUROC, recall at a false-alarm rate)."""
     device = torch.device(device)
     model.eval()
     conf: Tensor | None = None
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    ys: list[np.ndarray] = []
+    ps: list[np.ndarray] = []
     for x, y in loader:
         x, y = _to_device(x, y, device, channels_last)
         logits = model(x).float()  # (B, K)
+        if keep_probs:
+            ps.append(torch.softmax(logits, 1).cpu().numpy())
+            ys.append(y.cpu().numpy())
         k = num_classes or logits.shape[1]
         if conf is None:
             conf = torch.zeros(k, k, dtype=torch.float64, device=device)
@@ -207,13 +216,18 @@ def evaluate(
     rows = conf_np.sum(1)
     with np.errstate(invalid="ignore", divide="ignore"):
         per_class = np.where(rows > 0, np.diag(conf_np) / np.maximum(rows, 1), np.nan)
-    return {
+    out = {
         "error": 1.0 - correct / n if n else math.nan,
         "loss": loss_sum.item() / n if n else math.nan,
         "per_class_accuracy": per_class.tolist(),
         "confusion": conf_np.tolist(),
         "n": n,
     }
+    if keep_probs:
+        k = conf_np.shape[0]
+        out["labels"] = np.concatenate(ys).astype(np.int64) if ys else np.zeros(0, np.int64)
+        out["probs"] = np.concatenate(ps) if ps else np.zeros((0, k), np.float32)
+    return out
 
 
 def _state_copy(model: nn.Module) -> dict[str, Tensor]:
@@ -280,8 +294,12 @@ def fit(
     model: nn.Module, train_loader: Any, val_loader: Any, cfg: FitConfig, *,
     regularizer: nn.Module | None = None, on_epoch: OnEpoch | None = None,
     resume_state: dict[str, Any] | None = None, state_callback: StateCallback | None = None,
+    val_metrics: ValMetrics | None = None,
 ) -> FitResult:
     """Train for cfg.epochs, evaluate on val after every epoch, keep the best-on-val weights.
+
+    `val_metrics(labels, probs)` adds metrics of the val predictions to every epoch's record as
+    `val_<name>`, and the selected epoch's as `best_val_<name>` (selection itself stays on val error).
 
     Best = lowest (val error, val loss); early stopping counts epochs without a lower val error.
     `on_epoch(epoch, metrics)` returning True stops training (Ray Tune / ASHA, Ray Train reporting).
@@ -340,7 +358,8 @@ def fit(
         tr = train_epoch(model, train_loader, optimizer, scheduler, regularizer=regularizer, scaler=scaler,
                          device=device, label_smoothing=cfg.label_smoothing, grad_clip=cfg.grad_clip,
                          channels_last=channels_last)
-        ev = evaluate(model, val_loader, device=device, channels_last=channels_last)
+        ev = evaluate(model, val_loader, device=device, channels_last=channels_last,
+                      keep_probs=val_metrics is not None)
         improved_error = ev["error"] < res.best_val_error
         key = (ev["error"], ev["loss"])
         if key < best_key:
@@ -351,7 +370,13 @@ def fit(
         metrics = {"epoch": epoch, "train_loss": tr["train_loss"], "reg_loss": tr["reg_loss"],
                    "val_error": ev["error"], "val_loss": ev["loss"], "lr": optimizer.param_groups[-1]["lr"],
                    "best_val_error": res.best_val_error, "best_epoch": res.best_epoch}
+        if val_metrics is not None:
+            metrics.update({f"val_{k}": float(v) for k, v in val_metrics(ev["labels"], ev["probs"]).items()})
         res.history.append(metrics)
+        if val_metrics is not None:  # the selected epoch's values (records of older runs may lack them)
+            best = next((h for h in res.history if h["epoch"] == res.best_epoch), {})
+            metrics.update({f"best_{k}": v for k, v in best.items() if k.startswith("val_")
+                            and k not in ("val_error", "val_loss")})
         patience_stop = cfg.patience is not None and since_improved >= cfg.patience
         rng = None
         if state_callback is not None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import math
 import random
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -23,8 +24,11 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from torch.utils.data import DataLoader
 
+from rtl.artifacts.trial import RegularizerName
+from rtl.data.convention import load_dataset
 from rtl.errors import ConfigError, DatasetError
 from rtl.models.backbones import Backbone, create_model
+from rtl.train.checkpoint import load_checkpoint
 from rtl.train.engine import FitConfig, OnEpoch, StateCallback, evaluate, fit
 from rtl.train.regularizers import build_regularizer
 from rtl.train.target_data import TargetDataset
@@ -49,7 +53,7 @@ class FinetuneConfig(BaseModel):
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     epochs: int = Field(20, ge=1)
     patience: int | None = Field(None, ge=1)
-    reg: Literal["none", "l2sp", "delta"] = "none"
+    reg: RegularizerName = "none"
     reg_alpha: float = Field(0.01, ge=0)
     reg_beta: float = Field(0.01, ge=0)
     probe: bool = False
@@ -88,6 +92,8 @@ class FinetuneResult:
     confusion: list[list[int]] | None = None  # test (or val), rows = true class
     stopped_early: bool = False
     model_state: dict[str, torch.Tensor] | None = None
+    # `val_metrics` of run_finetune: `val_<m>` at the selected epoch, `test_<m>` with the selected weights
+    metrics: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -128,8 +134,6 @@ def _init_model(cfg: FinetuneConfig, num_classes: int) -> tuple[Backbone, tuple[
                              weights=None if cfg.init == "scratch" else "imagenet")
         sides = _default_sides(cfg.model)
     else:
-        from rtl.train.checkpoint import load_checkpoint
-
         model, meta = load_checkpoint(cfg.init)
         model.reset_head(num_classes, cfg.head)
         params = meta.get("params") or {}
@@ -145,8 +149,6 @@ def _init_model(cfg: FinetuneConfig, num_classes: int) -> tuple[Backbone, tuple[
 
 def load_target(cfg: FinetuneConfig, in_channels: int, sides: tuple[int, int]) -> dict[str, TargetDataset]:
     """Decoded + fitted target splits (train augments; val/test centre-crop)."""
-    from rtl.data.convention import load_dataset
-
     info = load_dataset(cfg.target)
     classes = info.classes()
     if len(classes) < 2:
@@ -173,7 +175,9 @@ def _loader(ds: TargetDataset, cfg: FinetuneConfig, *, shuffle: bool, gen: torch
 
 def run_finetune(cfg: FinetuneConfig | dict[str, Any], on_epoch: OnEpoch | None = None, *,
                  data: dict[str, TargetDataset] | None = None, resume_state: dict[str, Any] | None = None,
-                 state_callback: StateCallback | None = None) -> FinetuneResult:
+                 state_callback: StateCallback | None = None,
+                 val_metrics: Callable[[np.ndarray, np.ndarray, list[str]], dict[str, float]] | None = None
+                 ) -> FinetuneResult:
     """Fine-tune (or linear-probe) per `cfg`; `data` lets callers reuse decoded splits across seeds.
 
     Exact resume (Ray Tune trials restart from their last checkpoint): `state_callback(epoch, state)`
@@ -181,7 +185,12 @@ def run_finetune(cfg: FinetuneConfig | dict[str, Any], on_epoch: OnEpoch | None 
     the same `cfg` and `resume_state=state` continues with the next epoch and ends with the same history
     and weights as an uninterrupted run. The init checkpoint is still loaded (architecture, L2-SP/DELTA
     start point); its weights are then replaced by the saved ones. The linear probe has no epochs to
-    resume: it ignores both arguments."""
+    resume: it ignores both arguments.
+
+    `val_metrics(labels (N,), probs (N, K), classes)`: extra metrics (e.g. rtl.deliver.metrics'
+    inspection metrics) computed from the val predictions after every epoch (history `val_<m>`, the
+    selected epoch's as `best_val_<m>`) and once on the test split; they never change which epoch is
+    selected (val error). Ignored by the linear probe."""
     cfg = FinetuneConfig.parse(cfg)
     gen = seed_everything(cfg.seed)
     probe_classes = None
@@ -197,7 +206,7 @@ def run_finetune(cfg: FinetuneConfig | dict[str, Any], on_epoch: OnEpoch | None 
     n_images = {s: len(d) for s, d in data.items()}
 
     if cfg.probe:
-        from rtl.train.probe import run_probe
+        from rtl.train.probe import run_probe  # local: probe imports this module (FinetuneResult)
 
         res = run_probe(model, data, classes, device=cfg.device, batch_size=cfg.batch_size, on_epoch=on_epoch,
                         keep_state=cfg.keep_state)
@@ -219,19 +228,26 @@ def run_finetune(cfg: FinetuneConfig | dict[str, Any], on_epoch: OnEpoch | None 
     fit_cfg = FitConfig(epochs=cfg.epochs, lr=cfg.lr, backbone_lr_mult=cfg.backbone_lr_mult,
                         weight_decay=weight_decay, optimizer=cfg.optimizer, warmup_epochs=cfg.warmup_epochs,
                         label_smoothing=cfg.label_smoothing, patience=cfg.patience, device=cfg.device)
+    hook = None if val_metrics is None else (lambda y, p: val_metrics(y, p, classes))
     fr = fit(model, train_loader, val_loader, fit_cfg, regularizer=regularizer, on_epoch=on_epoch,
-             resume_state=resume_state, state_callback=state_callback)
+             resume_state=resume_state, state_callback=state_callback, val_metrics=hook)
     model.load_state_dict(fr.best_state)  # selected on val only
     final_split = "test" if len(data["test"]) else "val"
     ev = evaluate(model, _loader(data[final_split], cfg, shuffle=False, gen=None), device=cfg.device,
-                  num_classes=len(classes))
+                  num_classes=len(classes), keep_probs=hook is not None)
+    extra: dict[str, float] = {}
+    if hook is not None:
+        best = next((h for h in fr.history if h["epoch"] == fr.best_epoch), {})
+        extra = {k: float(v) for k, v in best.items() if k.startswith("val_") and k not in ("val_error", "val_loss")}
+        if final_split == "test":
+            extra |= {f"test_{k}": float(v) for k, v in hook(ev["labels"], ev["probs"]).items()}
     return FinetuneResult(
         val_error=fr.best_val_error,
         test_error=ev["error"] if final_split == "test" else None,
         per_class_accuracy=dict(zip(classes, ev["per_class_accuracy"])),
         history=fr.history, best_epoch=fr.best_epoch, classes=classes, seed=cfg.seed, n_images=n_images,
         confusion=ev["confusion"], stopped_early=fr.stopped_early,
-        model_state=fr.best_state if cfg.keep_state else None,
+        model_state=fr.best_state if cfg.keep_state else None, metrics=extra,
     )
 
 

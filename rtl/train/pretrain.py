@@ -21,68 +21,21 @@ import shutil
 import tempfile
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from rtl.artifacts.checkpoint import STATE_FILE, has_weights, read_checkpoint_meta, read_state_dict
 from rtl.errors import RtlError
-from rtl.train.strategies import STRATEGIES, open_view, plan_pretrain, run_name
-
-STATE_FILE = "train_state.pt"
-
-
-@dataclass
-class PretrainConfig:
-    corpus: str | None = None
-    strategy: str = "source"
-    model: str = "resnet18"
-    out: str = "pretrained"  # final rtl checkpoint directory (local path)
-    epochs: int = 10
-    batch_size: int = 64  # global batch (split evenly across workers)
-    lr: float = 0.1  # for the global batch
-    weight_decay: float = 1e-4
-    momentum: float = 0.9
-    warmup_epochs: float = 1.0
-    workers: int = 1  # Ray Train workers
-    cpus_per_worker: int = 1  # also torch threads per worker
-    use_gpu: bool = False
-    datasets: list[str] | None = None
-    domains: list[str] | None = None
-    splits: list[str] | None = None  # corpus rows used (default: all splits)
-    class_weights: str | None = None  # weights.json for strategy "weighted"
-    joint_dir: str | None = None  # class-per-folder images for strategy "joint"
-    storage_path: str | None = None  # Ray storage (local / NFS / s3://); default <out parent>/ray_runs
-    seed: int = 0
-    samples_per_epoch: int | None = None  # default: rows of the view
-    in_channels: int = 3
-    min_side: int | None = None  # default: corpus manifest params
-    max_side: int | None = None
-    max_failures: int = 2  # worker failures Ray Train recovers from (restart from the last checkpoint)
-    loader_workers: int = 0  # DataLoader processes per Ray worker
-    # warm start: continue from this rtl checkpoint (same corpus class table) instead of the strategy's
-    # init -- subset experts / subset pretraining continue the generalist (Puigcerver et al. 2021)
-    init_checkpoint: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        for name in ("epochs", "batch_size", "workers", "cpus_per_worker"):
-            if int(getattr(self, name)) < 1:
-                raise RtlError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.batch_size % self.workers:
-            raise RtlError(f"batch_size {self.batch_size} must be a multiple of workers {self.workers}")
-        if self.lr <= 0:
-            raise RtlError(f"lr must be > 0, got {self.lr}")
-        STRATEGIES.get(self.strategy)
-        # Ray Train workers do not share the driver's working directory: make local paths absolute.
-        for name in ("corpus", "out", "class_weights", "joint_dir", "storage_path", "init_checkpoint"):
-            value = getattr(self, name)
-            if value and "://" not in str(value):
-                setattr(self, name, str(Path(value).expanduser().resolve()))
-
-    def resolved_storage(self) -> str:
-        return self.storage_path or str(Path(self.out).resolve().parent / "ray_runs")
+from rtl.models.backbones import create_model
+from rtl.raystart import ensure_ray  # a cluster, or a local Ray on 127.0.0.1 only (issue 17)
+from rtl.train.checkpoint import load_checkpoint, save_checkpoint
+from rtl.train.corpus_data import CorpusDataset, concat_tables, load_joint_dir, read_view_table
+from rtl.train.engine import FitConfig, build_optimizer, build_scheduler, train_epoch, unwrap
+from rtl.train.pretrain_config import PretrainConfig  # re-exported: callers import it from here
+from rtl.train.samplers import DistributedShuffleSampler, WeightedDistributedSampler
+from rtl.train.strategies import open_view, plan_pretrain, run_name
 
 
 # ------------------------------------------------------------------------------ worker contexts
@@ -91,8 +44,9 @@ class _LocalContext:
 
     rank, world_size = 0, 1
 
-    def __init__(self, state_dir: Path) -> None:
+    def __init__(self, state_dir: Path, on_epoch=None) -> None:
         self.latest = state_dir / "latest"
+        self.on_epoch = on_epoch  # progress display (rtl.train.progress), after the checkpoint is saved
 
     @contextmanager
     def checkpoint_dir(self):
@@ -107,6 +61,8 @@ class _LocalContext:
                 os.replace(self.latest, old)
             shutil.copytree(ckpt_dir, self.latest)
             shutil.rmtree(old, ignore_errors=True)
+        if self.on_epoch is not None:
+            self.on_epoch(int(metrics["epoch"]), metrics)
 
 
 class _RayContext:
@@ -145,10 +101,10 @@ def _newest_uploaded_checkpoint(run_dir: str | None) -> Path | None:
     best, best_epoch = None, -1
     for d in Path(run_dir).glob("checkpoint_*"):
         try:
-            epoch = int(json.loads((d / "meta.json").read_text())["epoch"])
-        except (OSError, ValueError, KeyError):
+            epoch = read_checkpoint_meta(d).epoch
+        except RtlError:
             continue  # incomplete upload: never resume from it
-        if (d / STATE_FILE).is_file() and (d / "model.pt").is_file() and epoch > best_epoch:
+        if epoch is not None and (d / STATE_FILE).is_file() and has_weights(d) and epoch > best_epoch:
             best, best_epoch = d, epoch
     return best
 
@@ -157,9 +113,6 @@ def _newest_uploaded_checkpoint(run_dir: str | None) -> Path | None:
 def build_loader(cfg: PretrainConfig, plan: dict[str, Any], rank: int, world_size: int):
     """DataLoader of this rank: corpus view (+ joint rows) with the strategy's sampler."""
     from torch.utils.data import DataLoader
-
-    from rtl.train.corpus_data import CorpusDataset, concat_tables, load_joint_dir, read_view_table
-    from rtl.train.samplers import DistributedShuffleSampler, WeightedDistributedSampler
 
     view = open_view(cfg.corpus, cfg.datasets, cfg.domains, cfg.splits)
     table = read_view_table(view)
@@ -182,14 +135,10 @@ def build_loader(cfg: PretrainConfig, plan: dict[str, Any], rank: int, world_siz
 
 
 def train_loop(config: dict[str, Any]) -> None:
-    """Body of every training worker. `config` = {"cfg": asdict(PretrainConfig), "plan": ..., "local": dir?}."""
-    from rtl.models.backbones import create_model
-    from rtl.train.checkpoint import save_checkpoint
-    from rtl.train.engine import FitConfig, build_optimizer, build_scheduler, train_epoch, unwrap
-
+    """Body of every training worker. `config` = {"cfg": PretrainConfig.model_dump(), "plan": ..., "local": dir?}."""
     cfg, plan = PretrainConfig(**config["cfg"]), config["plan"]
     local = config.get("local")
-    ctx = _LocalContext(Path(local)) if local else _RayContext(config.get("run_dir"))
+    ctx = _LocalContext(Path(local), config.get("on_epoch")) if local else _RayContext(config.get("run_dir"))
     torch.set_num_threads(cfg.cpus_per_worker)
     if local:
         device = torch.device("cuda" if cfg.use_gpu and torch.cuda.is_available() else "cpu")
@@ -206,9 +155,9 @@ def train_loop(config: dict[str, Any]) -> None:
     start, history, state = 0, [], None
     with ctx.checkpoint_dir() as d:
         if d is not None:
-            model.load_state_dict(torch.load(d / "model.pt", map_location="cpu", weights_only=True))
-            state = torch.load(d / STATE_FILE, map_location="cpu", weights_only=True)
-            history = json.loads((d / "meta.json").read_text())["history"]
+            model.load_state_dict(read_state_dict(d))
+            state = read_state_dict(d, file=STATE_FILE)
+            history = read_checkpoint_meta(d).history
             start = int(state["epoch"])
     if local:
         model = model.to(device)
@@ -270,46 +219,42 @@ def _meta(cfg: PretrainConfig, plan: dict[str, Any], epoch: int, history: list[d
 
 
 def _json_cfg(cfg: PretrainConfig) -> dict[str, Any]:
-    return json.loads(json.dumps(asdict(cfg), default=str))
+    return json.loads(json.dumps(cfg.model_dump(), default=str))
 
 
 # ------------------------------------------------------------------------------ drivers
 def _export(src: Path, out: Path) -> Path:
     """Copy an epoch checkpoint to `out` as a plain rtl checkpoint (model.pt + meta.json)."""
-    from rtl.train.checkpoint import load_checkpoint, save_checkpoint
-
     model, meta = load_checkpoint(src)
     return save_checkpoint(out, model, meta)
 
 
 def _no_training(cfg: PretrainConfig, plan: dict[str, Any]) -> Path:
     """scratch / imagenet: the checkpoint is the initialisation itself."""
-    from rtl.models.backbones import create_model
-    from rtl.train.checkpoint import save_checkpoint
-
     torch.manual_seed(cfg.seed)
     model = create_model(cfg.model, plan["num_classes"], in_channels=cfg.in_channels, weights=plan["init"])
     return save_checkpoint(cfg.out, model, _meta(cfg, plan, 0, []))
 
 
-def pretrain_local(cfg: PretrainConfig) -> Path:
-    """Run `train_loop` in this process (world size 1, no Ray); resumable like run_pretrain."""
+def pretrain_local(cfg: PretrainConfig, on_epoch=None) -> Path:
+    """Run `train_loop` in this process (world size 1, no Ray); resumable like run_pretrain.
+    `on_epoch(epoch, metrics)` is called after every epoch (progress display)."""
     plan = plan_pretrain(cfg)
     if not plan["trains"]:
         return _no_training(cfg, plan)
     state_dir = Path(cfg.resolved_storage()) / run_name(cfg, plan) / "local"
-    train_loop({"cfg": asdict(cfg), "plan": plan, "local": str(state_dir)})
+    train_loop({"cfg": cfg.model_dump(), "plan": plan, "local": str(state_dir), "on_epoch": on_epoch})
     return _export(state_dir / "latest", Path(cfg.out))
 
 
 def _ensure_ray() -> None:
-    from rtl.raystart import ensure_ray  # a cluster, or a local Ray on 127.0.0.1 only (issue 17)
-
     ensure_ray()
 
 
-def run_pretrain(cfg: PretrainConfig) -> Path:
-    """Pretrain per `cfg` on Ray Train; returns the final checkpoint directory `cfg.out`."""
+def run_pretrain(cfg: PretrainConfig, on_epoch=None) -> Path:
+    """Pretrain per `cfg` on Ray Train; returns the final checkpoint directory `cfg.out`.
+    `on_epoch(epoch, metrics)` gets rank 0's metrics of every epoch in this (driver) process, while
+    training runs (rtl.train.ray_progress: worker prints do not reach the driver)."""
     plan = plan_pretrain(cfg)
     if not plan["trains"]:
         return _no_training(cfg, plan)
@@ -317,11 +262,21 @@ def run_pretrain(cfg: PretrainConfig) -> Path:
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from rtl.train.torch_loopback import LoopbackTorchConfig as TorchConfig  # store on 127.0.0.1 (issue 17)
+    from rtl.train.torch_loopback import (
+        LoopbackTorchConfig as TorchConfig,  # local: imports Ray; store on 127.0.0.1 (issue 17)
+    )
+
+    relay = None
+    if on_epoch is not None:
+        from rtl.train.ray_progress import (
+            RayEpochRelay,  # local: imports Ray (pretrain_local runs without it)
+        )
+
+        relay = RayEpochRelay(on_epoch)
 
     trainer = TorchTrainer(
         train_loop,
-        train_loop_config={"cfg": asdict(cfg), "plan": plan,
+        train_loop_config={"cfg": cfg.model_dump(), "plan": plan,
                            "run_dir": str(Path(cfg.resolved_storage()) / run_name(cfg, plan))
                            if "://" not in cfg.resolved_storage() else None},
         torch_config=TorchConfig(backend="nccl" if cfg.use_gpu else "gloo"),
@@ -329,12 +284,17 @@ def run_pretrain(cfg: PretrainConfig) -> Path:
                                      resources_per_worker={"CPU": cfg.cpus_per_worker}),
         run_config=RunConfig(name=run_name(cfg, plan), storage_path=cfg.resolved_storage(),
                              failure_config=FailureConfig(max_failures=cfg.max_failures),
-                             checkpoint_config=CheckpointConfig(num_to_keep=2)),
+                             checkpoint_config=CheckpointConfig(num_to_keep=2),
+                             callbacks=[relay.callback] if relay else None),
     )
     from ray.train import TrainingFailedError
 
     try:
-        result = trainer.fit()
+        if relay is not None:
+            with relay:
+                result = trainer.fit()
+        else:
+            result = trainer.fit()
     except TrainingFailedError as e:
         raise RtlError(_worker_failure_line(e, run_name(cfg, plan), cfg.resolved_storage())) from None
     if result.checkpoint is None:

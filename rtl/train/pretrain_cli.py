@@ -1,4 +1,11 @@
-"""`rtl pretrain`: pretrain a backbone on the corpus (or a view / weighting of it) with Ray Train."""
+"""`rtl pretrain`: pretrain a backbone on the corpus (or a view / weighting of it) with Ray Train.
+
+    rtl pretrain --corpus corpus/ --backbone resnet18 --epochs 10 --workers 2 --out ckpt/src
+    rtl pretrain --corpus corpus/ --strategy weighted --class-weights weights.json --out ckpt/w
+    rtl pretrain --corpus corpus/ --strategy subset --domains pcb --backbone small_cnn --local --out ckpt/pcb
+
+Options and defaults come from `PretrainConfig` (rtl/train/pretrain_config.py), the one place they live.
+"""
 
 from __future__ import annotations
 
@@ -6,64 +13,81 @@ import argparse
 import os
 from pathlib import Path
 
-from rtl.cliargs import nonneg_float, nonneg_int, positive_float, positive_int, seed
+from rtl.cliargs import (
+    add_model_options,
+    deprecated,
+    device,
+    model_kwargs,
+    nonneg_float,
+    nonneg_int,
+    on_first_use,
+    positive_int,
+    resolve_device,
+    seed,
+    side,
+)
 from rtl.errors import RtlError
 
-
-def _names(text: str) -> list[str]:
-    names = [s.strip() for s in text.split(",") if s.strip()]
-    if not names:
-        raise argparse.ArgumentTypeError("give at least one name")
-    return names
+# stricter parse-time checks than the model's (a value the model accepts from code, e.g. 0 samples per
+# epoch of an empty rung, is still a typo on the command line)
+_OVERRIDES = {
+    "out": {"required": True, "metavar": "CKPT"},
+    "corpus": {"metavar": "CORPUS"},
+    "class_weights": {"metavar": "WEIGHTS_JSON"},
+    "joint_dir": {"metavar": "DIR"},
+    "init_checkpoint": {"metavar": "CKPT"},
+    "weight_decay": {"type": nonneg_float}, "momentum": {"type": nonneg_float},
+    "warmup_epochs": {"type": nonneg_float}, "samples_per_epoch": {"type": positive_int},
+    "in_channels": {"type": int, "choices": (1, 3)}, "seed": {"type": seed},
+    "min_side": {"type": side}, "max_side": {"type": side},
+    "max_failures": {"type": nonneg_int}, "loader_workers": {"type": nonneg_int},
+}
+_RENAME = {"model": "--backbone", "storage_path": "--storage", "splits": "--split"}
 
 
 def add_parsers(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("pretrain", help="train a backbone on your corpus (or part of it), Ray Train",
+                              description=__doc__)
+    on_first_use(p, _add_options)
+    p.set_defaults(func=cmd_pretrain)
+
+
+def _add_options(p: argparse.ArgumentParser) -> None:
+    from rtl.train.pretrain_config import PretrainConfig
     from rtl.train.strategies import STRATEGIES
 
-    p = subparsers.add_parser("pretrain", help="pretrain a backbone on the corpus with Ray Train",
-                              description=__doc__)
-    p.add_argument("--corpus", help="corpus folder (not needed for --strategy scratch/imagenet)")
-    p.add_argument("--strategy", default="source", choices=STRATEGIES.names())
-    p.add_argument("--model", default="resnet18")
-    p.add_argument("--epochs", type=positive_int, default=10)
-    p.add_argument("--workers", type=positive_int, default=1, help="Ray Train workers (DDP ranks)")
-    p.add_argument("--cpus-per-worker", type=positive_int, default=1, help="CPUs (= torch threads) per worker")
-    p.add_argument("--gpu", action="store_true", help="one GPU per worker (nccl)")
-    sel = p.add_mutually_exclusive_group()
-    sel.add_argument("--datasets", type=_names, help="comma-separated dataset names (a corpus view)")
-    sel.add_argument("--domain", type=_names, help="comma-separated domain tags (a corpus view)")
-    p.add_argument("--split", type=_names, help="corpus splits to train on (default: all)")
-    p.add_argument("--class-weights", metavar="WEIGHTS_JSON", help="for --strategy weighted (rtl select output)")
-    p.add_argument("--joint-dir", metavar="DIR", help="for --strategy joint: DIR/<class>/<image> folders")
-    p.add_argument("--out", required=True, metavar="CKPT", help="final checkpoint directory")
-    p.add_argument("--storage", help="Ray Train storage path (local, NFS or s3://); default <CKPT parent>/ray_runs")
-    p.add_argument("--batch-size", type=positive_int, default=64, help="global batch, split across workers")
-    p.add_argument("--lr", type=positive_float, default=0.1, help="learning rate for the global batch")
-    p.add_argument("--weight-decay", type=nonneg_float, default=1e-4)
-    p.add_argument("--warmup-epochs", type=nonneg_float, default=1.0)
-    p.add_argument("--samples-per-epoch", type=positive_int, help="default: rows of the (sub-)corpus")
-    p.add_argument("--in-channels", type=int, default=3, choices=(1, 3))
-    p.add_argument("--seed", type=seed, default=0)
-    p.add_argument("--max-failures", type=nonneg_int, default=2, help="worker failures to recover from (default 2)")
-    p.add_argument("--loader-workers", type=nonneg_int, default=0, help="DataLoader processes per Ray worker")
+    view = p.add_mutually_exclusive_group()
+    p.set_defaults(_fields=add_model_options(
+        p, PretrainConfig, rename=_RENAME, exclude=("use_gpu", "extra"),
+        overrides={**_OVERRIDES, "strategy": {"choices": STRATEGIES.names()}},
+        groups={"datasets": view, "domains": view}))
+    p.add_argument("--device", type=device, default="cpu",
+                   help="cpu, cuda (one GPU per Ray Train worker, nccl) or auto (cuda when this machine has one)")
     p.add_argument("--local", action="store_true", help="single process, no Ray (debugging / baseline)")
-    p.set_defaults(func=cmd_pretrain)
+    p.add_argument("--quiet", action="store_true", help="no per-epoch progress on stderr")
+    deprecated(p, "--model", "--backbone")
+    deprecated(p, "--domain", "--domains")
+    deprecated(p, "--gpu", "--device cuda", value="cuda")
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
     from rtl.train.checkpoint import read_meta
     from rtl.train.pretrain import PretrainConfig, pretrain_local, run_pretrain
 
-    if args.local and (args.workers != 1 or args.gpu):
-        raise RtlError("--local runs one CPU process: drop --workers/--gpu")
-    cfg = PretrainConfig(
-        corpus=args.corpus, strategy=args.strategy, model=args.model, out=args.out, epochs=args.epochs,
-        batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs,
-        workers=args.workers, cpus_per_worker=args.cpus_per_worker, use_gpu=args.gpu, datasets=args.datasets,
-        domains=args.domain, splits=args.split, class_weights=args.class_weights, joint_dir=args.joint_dir,
-        storage_path=args.storage, seed=args.seed, samples_per_epoch=args.samples_per_epoch,
-        in_channels=args.in_channels, max_failures=args.max_failures, loader_workers=args.loader_workers)
-    out = (pretrain_local if args.local else run_pretrain)(cfg)
+    if args.datasets and args.domains:
+        raise RtlError("--datasets and --domains each choose a corpus view: give one")
+    dev = "cpu" if args.local and args.device == "auto" else resolve_device(args.device)
+    if args.local and (args.workers != 1 or dev != "cpu"):
+        raise RtlError("--local runs one CPU process: drop --workers/--device")
+    cfg = PretrainConfig(**model_kwargs(args, args._fields), use_gpu=dev.startswith("cuda"))
+    from rtl.train.progress import EpochProgress  # a bar on a terminal, else one line per epoch
+
+    progress = None if getattr(args, "quiet", False) else EpochProgress(cfg.epochs, desc="pretrain")
+    try:
+        out = (pretrain_local if args.local else run_pretrain)(cfg, on_epoch=progress)
+    finally:
+        if progress is not None:
+            progress.close()
     meta = read_meta(out)
     last = meta["history"][-1] if meta["history"] else {}
     loss = f"  train_loss {last['train_loss']:.4f}" if last else ""

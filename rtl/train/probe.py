@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader
 
 from rtl.errors import DatasetError
 from rtl.train.engine import OnEpoch
+from rtl.train.finetune import FinetuneResult
 
 C_GRID = tuple(10.0 ** k for k in range(-3, 4))  # 1e-3 .. 1e3
 
@@ -63,8 +64,6 @@ def run_probe(model: torch.nn.Module, data: dict[str, Any], classes: Sequence[st
     chosen probe is folded into the model's linear head (standardisation included) and returned.
     """
     from sklearn.linear_model import LogisticRegression
-
-    from rtl.train.finetune import FinetuneResult
 
     k = len(classes)
     xs = {s: extract_features(model, d, device=device, batch_size=batch_size) for s, d in data.items()}

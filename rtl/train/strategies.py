@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rtl.artifacts.checkpoint import MODEL_FILE, weights_sha
+from rtl.artifacts.weights import read_weights  # the one reader of weights.json
 from rtl.errors import RtlError
 from rtl.registry import Registry
 
@@ -53,10 +55,8 @@ for _s in (
 def open_view(corpus: str | Path, datasets: list[str] | None = None, domains: list[str] | None = None,
               splits: list[str] | None = None) -> Any:
     """`rtl.data.corpus.open_corpus` (CONTRACTS.md "Corpus on disk")."""
-    try:
-        from rtl.data.corpus import open_corpus
-    except ImportError:  # reader module not merged under its contract name yet
-        from rtl.data.corpus_view import open_corpus
+    from rtl.data.corpus import open_corpus  # local: keeps pyarrow out of rtl --help
+
     return open_corpus(corpus, datasets=datasets, domains=domains, splits=splits)
 
 
@@ -73,8 +73,6 @@ def load_class_weights(path: str | Path, view: Any) -> dict[int, float]:
     Raises RtlError for an unreadable/malformed file, a corpus_version other than the corpus', unknown
     class ids, or no positive mass left in the view.
     """
-    from rtl.artifacts.weights import read_weights  # the one reader of weights.json
-
     path = Path(path)
     if not path.exists():
         raise RtlError(f"class weights file {path} not found")
@@ -124,10 +122,10 @@ def plan_pretrain(cfg: Any) -> dict[str, Any]:
     if init_ckpt:
         if not strat.trains:
             raise RtlError(f"init_checkpoint: strategy {strat.name!r} does not train")
-        if not (Path(init_ckpt) / "model.pt").is_file():
-            raise RtlError(f"init_checkpoint: no rtl checkpoint at {init_ckpt} (model.pt missing)")
+        if not (Path(init_ckpt) / MODEL_FILE).is_file():
+            raise RtlError(f"init_checkpoint: no rtl checkpoint at {init_ckpt} ({MODEL_FILE} missing)")
         plan["init"] = str(init_ckpt)
-        plan["init_sha"] = hashlib.sha256((Path(init_ckpt) / "model.pt").read_bytes()).hexdigest()[:16]
+        plan["init_sha"] = weights_sha(init_ckpt)
     if cfg.corpus is None:
         if strat.trains:
             raise RtlError(f"strategy {strat.name!r} needs --corpus")
@@ -152,7 +150,7 @@ def plan_pretrain(cfg: Any) -> dict[str, Any]:
         plan["class_weights"] = {str(k): v for k, v in sorted(load_class_weights(cfg.class_weights, view).items())}
         plan["weights_sha"] = hashlib.sha256(Path(cfg.class_weights).read_bytes()).hexdigest()[:16]
     if strat.joint:
-        from rtl.train.corpus_data import load_joint_dir
+        from rtl.train.corpus_data import load_joint_dir  # local: keeps torch out of rtl --help
 
         table, classes = load_joint_dir(cfg.joint_dir, first_class_id=view.num_classes, min_side=min_side,
                                         max_side=max_side)

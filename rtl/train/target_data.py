@@ -1,6 +1,6 @@
 """A target dataset split as a torch Dataset, prepared exactly like corpus images.
 
-decode_image -> fit_size(min_side, max_side) -> to_channels(model in_channels), cached in memory as uint8
+decode_fit (decode_image -> fit_size(min_side, max_side)) -> to_channels(model in_channels), cached in memory as uint8
 (targets are small: a few thousand images at most); then per item a random `min_side` square crop +
 horizontal flip (train) or the centre crop (eval), float in [0, 1], normalised with ImageNet statistics
 (`MEAN`/`STD`; luma-weighted single values for 1-channel models). Pretraining should use `to_tensor`
@@ -18,6 +18,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from rtl.data.convention import DatasetInfo, ImageRecord, resolve_image_path
+from rtl.data.transforms import DecodeError, decode_fit, to_channels
 from rtl.errors import DatasetError
 
 MEAN3, STD3 = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # ImageNet RGB statistics
@@ -59,8 +60,6 @@ class TargetDataset(Dataset):
 
     def __init__(self, info: DatasetInfo, split: str | Sequence[ImageRecord], *, classes: Sequence[str],
                  in_channels: int = 3, min_side: int = 64, max_side: int = 72, train: bool = False) -> None:
-        from rtl.data.transforms import DecodeError, decode_image, fit_size, to_channels
-
         records = info.split(split) if isinstance(split, str) else list(split)
         index = {c: i for i, c in enumerate(classes)}
         self.classes, self.min_side, self.train = list(classes), min_side, train
@@ -73,8 +72,9 @@ class TargetDataset(Dataset):
                 skipped.append(f"{rec.path} (unknown label {rec.label!r})")
                 continue
             try:
-                img = decode_image(resolve_image_path(info.root, rec.path), keep_gray=True)
-                img = to_channels(fit_size(img, min_side, max_side), in_channels)
+                # decode + fit in one step: the function corpus build and `rtl predict` use too (issue 13)
+                img = decode_fit(resolve_image_path(info.root, rec.path), min_side, max_side, keep_gray=True)
+                img = to_channels(img, in_channels)
             except (DecodeError, DatasetError, ValueError, OSError) as e:
                 skipped.append(f"{rec.path} ({getattr(e, 'reason', e)})")
                 continue

@@ -1,6 +1,10 @@
 """`rtl finetune`: fine-tune (or linear-probe) one init on a target, over several seeds, and print a table.
 
-(`rtl pretrain` lives in rtl.train.pretrain_cli and is added from there.)
+    rtl finetune --target data/targets/target_pcb --init ckpt/src --seeds 0,1,2
+    rtl finetune --target data/targets/target_pcb --init scratch --backbone small_cnn --epochs 5
+    rtl finetune --target data/targets/target_pcb --init ckpt/src --out models/pcb   # + a model folder
+
+Options and defaults come from `FinetuneConfig` (rtl/train/finetune.py), the one place they live.
 """
 
 from __future__ import annotations
@@ -10,51 +14,68 @@ import json
 import math
 from pathlib import Path
 
-from rtl.cliargs import nonneg_float, nonneg_int, positive_float, positive_int, seed_list, side
+from rtl.cliargs import (
+    add_model_options,
+    deprecated,
+    device,
+    model_kwargs,
+    on_first_use,
+    resolve_device,
+    seed_list,
+    side,
+)
 from rtl.errors import RtlError
 
-
-def _seeds(text: str) -> list[int]:
-    try:
-        seeds = [int(s) for s in text.split(",") if s.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--seeds must be comma-separated integers, got {text!r}") from None
-    if not seeds:
-        raise argparse.ArgumentTypeError("--seeds: give at least one seed")
-    return seeds
+# FinetuneConfig's fields carry no descriptions (yet): their help lines live here
+_HELPS = {
+    "target": "target dataset folder (rtl dataset convention)",
+    "init": "start point: a checkpoint directory, 'scratch' or 'imagenet'",
+    "model": "backbone architecture for --init scratch/imagenet (a checkpoint brings its own)",
+    "in_channels": "input channels for --init scratch/imagenet",
+    "head": "classifier head: linear, or adapt (two adaptation FC layers, FCa + FCb)",
+    "lr": "learning rate (the head's; the backbone's is lr x --backbone-lr-mult)",
+    "backbone_lr_mult": "backbone learning rate = lr x this (0 = frozen backbone)",
+    "freeze_depth": "freeze the first N stages (0 = none)",
+    "weight_decay": "weight decay (0 while a --reg regulariser is on)",
+    "optimizer": "optimizer",
+    "warmup_epochs": "linear learning-rate warm-up before the cosine decay",
+    "label_smoothing": "label smoothing of the cross-entropy",
+    "epochs": "training epochs per seed",
+    "patience": "stop a seed after N epochs without a better val error (default: never)",
+    "reg": "regulariser towards the start point: L2-SP (Li et al. 2018) or DELTA (Li et al. 2019)",
+    "reg_alpha": "--reg strength: alpha/2 x distance to the start point's weights (l2sp) or features (delta)",
+    "reg_beta": "--reg: beta/2 x squared L2 norm of the new head",
+    "probe": "linear probe on frozen features instead of fine-tuning",
+    "batch_size": "batch size",
+    "min_side": "training crop side (default: the checkpoint's corpus, else per backbone)",
+    "max_side": "largest image side (default: the checkpoint's corpus, else per backbone)",
+    "device": "cpu, cuda, cuda:N or auto (cuda when this machine has one)",
+    "num_workers": "DataLoader processes",
+}
+_OVERRIDES = {"init": {"required": True}, "head": {"choices": ("linear", "adapt")},
+              "min_side": {"type": side}, "max_side": {"type": side}, "device": {"type": device}}
 
 
 def add_parsers(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("finetune", help="fine-tune a checkpoint / scratch / imagenet init on a target dataset",
-                              description=__doc__)
-    p.add_argument("--target", required=True, help="target dataset folder (rtl convention)")
-    p.add_argument("--init", required=True, help="checkpoint directory, 'scratch' or 'imagenet'")
-    p.add_argument("--model", default="small_cnn", help="backbone for scratch/imagenet (default small_cnn)")
-    p.add_argument("--in-channels", type=int, default=3, choices=(1, 3), help="for scratch/imagenet")
-    p.add_argument("--head", default="linear", choices=("linear", "adapt"))
-    p.add_argument("--lr", type=positive_float, default=1e-2)
-    p.add_argument("--backbone-lr-mult", type=nonneg_float, default=1.0)
-    p.add_argument("--freeze-depth", type=nonneg_int, default=0, help="freeze the first N stages (0 = none)")
-    p.add_argument("--weight-decay", type=nonneg_float, default=1e-4)
-    p.add_argument("--optimizer", default="sgd", choices=("sgd", "adamw"))
-    p.add_argument("--reg", default="none", choices=("none", "l2sp", "delta"))
-    p.add_argument("--reg-alpha", type=nonneg_float, default=0.01)
-    p.add_argument("--reg-beta", type=nonneg_float, default=0.01)
-    p.add_argument("--probe", action="store_true", help="linear probe on frozen features instead of fine-tuning")
-    p.add_argument("--epochs", type=positive_int, default=20)
-    p.add_argument("--patience", type=positive_int, default=None, help="early stopping on val error")
-    p.add_argument("--batch-size", type=positive_int, default=32)
-    p.add_argument("--seeds", type=seed_list, default=[0], help="comma-separated, e.g. 0,1,2")
-    p.add_argument("--min-side", type=side, default=None)
-    p.add_argument("--max-side", type=side, default=None)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--num-workers", type=nonneg_int, default=0)
-    p.add_argument("--json", type=Path, default=None, help="write the full results here")
+    p = subparsers.add_parser("finetune", help="fine-tune a checkpoint on your target: error over seeds", description=__doc__)
+    on_first_use(p, _add_options)  # FinetuneConfig's module imports torch: not for `rtl --help`
+    p.set_defaults(func=cmd_finetune)
+
+
+def _add_options(p: argparse.ArgumentParser) -> None:
+    from rtl.train.finetune import FinetuneConfig
+
+    p.set_defaults(_fields=add_model_options(
+        p, FinetuneConfig, rename={"model": "--backbone", "num_workers": "--loader-workers"},
+        exclude=("seed", "keep_state", "train_subset"), helps=_HELPS, overrides=_OVERRIDES))
+    p.add_argument("--seeds", type=seed_list, default=[0], help="one run per seed (comma list, e.g. 0,1,2)")
+    p.add_argument("--json", type=Path, default=None, help="write the config and full results here")
     p.add_argument("--out", type=Path, default=None, help="save the fine-tuned model folder here (the seed with "
                    "the lowest val error; use with `rtl predict`)")
     p.add_argument("--quiet", action="store_true", help="no per-epoch progress on stderr")
     p.add_argument("--ok-class", default=None, help="name of the good/ok class for defect metrics (default: ok/good)")
-    p.set_defaults(func=cmd_finetune)
+    deprecated(p, "--model", "--backbone")
+    deprecated(p, "--num-workers", "--loader-workers")
 
 
 def _pct(x: float | None) -> str:
@@ -80,16 +101,9 @@ def format_summary(summary) -> str:
 def cmd_finetune(args: argparse.Namespace) -> int:
     from rtl.train.finetune import FinetuneConfig, run_finetune_seeds
 
-    cfg = FinetuneConfig.parse(
-        {"target": args.target, "init": args.init, "model": args.model, "in_channels": args.in_channels,
-         "head": args.head, "lr": args.lr, "backbone_lr_mult": args.backbone_lr_mult,
-         "freeze_depth": args.freeze_depth, "weight_decay": args.weight_decay, "optimizer": args.optimizer,
-         "reg": args.reg, "reg_alpha": args.reg_alpha, "reg_beta": args.reg_beta, "probe": args.probe,
-         "epochs": args.epochs, "patience": args.patience, "batch_size": args.batch_size,
-         "min_side": args.min_side, "max_side": args.max_side, "device": args.device,
-         "num_workers": args.num_workers, "keep_state": getattr(args, "out", None) is not None},
-        source="rtl finetune",
-    )
+    fields = model_kwargs(args, args._fields)
+    fields.update(device=resolve_device(fields["device"]), keep_state=getattr(args, "out", None) is not None)
+    cfg = FinetuneConfig.parse(fields, source="rtl finetune")
     if getattr(args, "out", None) is not None:
         from rtl.deliver.cli import check_out_dir
 

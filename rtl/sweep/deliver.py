@@ -1,6 +1,8 @@
 """Keep the best model of a sweep: per-trial model folders, pruning, export, registration.
 
-Layout: `<results>/models/<target>/trial_<number:04d>_seed<seed>/` (a model folder, rtl.deliver.model).
+Layout: `<results>/models/<target>/trial_<number:04d>_seed<seed>/` (a model folder, rtl.deliver.model;
+the names are rtl.artifacts.layout). Lives in the sweep layer (it reads the sweep's Optuna study and
+registers in MLflow); rtl.deliver below it knows nothing of sweeps.
 - Every finished trial logs its inspection metrics (target's test split, val when there is none) to its
   MLflow run; every *searched* and confirm trial also writes its fine-tuned model (`save_trial_model`,
   called from rtl.sweep.trial.run_trial). Control trials keep no weights (baselines, never recommended).
@@ -13,84 +15,32 @@ Layout: `<results>/models/<target>/trial_<number:04d>_seed<seed>/` (a model fold
 
 from __future__ import annotations
 
-import json
 import logging
+import math
 import os
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
-
+from rtl.artifacts import layout
+from rtl.artifacts.checkpoint import read_checkpoint_meta
+from rtl.artifacts.layout import MODELS, model_folder_name
+from rtl.artifacts.model_folder import MODEL_FILE, is_model_folder, read_model_meta
+from rtl.deliver.finetuned import finetune_metrics, finetune_model_folder
 from rtl.errors import RtlError
+from rtl.sweep.spec import load_resolved
+from rtl.sweep.status import best_searched, target_trials
+from rtl.sweep.tracking import publish_champion
 
 log = logging.getLogger(__name__)
 
-MODELS = "models"
+__all__ = ["MODELS", "models_dir", "model_folder_name", "save_trial_model", "kept_models", "prune_models",
+           "deliver_target", "export_best"]
 
 
 def models_dir(results_dir: str, target: str) -> Path:
-    return Path(results_dir) / MODELS / target
-
-
-def model_folder_name(number: int, seed: int) -> str:
-    return f"trial_{int(number):04d}_seed{int(seed)}"
-
-
-def ok_class_for(spec: Any, classes: list[str]) -> str | None:
-    from rtl.deliver.model import find_ok_class
-
-    return find_ok_class(classes, getattr(spec, "ok_class", None))
-
-
-@torch.no_grad()
-def evaluate_probs(model: torch.nn.Module, ds: Any, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
-    """(labels (N,), softmax probs (N, K)) of a TargetDataset in eval mode (centre crop), in order."""
-    from torch.utils.data import DataLoader
-
-    model.eval()
-    ys, ps = [], []
-    for x, y in DataLoader(ds, batch_size=batch_size, shuffle=False):
-        ps.append(torch.softmax(model(x).float(), 1).numpy())  # (B, K)
-        ys.append(np.asarray(y))
-    k = getattr(model, "num_classes", 0)
-    return (np.concatenate(ys) if ys else np.zeros(0, np.int64),
-            np.concatenate(ps) if ps else np.zeros((0, k), np.float32))
-
-
-def finetune_metrics(cfg: Any, res: Any, *, ok_class: str | None = None
-                     ) -> tuple[torch.nn.Module, tuple[int, int], str | None, dict[str, Any]]:
-    """The fine-tune's selected network, its sides, the ok class and its metrics: val/test error plus
-    the inspection metrics on the test split (val when the target has none), keys `<split>_<metric>`."""
-    from rtl.data.convention import load_dataset
-    from rtl.deliver.metrics import inspection_metrics
-    from rtl.deliver.model import find_ok_class, model_from_finetune
-    from rtl.train.target_data import TargetDataset
-
-    model, sides = model_from_finetune(cfg, res)
-    split = "test" if res.n_images.get("test") else "val"
-    ds = TargetDataset(load_dataset(cfg.target), split, classes=res.classes, in_channels=model.in_channels,
-                       min_side=sides[0], max_side=sides[1], train=False)
-    ok = find_ok_class(res.classes, ok_class)
-    y, p = evaluate_probs(model, ds)
-    insp = inspection_metrics(y, p, res.classes, ok)
-    metrics = {"val_error": res.val_error, "test_error": res.test_error, "eval_split": split,
-               **{f"{split}_{k}": v for k, v in insp.items()}}
-    return model, sides, ok, metrics
-
-
-def finetune_model_folder(out: str | Path, cfg: Any, res: Any, *, provenance: dict[str, Any] | None = None,
-                          ok_class: str | None = None) -> tuple[Path, dict[str, Any]]:
-    """Save a fine-tune's selected weights as a model folder with `finetune_metrics`. -> (folder, metrics)."""
-    from rtl.deliver.model import finetune_provenance, save_model_dir
-
-    model, sides, ok, metrics = finetune_metrics(cfg, res, ok_class=ok_class)
-    prov = finetune_provenance(cfg, res) | (provenance or {})
-    path = save_model_dir(out, model, classes=res.classes, min_side=sides[0], max_side=sides[1], metrics=metrics,
-                          provenance=prov, ok_class=ok)
-    return path, metrics
+    return Path(layout.models_dir(results_dir, target))
 
 
 def _loggable(metrics: dict[str, Any]) -> dict[str, float]:
@@ -108,8 +58,6 @@ def save_trial_model(spec: Any, target: str, t: dict[str, Any], cfg: Any, res: A
         return None
     ok_cfg = getattr(spec, "ok_class", None)
     try:
-        from rtl.deliver.model import read_model_meta
-
         if t.get("control"):
             _, _, ok, metrics = finetune_metrics(cfg, res, ok_class=ok_cfg)
             path = None
@@ -119,8 +67,8 @@ def save_trial_model(spec: Any, target: str, t: dict[str, Any], cfg: Any, res: A
                     "sources": t.get("mask"), "temperature": t.get("temperature"), "init": t.get("init"),
                     "mlflow_run_id": run_id, **{k: v for k, v in (tags or {}).items() if k.startswith("rtl.")}}
             try:
-                prov["corpus_version"] = json.loads((Path(cfg.init) / "meta.json").read_text()).get("corpus_version")
-            except (OSError, ValueError):
+                prov["corpus_version"] = read_checkpoint_meta(cfg.init).corpus_version
+            except RtlError:
                 prov["corpus_version"] = None
             path, metrics = finetune_model_folder(out, cfg, res, provenance=prov, ok_class=ok_cfg)
             ok = read_model_meta(path, verify=False)["ok_class"]
@@ -128,7 +76,7 @@ def save_trial_model(spec: Any, target: str, t: dict[str, Any], cfg: Any, res: A
             tracker.log_metrics(run_id, _loggable(metrics))
             tracker.set_tags(run_id, {"rtl.ok_class": ok or "", "rtl.eval_split": metrics["eval_split"]}
                              | ({"rtl.model_dir": str(path),
-                                 "rtl.model_sha256": read_model_meta(path, verify=False)["sha256"]["model.pt"]}
+                                 "rtl.model_sha256": read_model_meta(path, verify=False)["sha256"][MODEL_FILE]}
                                 if path else {}))
         return path
     except Exception as e:  # the trial's result stands even if its model/metrics could not be kept
@@ -137,9 +85,7 @@ def save_trial_model(spec: Any, target: str, t: dict[str, Any], cfg: Any, res: A
 
 
 def kept_models(results_dir: str, target: str, number: int) -> list[tuple[Path, dict[str, Any]]]:
-    """Model folders of searched trial `number` (all seeds), best val error first (ties: lower seed)."""
-    from rtl.deliver.model import read_model_meta
-
+    """Model folders of searched trial `number` (all seeds), best val objective first (ties: lower seed)."""
     out = []
     for d in sorted(models_dir(results_dir, target).glob(f"trial_{number:04d}_seed*")):
         try:
@@ -147,9 +93,17 @@ def kept_models(results_dir: str, target: str, number: int) -> list[tuple[Path, 
         except RtlError:
             continue
         out.append((d, meta))
+    from rtl.sweep.objective import Objective  # best seed on the spec's objective (val_<m> of the folder)
+
+    try:
+        obj = Objective.of(load_resolved(results_dir))
+    except RtlError:  # a models folder outside a sweep's results dir: val error, as before objectives
+        obj = Objective()
+
     def key(dm: tuple[Path, dict[str, Any]]) -> tuple[float, int]:
-        v = dm[1]["metrics"].get("val_error")
-        return (1.0 if v is None else float(v), int(dm[1]["provenance"].get("seed") or 0))
+        m = dm[1]["metrics"]
+        v = obj.loss(m.get(f"val_{obj.key}"))  # val_error under the default objective
+        return (v if math.isfinite(v) else math.inf, int(dm[1]["provenance"].get("seed") or 0))
 
     return sorted(out, key=key)
 
@@ -173,8 +127,6 @@ def deliver_target(spec: Any, target: str, *, keep_top: int | None = None) -> Pa
     """After a target's search + confirms: prune to the best configurations, register the champion in
     MLflow (`<sweep>.<target>`, alias `champion`), put its metrics on the target's parent run.
     -> the champion's model folder (None when no searched trial completed). Safe to call again (resume)."""
-    from rtl.sweep.status import best_searched, target_trials
-
     best = best_searched(spec.results_dir, target)
     if best is None:
         return None
@@ -189,12 +141,11 @@ def deliver_target(spec: Any, target: str, *, keep_top: int | None = None) -> Pa
         return None
     path, meta = kept[0]
     try:
-        from rtl.sweep.tracking import publish_champion
-        from rtl.sweep.trial import tracker_for
+        from rtl.sweep.trial import tracker_for  # local: trial imports this module (save_trial_model)
 
         name = getattr(spec, "registry_name", None) or f"{spec.name}.{target}"
         version = publish_champion(tracker_for(spec), target, str(path), meta, registered_name=name,
-                                   best_trial=best.number, spec_json=os.path.join(spec.results_dir, "spec.json"))
+                                   best_trial=best.number, spec_json=layout.spec_path(spec.results_dir))
         print(f"[{target}] champion: trial #{best.number} -> models:/{name}@champion (version {version})", flush=True)
     except Exception as e:  # the sweep's results stand; `rtl sweep export` still works from the folder
         print(f"[{target}] warning: model not registered in MLflow: {type(e).__name__}: {e}".splitlines()[0],
@@ -204,10 +155,6 @@ def deliver_target(spec: Any, target: str, *, keep_top: int | None = None) -> Pa
 
 def export_best(results_dir: str, target: str, out: str | Path, *, seed: int | None = None) -> Path:
     """Copy the best searched configuration's model folder of `target` to `out` (verified, atomic)."""
-    from rtl.deliver.model import read_model_meta
-    from rtl.sweep.spec import load_resolved
-    from rtl.sweep.status import best_searched
-
     spec = load_resolved(results_dir)
     if target not in spec.target_names():
         raise RtlError(f"--target {target!r}: not a target of sweep {spec.name!r} ({', '.join(spec.target_names())})")
@@ -224,7 +171,7 @@ def export_best(results_dir: str, target: str, out: str | Path, *, seed: int | N
     src = kept[0][0]
     read_model_meta(src)  # refuse to copy a tampered folder
     out = Path(out)
-    if out.exists() and not (out / "meta.json").is_file():
+    if out.exists() and not is_model_folder(out):
         raise RtlError(f"--out {out}: exists and is not a model folder; choose a new path")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,156 @@
+"""Typed trial parameters and pretraining plan (issue 15): parsed once where a trial starts, plain dicts at
+the Tune/Optuna boundary, and what a sweep started before the change stored still parses (resume)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+sys.path.insert(0, str(Path(__file__).parent))
+from sweep_helpers import write_spec  # noqa: E402
+
+from rtl.artifacts.trial import REGULARIZERS, SCHEDULERS, SEARCHERS, PretrainPlan, TrialParams  # noqa: E402
+from rtl.errors import ConfigError  # noqa: E402
+from rtl.sweep.spec import load_spec, save_resolved  # noqa: E402
+
+# `config["trial"]` exactly as the searcher and the confirm step wrote it before this change
+OLD_SEARCHED = {"number": 4, "control": "", "seed": 0, "init": "corpus", "lr": 0.02, "freeze_depth": 1,
+                "regularizer": "l2sp", "reg_strength": 0.003, "mask": ["a"], "temperature": 2.5}
+OLD_CONTROL = {"number": 0, "control": "scratch", "seed": 1, "init": "scratch", "lr": 0.03, "freeze_depth": 0,
+               "regularizer": "none", "reg_strength": 0.0, "mask": None, "temperature": None}
+OLD_GENERALIST = {"number": 1, "control": "generalist", "seed": 0, "init": "generalist", "lr": 0.03,
+                  "freeze_depth": 0, "regularizer": "none", "reg_strength": 0.0, "mask": [], "temperature": None}
+OLD_CONFIRM = {**OLD_SEARCHED, "seed": 1, "kind": "confirm"}
+
+
+@pytest.mark.parametrize("old", [OLD_SEARCHED, OLD_CONTROL, OLD_GENERALIST, OLD_CONFIRM])
+def test_configs_stored_before_the_change_parse_and_round_trip(old: dict) -> None:
+    t = TrialParams.parse(old)
+    assert (t.number, t.seed, t.lr, t.mask, t.temperature) == (old["number"], old["seed"], old["lr"], old["mask"],
+                                                               old["temperature"])
+    assert t.kind == old.get("kind", "search") and t.searched == (not old["control"])
+    cfg = t.to_config()
+    assert isinstance(cfg, dict) and {k: cfg[k] for k in old} == old  # Tune sees the same keys and values
+    assert TrialParams.parse(cfg) == t
+
+
+def test_mask_label_is_the_optuna_attr() -> None:
+    assert TrialParams.parse(OLD_SEARCHED).mask_label == "a"
+    assert TrialParams.parse(OLD_GENERALIST).mask_label == "generalist"
+    assert TrialParams.parse(OLD_CONTROL).mask_label == "none"
+
+
+@pytest.mark.parametrize("patch, words", [
+    ({"regularizer": "l3"}, "regularizer"),
+    ({"lr": 0}, "lr"),
+    ({"init": "scratch"}, "uses no source mask"),
+    ({"mask": []}, "non-empty mask"),
+    ({"lr2": 0.1}, "lr2"),
+])
+def test_bad_config_is_one_line_naming_the_field(patch: dict, words: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        TrialParams.parse(OLD_SEARCHED | patch, "r/trial config")
+    assert str(e.value).startswith("r/trial config: ") and words in str(e.value) and "\n" not in str(e.value)
+
+
+def _spec(tmp_path: Path, space: str):
+    search = {"sources": {"space": space}, "temperature": {"low": 0.5, "high": 4.0, "allow_off": True},
+              "lr": {"low": 0.01, "high": 0.1}, "freeze_depth": {"low": 0, "high": 1},
+              "regularizer": {"choices": ["none", "l2sp"], "strength": {"low": 0.001, "high": 0.1}}}
+    spec = load_spec(write_spec(tmp_path, trials=6, search=search,
+                                scheduler={"name": "rungs" if space == "ranked" else "asha"}))
+    save_resolved(spec, os.path.join(spec.results_dir, "spec.json"))
+    return spec
+
+
+# Optuna params of a searched trial exactly as a sweep before the change stored them (bit / ranked space)
+OLD_PARAMS = {
+    "bits": ({"lr": 0.02, "freeze_depth": 1, "regularizer": "l2sp", "reg_strength": 0.01, "anchor": "b", "src.a": 1,
+              "importance": "on", "temperature": 2.0},
+             {"lr": FloatDistribution(0.01, 0.1, log=True), "freeze_depth": IntDistribution(0, 1),
+              "regularizer": CategoricalDistribution(["none", "l2sp"]),
+              "reg_strength": FloatDistribution(0.001, 0.1, log=True), "anchor": CategoricalDistribution(["a", "b"]),
+              "src.a": CategoricalDistribution([0, 1]), "importance": CategoricalDistribution(["off", "on"]),
+              "temperature": FloatDistribution(0.5, 4.0, log=True)}),
+    "ranked": ({"lr": 0.02, "freeze_depth": 0, "regularizer": "none", "k": 2, "drop": 1, "add": 0,
+                "importance": "off"},
+               {"lr": FloatDistribution(0.01, 0.1, log=True), "freeze_depth": IntDistribution(0, 1),
+                "regularizer": CategoricalDistribution(["none", "l2sp"]), "k": IntDistribution(0, 2),
+                "drop": CategoricalDistribution([0, 1, 2]), "add": CategoricalDistribution([0, 1, 2]),
+                "importance": CategoricalDistribution(["off", "on"])}),
+}
+
+
+@pytest.mark.parametrize("space", ["bits", "ranked"])
+def test_old_optuna_trials_resume_as_typed_params_and_plans(tmp_path: Path, space: str) -> None:
+    """A COMPLETE trial stored by a sweep started before the change: the confirm step re-runs it (typed
+    config, a plain dict for Tune), and an orphan of it re-enqueued is asked again as the same trial."""
+    from rtl.sweep.runner import confirm_configs
+    from rtl.sweep.search import OptunaAskTell, open_study, reconcile_orphans
+    from rtl.sweep.trial import pretrain_plan
+
+    spec = _spec(tmp_path, space)
+    params, dists = OLD_PARAMS[space]
+    study = open_study(spec.optuna_url(), f"{spec.name}/tgt")
+    study.add_trial(optuna.trial.create_trial(params=params, distributions=dists, value=0.2,
+                                              user_attrs={"rtl.tune_trial_id": "old1", "rtl.mask": "b,a"}))
+    best = study.trials[0]
+    units = ["a", "b"]
+    (cfg,) = confirm_configs(spec.model_copy(update={"seeds": [0, 1]}), "tgt", units, best)
+    t = TrialParams.parse(cfg)
+    assert t.kind == "confirm" and t.seed == 1 and t.lr == 0.02 and type(cfg) is dict
+    plan = pretrain_plan(spec, t)
+    assert isinstance(plan, PretrainPlan) and plan.space == space
+    if space == "bits":
+        assert sorted(t.mask) == ["a", "b"] and t.temperature == 2.0 and t.regularizer == "l2sp"
+        assert (plan.strategy, plan.temperature, plan.continue_generalist, plan.rungs) == ("weighted", 2.0, False, [])
+        assert plan.view_args() == {"datasets": ["a", "b"], "domains": None}
+    else:
+        assert (t.k, t.drop, t.add, t.mask, t.temperature) == (2, 1, 0, ["b"], None)  # top-2 minus the 1st
+        assert plan.strategy == "subset" and plan.continue_generalist and plan.rungs == spec.budget.rungs
+    # an orphan RUNNING trial with the old params: FAIL + re-enqueued; the searcher asks it as typed params
+    study.add_trial(optuna.trial.create_trial(params=params, distributions=dists, state=optuna.trial.TrialState.RUNNING,
+                                              user_attrs={"rtl.tune_trial_id": "lost"}))
+    reconcile_orphans(study, set())
+    s = OptunaAskTell(storage_url=spec.optuna_url_template(), study_name=f"{spec.name}/tgt",
+                      space=spec.search.model_dump(), units=units)
+    again = TrialParams.parse(s.suggest("new")["trial"])
+    assert (again.lr, again.mask, again.temperature) == (t.lr, t.mask, t.temperature)
+
+
+def test_fixed_inits_plan_no_pretraining(tmp_path: Path) -> None:
+    from rtl.sweep.trial import pretrain_plan
+
+    spec = _spec(tmp_path, "ranked")
+    for old in (OLD_CONTROL, OLD_GENERALIST):
+        plan = pretrain_plan(spec, TrialParams.parse(old))
+        assert plan.fixed and plan.strategy == "none" and plan.mask == [] and plan.init == old["init"]
+    # the dict form other callers use (study runner, benchmarks): any other init = pretrain the mask
+    plan = pretrain_plan(spec, {"init": "pretrained", "mask": ["b"], "seed": 3, "temperature": None})
+    assert (plan.init, plan.strategy, plan.seed) == ("corpus", "subset", 3)
+
+
+def test_names_live_in_one_place() -> None:
+    """Spec validation, the fine-tune config and the regulariser registry agree with rtl.artifacts.trial."""
+    from pydantic import ValidationError
+
+    from rtl.sweep.spec import Regularizer, Scheduler, Searcher
+    from rtl.train.finetune import FinetuneConfig
+    from rtl.train.regularizers import REGULARIZERS as REGISTRY
+
+    assert set(REGISTRY.names()) == set(REGULARIZERS)
+    for name in REGULARIZERS:
+        assert Regularizer(choices=[name]).choices == [name] and FinetuneConfig(target="x", reg=name).reg == name
+    with pytest.raises(ValidationError, match="valid: none, l2sp, delta"):
+        Regularizer(choices=["l3"])
+    for name in SEARCHERS:
+        assert Searcher(name=name).name == name
+    for name in SCHEDULERS:
+        assert Scheduler(name=name).name == name
+    with pytest.raises(ValidationError, match="valid: random, tpe"):
+        Searcher(name="grid")
