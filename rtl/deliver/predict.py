@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import os
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +30,7 @@ from rtl.data.convention import load_dataset
 from rtl.data.transforms import DecodeError, decode_fit
 from rtl.deliver.metrics import inspection_metrics
 from rtl.deliver.model import LoadedModel, build_model, prepare_image
-from rtl.errors import RtlError
+from rtl.errors import RtlError, RtlRuntimeError
 from rtl.raystart import ensure_ray
 
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".pgm", ".ppm"}
@@ -50,6 +51,7 @@ class Predictions:
     rejects: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
     engine: str = "local"
     seconds: float = 0.0
+    by_driver: int = 0  # Ray engine: images the driver predicted itself while Ray and its actors started
 
 
 def collect_inputs(src: str | Path, *, split: str | None = None) -> list[Item]:
@@ -144,46 +146,124 @@ class _RayPredictor:
         return out
 
 
+class _Shared:
+    """Results of one Ray predict run, filled by the driver's own loop and by the Ray Data batches."""
+
+    def __init__(self, n: int, k: int) -> None:
+        self.probs = np.full((n, k), np.nan, dtype=np.float32)
+        self.done = np.zeros(n, dtype=bool)
+        self.rejects: dict[int, str] = {}
+        self.lock = threading.Lock()
+        self.by_driver = 0
+
+    def put(self, idx: np.ndarray, probs: np.ndarray, rejects: dict[int, str]) -> None:
+        with self.lock:
+            self.probs[idx] = probs
+            self.rejects.update(rejects)
+            self.done[idx] = True
+
+    def all_done(self) -> bool:
+        return bool(self.done.all())
+
+
+def _driver_share(lm: LoadedModel, items: list[Item], batch_size: int, shared: _Shared,
+                  stop: threading.Event) -> None:
+    """The driver predicts from the front while Ray starts and its actors load the model (seconds of fixed
+    cost on a fresh local Ray), skipping what Ray did, until everything is done or `stop` is set."""
+    s = 0
+    while s < len(items) and not stop.is_set():
+        idx = [i for i in range(s, min(len(items), s + batch_size)) if not shared.done[i]]
+        s += batch_size
+        if not idx:
+            continue
+        ok, x, bad = _decode_batch([items[i].file for i in idx], lm.preprocess)
+        probs = np.full((len(idx), len(lm.classes)), np.nan, dtype=np.float32)
+        if x is not None:
+            probs[ok] = lm.predict_proba(x).numpy()  # (B, K)
+        shared.put(np.asarray(idx), probs, {idx[j]: r for j, r in bad.items()})
+        shared.by_driver += len(idx)
+
+
 def _predict_ray(lm: LoadedModel, items: list[Item], batch_size: int, *, address: str | None, gpus: float,
-                 actors: int | None) -> tuple[np.ndarray, dict[int, str]]:
+                 actors: int | None, driver_share: bool = True) -> tuple[np.ndarray, dict[int, str], int]:
+    """Ray Data batch inference (actor pool), with the driver's share (`_driver_share`) -> (probs,
+    rejects, images the driver predicted).
+
+    The driver works from the front of `items` in a thread while `ensure_ray` starts Ray and while the
+    actors start (each imports torch and builds the model: seconds); Ray Data goes through `items` from
+    the back. They meet somewhere in the middle and the Ray Data iteration is abandoned once every image
+    has a result (batches done twice near the meeting point are the only waste). Torch threads: one per
+    actor and one in the driver, so 2 CPUs run 2 actors + a mostly decoding driver without oversubscribing.
+    """
     import ray
 
-    ensure_ray(address)  # a cluster, or a local Ray on 127.0.0.1 only (issue 17)
-    cpus = int(ray.available_resources().get("CPU", 1))
-    n_act = actors or max(1, min(cpus, len(items) // batch_size + 1) if not gpus else int(gpus))
-    state = {k: v.detach().cpu() for k, v in lm.model.state_dict().items()}
-    ds = ray.data.from_items([{"i": i, "file": it.file} for i, it in enumerate(items)],
-                             override_num_blocks=max(1, min(len(items) // batch_size + 1, 4 * n_act)))
-    ds = ds.map_batches(_RayPredictor, fn_constructor_kwargs={"meta": lm.meta, "state": state,
-                                                               "device": "cuda" if gpus else "cpu"},
-                        batch_size=batch_size, concurrency=n_act, num_cpus=0 if gpus else 1,
-                        num_gpus=(gpus / n_act) if gpus else 0)
     k = len(lm.classes)
-    probs = np.full((len(items), k), np.nan, dtype=np.float32)
-    rejects: dict[int, str] = {}
-    for b in ds.iter_batches(batch_format="numpy", batch_size=None):
-        idx = b["i"].astype(np.int64)
-        probs[idx] = np.stack([b[f"p{c}"] for c in range(k)], 1)
-        rejects.update({int(i): str(e) for i, e in zip(idx, b["error"]) if e})
-    return probs, rejects
+    shared = _Shared(len(items), k)
+    stop = threading.Event()
+    threads = torch.get_num_threads()
+    worker = None
+    if driver_share and not gpus:
+        torch.set_num_threads(1)
+        worker = threading.Thread(target=_driver_share, args=(lm, items, batch_size, shared, stop),
+                                  name="rtl-predict-driver", daemon=True)
+        worker.start()
+    try:
+        ensure_ray(address)  # a cluster, or a local Ray on 127.0.0.1 only (issue 17)
+        if not shared.all_done():
+            cpus = int(ray.available_resources().get("CPU", 1))
+            n_act = actors or max(1, min(cpus, len(items) // batch_size + 1) if not gpus else int(gpus))
+            state = {name: v.detach().cpu() for name, v in lm.model.state_dict().items()}
+            rows = [{"i": i, "file": it.file} for i, it in enumerate(items)][::-1]  # from the back
+            ds = ray.data.from_items(rows, override_num_blocks=max(1, min(len(items) // batch_size + 1,
+                                                                          4 * n_act)))
+            ds = ds.map_batches(_RayPredictor, fn_constructor_kwargs={"meta": lm.meta, "state": state,
+                                                                       "device": "cuda" if gpus else "cpu"},
+                                batch_size=batch_size, concurrency=n_act, num_cpus=0 if gpus else 1,
+                                num_gpus=(gpus / n_act) if gpus else 0)
+            it = ds.iter_batches(batch_format="numpy", batch_size=None)
+            try:
+                for b in it:
+                    idx = b["i"].astype(np.int64)
+                    shared.put(idx, np.stack([b[f"p{c}"] for c in range(k)], 1),
+                               {int(i): str(e) for i, e in zip(idx, b["error"]) if e})
+                    if shared.all_done():
+                        break  # the driver did the rest: stop the actors
+            finally:
+                close = getattr(it, "close", None)
+                if close is not None:
+                    close()
+    finally:
+        stop.set()
+        if worker is not None:
+            worker.join()
+        torch.set_num_threads(threads)
+    if not shared.all_done():  # cannot happen unless Ray lost batches; never return holes silently
+        raise RtlRuntimeError(f"Ray predict returned no result for {int((~shared.done).sum())} image(s)")
+    return shared.probs, shared.rejects, shared.by_driver
 
 
 def predict(lm: LoadedModel, items: list[Item], *, engine: str = "auto", batch_size: int = 64,
-            address: str | None = None, gpus: float = 0, actors: int | None = None) -> Predictions:
-    """Probabilities for every decodable item; undecodable ones become rejects."""
+            address: str | None = None, gpus: float = 0, actors: int | None = None,
+            driver_share: bool = True) -> Predictions:
+    """Probabilities for every decodable item; undecodable ones become rejects.
+
+    `driver_share` (Ray engine, CPU): the driver predicts too while Ray and its actors start (see
+    `_predict_ray`); False leaves every image to the Ray Data actors."""
     if engine not in ("auto", "local", "ray"):
         raise RtlError(f"--engine must be auto, local or ray, got {engine!r}")
     if engine == "auto":
         engine = "ray" if address or gpus or len(items) >= RAY_MIN_IMAGES else "local"
     t0 = time.perf_counter()
+    by_driver = 0
     if engine == "ray":
-        probs, rej = _predict_ray(lm, items, batch_size, address=address, gpus=gpus, actors=actors)
+        probs, rej, by_driver = _predict_ray(lm, items, batch_size, address=address, gpus=gpus, actors=actors,
+                                             driver_share=driver_share)
     else:
         probs, rej = _predict_local(lm, items, batch_size)
     secs = time.perf_counter() - t0
     keep = [i for i in range(len(items)) if i not in rej]
     return Predictions([items[i] for i in keep], probs[keep], [(items[i].path, rej[i]) for i in sorted(rej)],
-                       engine, secs)
+                       engine, secs, by_driver)
 
 
 def to_frame(pred: Predictions, classes: list[str], ok_class: str | None) -> Any:

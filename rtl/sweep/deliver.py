@@ -29,6 +29,7 @@ from rtl.artifacts.layout import MODELS, model_folder_name
 from rtl.artifacts.model_folder import MODEL_FILE, is_model_folder, read_model_meta
 from rtl.deliver.finetuned import finetune_metrics, finetune_model_folder
 from rtl.errors import RtlError
+from rtl.sweep.objective import Objective  # best seed on the spec's objective (val_<m> of the folder)
 from rtl.sweep.spec import load_resolved
 from rtl.sweep.status import best_searched, target_trials
 from rtl.sweep.tracking import publish_champion
@@ -93,8 +94,6 @@ def kept_models(results_dir: str, target: str, number: int) -> list[tuple[Path, 
         except RtlError:
             continue
         out.append((d, meta))
-    from rtl.sweep.objective import Objective  # best seed on the spec's objective (val_<m> of the folder)
-
     try:
         obj = Objective.of(load_resolved(results_dir))
     except RtlError:  # a models folder outside a sweep's results dir: val error, as before objectives

@@ -262,15 +262,12 @@ def run_pretrain(cfg: PretrainConfig, on_epoch=None) -> Path:
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from rtl.train.torch_loopback import (
-        LoopbackTorchConfig as TorchConfig,  # local: imports Ray; store on 127.0.0.1 (issue 17)
-    )
+    # local: torch_loopback imports Ray (pretrain_local runs without it); rendezvous store on 127.0.0.1 (issue 17)
+    from rtl.train.torch_loopback import LoopbackTorchConfig as TorchConfig
 
     relay = None
     if on_epoch is not None:
-        from rtl.train.ray_progress import (
-            RayEpochRelay,  # local: imports Ray (pretrain_local runs without it)
-        )
+        from rtl.train.ray_progress import RayEpochRelay  # local: imports Ray
 
         relay = RayEpochRelay(on_epoch)
 
