@@ -47,9 +47,10 @@ def _ray(lm, items, monkeypatch, *, wait_for: str) -> P.Predictions:
 
         def put(*a):
             real_put(*a)
-            first.set()
-            if wait_for == "one batch":
-                stop.wait(timeout=60)  # deterministic: Ray is "up" right after the driver's first batch
+            if threading.current_thread().name == "rtl-predict-driver":  # not the Ray batches
+                first.set()
+                if wait_for == "one batch":
+                    stop.wait(timeout=60)  # deterministic: Ray is "up" right after the driver's first batch
 
         shared.put = put
         try:
