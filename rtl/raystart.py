@@ -17,8 +17,12 @@ Every verb that needs Ray (`corpus build`, `pretrain`, `sweep run|resume`, `demo
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import inspect
 import os
 import sys
+from collections.abc import Iterator
 from typing import Any
 
 from rtl.errors import RtlRuntimeError
@@ -51,6 +55,41 @@ def _started_cluster() -> str | None:
         return None
 
 
+@contextlib.contextmanager
+def _any_free_agent_port() -> Iterator[None]:
+    """During a local `ray.init`: let the dashboard agent's HTTP server take any free port (issue 13).
+
+    Ray 2.60 binds every port of a local start to a free one except this server's, fixed at 52365 (a
+    `RayParams` default `ray.init` does not expose). With another Ray on the machine (another user's, a
+    test session, a sweep) the port is taken, and the agent retries for ~3.3 s before giving up on the
+    server, while the raylet waits for it to register: every `ray.init` paid those seconds here and got
+    an agent without its HTTP server (job submission). Port 0 is Ray's own "dynamic port" value for it
+    (the agent reports the port it bound; `dashboard/agent.py`). Only the default is changed, only for
+    the duration of the call; a Ray without that parameter is left alone.
+    """
+    try:
+        from ray._private.parameter import RayParams
+
+        orig = RayParams.__init__
+        known = "dashboard_agent_listen_port" in inspect.signature(orig).parameters
+    except (ImportError, AttributeError, TypeError, ValueError):
+        known = False
+    if not known:
+        yield
+        return
+
+    @functools.wraps(orig)
+    def init(self: Any, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("dashboard_agent_listen_port", 0)
+        orig(self, *args, **kwargs)
+
+    RayParams.__init__ = init
+    try:
+        yield
+    finally:
+        RayParams.__init__ = orig
+
+
 def ensure_ray(address: str | None = None, **local_options: Any) -> bool:
     """Join a cluster, or start a loopback-only local Ray; True when this call did either.
 
@@ -73,7 +112,8 @@ def ensure_ray(address: str | None = None, **local_options: Any) -> bool:
             ray.init(address=addr, **common)
         else:  # "local": never pick up some other cluster behind our back
             opts = {"include_dashboard": False, "dashboard_host": LOOPBACK, **local_options}
-            ray.init(address="local", _node_ip_address=LOOPBACK, **common, **opts)
+            with _any_free_agent_port():
+                ray.init(address="local", _node_ip_address=LOOPBACK, **common, **opts)
     except (ConnectionError, RuntimeError, ValueError, TimeoutError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise RtlRuntimeError(f"cannot {'connect to Ray at ' + addr if addr else 'start a local Ray'}: "

@@ -71,8 +71,10 @@ def test_top_level_help_speaks_to_users(capsys) -> None:
         assert old not in out
 
 
-def test_rtl_help_imports_no_torch_or_ray() -> None:
-    code = ("import sys\nfrom rtl.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+@pytest.mark.parametrize("argv", [["--help"], ["finetune", "--help"], ["pretrain", "--help"]])
+def test_help_imports_no_torch_or_ray(argv: list[str]) -> None:
+    """--help answers fast: options generated from config models must not pull torch/Ray in."""
+    code = (f"import sys\nfrom rtl.cli import main\ntry:\n    main({argv!r})\nexcept SystemExit:\n    pass\n"
             "print(sorted(m for m in ('torch', 'ray', 'mlflow') if m in sys.modules), file=sys.stderr)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and r.stderr.strip() == "[]", r.stderr

@@ -35,7 +35,7 @@ def evaluate_probs(model: torch.nn.Module, ds: Any, batch_size: int = 64) -> tup
             np.concatenate(ps) if ps else np.zeros((0, k), np.float32))
 
 
-def finetune_metrics(cfg: Any, res: Any, *, ok_class: str | None = None
+def finetune_metrics(cfg: Any, res: Any, *, ok_class: str | None = None, max_false_alarm: float = 0.05
                      ) -> tuple[torch.nn.Module, tuple[int, int], str | None, dict[str, Any]]:
     """The fine-tune's selected network, its sides, the ok class and its metrics: val/test error plus
     the inspection metrics on the test split (val when the target has none), keys `<split>_<metric>`."""
@@ -45,7 +45,7 @@ def finetune_metrics(cfg: Any, res: Any, *, ok_class: str | None = None
                        min_side=sides[0], max_side=sides[1], train=False)
     ok = find_ok_class(res.classes, ok_class)
     y, p = evaluate_probs(model, ds)
-    insp = inspection_metrics(y, p, res.classes, ok)
+    insp = inspection_metrics(y, p, res.classes, ok, max_false_alarm=max_false_alarm)
     metrics = {"val_error": res.val_error, "test_error": res.test_error, "eval_split": split,
                **{k: v for k, v in (getattr(res, "metrics", None) or {}).items() if k.startswith("val_")},
                **{f"{split}_{k}": v for k, v in insp.items()}}  # val_<m>: the selected epoch's (sweep objective)
@@ -53,9 +53,9 @@ def finetune_metrics(cfg: Any, res: Any, *, ok_class: str | None = None
 
 
 def finetune_model_folder(out: str | Path, cfg: Any, res: Any, *, provenance: dict[str, Any] | None = None,
-                          ok_class: str | None = None) -> tuple[Path, dict[str, Any]]:
+                          ok_class: str | None = None, max_false_alarm: float = 0.05) -> tuple[Path, dict[str, Any]]:
     """Save a fine-tune's selected weights as a model folder with `finetune_metrics`. -> (folder, metrics)."""
-    model, sides, ok, metrics = finetune_metrics(cfg, res, ok_class=ok_class)
+    model, sides, ok, metrics = finetune_metrics(cfg, res, ok_class=ok_class, max_false_alarm=max_false_alarm)
     prov = finetune_provenance(cfg, res) | (provenance or {})
     path = save_model_dir(out, model, classes=res.classes, min_side=sides[0], max_side=sides[1], metrics=metrics,
                           provenance=prov, ok_class=ok)

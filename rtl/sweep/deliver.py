@@ -58,9 +58,10 @@ def save_trial_model(spec: Any, target: str, t: dict[str, Any], cfg: Any, res: A
     if res.model_state is None:
         return None
     ok_cfg = getattr(spec, "ok_class", None)
+    far = float(getattr(spec, "max_false_alarm", 0.05))  # the spec's rate, as the objective uses
     try:
         if t.get("control"):
-            _, _, ok, metrics = finetune_metrics(cfg, res, ok_class=ok_cfg)
+            _, _, ok, metrics = finetune_metrics(cfg, res, ok_class=ok_cfg, max_false_alarm=far)
             path = None
         else:
             out = models_dir(spec.results_dir, target) / model_folder_name(t["number"], t["seed"])
@@ -71,7 +72,8 @@ def save_trial_model(spec: Any, target: str, t: dict[str, Any], cfg: Any, res: A
                 prov["corpus_version"] = read_checkpoint_meta(cfg.init).corpus_version
             except RtlError:
                 prov["corpus_version"] = None
-            path, metrics = finetune_model_folder(out, cfg, res, provenance=prov, ok_class=ok_cfg)
+            path, metrics = finetune_model_folder(out, cfg, res, provenance=prov, ok_class=ok_cfg,
+                                                     max_false_alarm=far)
             ok = read_model_meta(path, verify=False)["ok_class"]
         if tracker is not None and run_id is not None:
             tracker.log_metrics(run_id, _loggable(metrics))

@@ -19,12 +19,12 @@ from rtl.cliargs import (
     deprecated,
     device,
     model_kwargs,
-    on_first_use,
     resolve_device,
     seed_list,
     side,
 )
 from rtl.errors import RtlError
+from rtl.train.finetune_config import FinetuneConfig
 
 # FinetuneConfig's fields carry no descriptions (yet): their help lines live here
 _HELPS = {
@@ -58,13 +58,11 @@ _OVERRIDES = {"init": {"required": True}, "head": {"choices": ("linear", "adapt"
 
 def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("finetune", help="fine-tune a checkpoint on your target: error over seeds", description=__doc__)
-    on_first_use(p, _add_options)  # FinetuneConfig's module imports torch: not for `rtl --help`
+    _add_options(p)  # rtl.train.finetune_config imports no torch: cheap at `rtl --help`
     p.set_defaults(func=cmd_finetune)
 
 
 def _add_options(p: argparse.ArgumentParser) -> None:
-    from rtl.train.finetune import FinetuneConfig
-
     p.set_defaults(_fields=add_model_options(
         p, FinetuneConfig, rename={"model": "--backbone", "num_workers": "--loader-workers"},
         exclude=("seed", "keep_state", "train_subset"), helps=_HELPS, overrides=_OVERRIDES))
@@ -99,7 +97,7 @@ def format_summary(summary) -> str:
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
-    from rtl.train.finetune import FinetuneConfig, run_finetune_seeds
+    from rtl.train.finetune import run_finetune_seeds
 
     fields = model_kwargs(args, args._fields)
     fields.update(device=resolve_device(fields["device"]), keep_state=getattr(args, "out", None) is not None)
