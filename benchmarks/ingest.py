@@ -213,23 +213,16 @@ def replicate_dataset(src: Path, dst: Path, n: int) -> Path:
     return dst
 
 
-def _children_cpu() -> float:
-    """CPU seconds of finished child processes and their reaped descendants (Ray's processes included)."""
-    r = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return r.ru_utime + r.ru_stime
-
-
 def _run_build(root: Path, out: Path, sides: tuple[int, int], cap: int) -> tuple[float, dict]:
     shutil.rmtree(out, ignore_errors=True)
     cmd = [str(Path(sys.executable).with_name("rtl")), "corpus", "build", str(root), "--out", str(out),
            "--min-side", str(sides[0]), "--max-side", str(sides[1]), "--cap", str(cap), "--quiet"]
-    t0, c0 = time.perf_counter(), _children_cpu()
+    t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True)
     wall = time.perf_counter() - t0
     if proc.returncode:
         raise SystemExit(f"rtl corpus build failed ({proc.returncode}): {proc.stderr.strip()[-800:]}")
     m = json.loads((out / "manifest.json").read_text())
-    m["command_cpu_seconds"] = _children_cpu() - c0
     return wall, m
 
 
@@ -237,13 +230,12 @@ def _run_plain(root: Path, out: Path, sides: tuple[int, int], cap: int, fast: bo
     shutil.rmtree(out, ignore_errors=True)
     cmd = [sys.executable, __file__, "--plain-small", str(root), str(out), str(sides[0]), str(sides[1]), str(cap)]
     cmd += ["--plain-fast"] if fast else []
-    t0, c0 = time.perf_counter(), _children_cpu()
+    t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True)
     wall = time.perf_counter() - t0
     if proc.returncode:
         raise SystemExit(f"plain loop failed: {proc.stderr.strip()[-800:]}")
     info = json.loads(proc.stdout.strip().splitlines()[-1])
-    info["command_cpu_seconds"] = _children_cpu() - c0
     return wall, info
 
 
@@ -284,10 +276,6 @@ def small_case(a: argparse.Namespace) -> None:
                   f"{', '.join(f'{t:.1f}' for t in walls[k])}; loop itself {infos[k]['loop_seconds']:.1f}s, "
                   f"CPU {infos[k]['cpu_seconds']:.1f}s, {infos[k]['rows']} rows)")
         print(f"   rtl corpus build   : median {tb:.1f}s (runs {', '.join(f'{t:.1f}' for t in walls['build'])})")
-        cb = float(np.median([x["command_cpu_seconds"] for x in ms]))
-        print(f"   CPU-seconds        : whole build command {cb:.1f} (median; Ray's processes included), plain "
-              f"loop process {infos['plain']['command_cpu_seconds']:.1f} naive / "
-              f"{infos['plain_draft']['command_cpu_seconds']:.1f} draft (last run)")
         print(f"   speed-up           : {tp / tb:.2f}x vs naive loop, {tq / tb:.2f}x vs draft loop (medians); best "
               f"{min(walls['plain']) / min(walls['build']):.2f}x / {min(walls['plain_draft']) / min(walls['build']):.2f}x"
               f"   [target on 2 cores: >= 1.2x at 64 px, >= 1.6x at 224-256 px]")

@@ -95,21 +95,13 @@ def plain_loop(model_dir: str, images: str, out: str, batch_size: int) -> dict:
     return {"n": len(rows), "seconds": time.perf_counter() - t0, "threads": torch.get_num_threads()}
 
 
-def _children_cpu() -> float:
-    """CPU seconds of finished child processes and their reaped descendants (Ray's processes included)."""
-    import resource
-
-    r = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return r.ru_utime + r.ru_stime
-
-
-def _run(cmd: list[str]) -> tuple[float, float, str]:
-    t0, c0 = time.perf_counter(), _children_cpu()
+def _run(cmd: list[str]) -> tuple[float, str]:
+    t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True)
-    wall, cpu = time.perf_counter() - t0, _children_cpu() - c0
+    wall = time.perf_counter() - t0
     if proc.returncode:
         raise SystemExit(f"{' '.join(cmd[:4])} failed ({proc.returncode}): {proc.stderr.strip()[-800:]}")
-    return wall, cpu, proc.stdout
+    return wall, proc.stdout
 
 
 def main() -> None:
@@ -140,24 +132,20 @@ def main() -> None:
     }
     arms = [a for a in args.arms.split(",") if a]
     walls: dict[str, list[float]] = {a: [] for a in arms}
-    cpus: dict[str, list[float]] = {a: [] for a in arms}
     loads, notes = [], {}
     for r in range(args.rounds):
         for arm in (arms if r % 2 == 0 else arms[::-1]):
             loads.append(os.getloadavg()[0])
-            wall, cpu, out = _run(cmds[arm])
+            wall, out = _run(cmds[arm])
             walls[arm].append(wall)
-            cpus[arm].append(cpu)
             notes[arm] = out.strip().splitlines()[-1] if out.strip() else ""
-            print(f"round {r} {arm:5s}: {wall:6.1f} s, {cpu:5.1f} CPU-s  (load {loads[-1]:.1f})  {notes[arm][:100]}",
-                  flush=True)
+            print(f"round {r} {arm:5s}: {wall:6.1f} s  (load {loads[-1]:.1f})  {notes[arm][:110]}", flush=True)
     print(f"\n{args.n} images 200-300 px (JPEG+PNG) -> {args.model} at {args.side} px, batch {args.batch_size}, "
           f"{os.cpu_count()} CPUs, load average {min(loads):.1f}-{max(loads):.1f} at the run starts")
     med = {a: statistics.median(v) for a, v in walls.items()}
     for a in arms:
         print(f"  {a:5s}: median {med[a]:6.1f} s = {args.n / med[a]:6.1f} img/s (runs "
-              f"{', '.join(f'{t:.1f}' for t in walls[a])}); CPU-seconds of the whole command incl. Ray's "
-              f"processes: median {statistics.median(cpus[a]):.1f}")
+              f"{', '.join(f'{t:.1f}' for t in walls[a])})")
     if "plain" in med:
         for a in arms:
             if a != "plain":

@@ -68,10 +68,11 @@ def make_spec(workdir: Path, corpus: Path, targets: list[str], arm: str, seed: i
     d["image"] = {"min_side": sides[0], "max_side": sides[1]}
     d["budget"]["trials_per_target"] = trials
     d["storage"] = {"cache": str(workdir / "caches" / f"{arm}-s{seed}")}
-    if arm == "ranked":
+    if arm.startswith("ranked"):
         d["search"]["sources"] = {"by": "datasets", "space": "ranked"}
         d["scheduler"] = {"name": "rungs", "reduction_factor": 3}
-        d["controls"] = {"scratch": False, "generalist": True, "uniform": True, "importance": False,
+        # ranked_imp: + the importance control (Ngiam et al. 2018: every source, importance-weighted)
+        d["controls"] = {"scratch": False, "generalist": True, "uniform": True, "importance": arm == "ranked_imp",
                          "imagenet": False}
     else:
         d["search"]["sources"] = {"by": "datasets", "space": "bits"}
@@ -117,7 +118,8 @@ def main() -> None:
     ap.add_argument("--targets", nargs="+", default=None)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--trials", type=int, default=12)
-    ap.add_argument("--arms", nargs="+", default=["ranked", "random_bits", "tpe_asha_bits"])
+    ap.add_argument("--arms", nargs="+", default=["ranked", "random_bits", "tpe_asha_bits"],
+                    help="also: ranked_imp = ranked + the importance control")
     ap.add_argument("--workdir", default="/tmp/rtl-ranked")
     ap.add_argument("--rows", default=None,
                     help="JSONL file: rows of finished (seed, arm) sweeps are appended; a (seed, arm) already in "
@@ -168,7 +170,7 @@ def main() -> None:
     print(f"total {time.perf_counter() - t_all:.0f} s")
 
 
-ARMS = ("ranked", "random_bits", "tpe_asha_bits", "ranked_v1")
+ARMS = ("ranked", "random_bits", "tpe_asha_bits", "ranked_v1", "ranked_imp")
 
 
 def report(rows: list[dict[str, Any]]) -> None:

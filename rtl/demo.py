@@ -11,6 +11,7 @@ import os
 import time
 from pathlib import Path
 
+from rtl.artifacts.manifest import MANIFEST_FILE
 from rtl.cliargs import nonneg_int, seed
 from rtl.errors import RtlError
 
@@ -45,7 +46,7 @@ def run_demo(workspace: str | Path, *, spec_path: str | Path = DEFAULT_SPEC, siz
         print(f"[1/4] synth: reusing {data}", flush=True)
 
     corpus = Path(spec.corpus_path())
-    if not (corpus / "manifest.json").is_file():
+    if not (corpus / MANIFEST_FILE).is_file():
         sources = sorted(p for p in (data / "sources").iterdir() if p.is_dir())
         print(f"[2/4] corpus: {len(sources)} sources -> {corpus} "
               f"(sides {spec.image.min_side}-{spec.image.max_side}, cap {cap})", flush=True)

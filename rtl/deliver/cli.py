@@ -7,6 +7,7 @@ import os
 import sys
 import tempfile
 
+from rtl.artifacts.checkpoint import META_FILE
 from rtl.errors import RtlError
 
 
@@ -25,7 +26,7 @@ def check_out_dir(out) -> None:
     from pathlib import Path
 
     out = Path(out)
-    if out.exists() and not (out.is_dir() and (out / "meta.json").is_file()):
+    if out.exists() and not (out.is_dir() and (out / META_FILE).is_file()):
         raise RtlError(f"--out {out}: exists and is not a model folder; choose a new path")
 
 
@@ -58,7 +59,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
                    gpus=args.gpus, actors=args.actors)
     out, rej = write_outputs(to_frame(pred, lm.classes, ok), pred.rejects, args.out)
     rate = len(items) / pred.seconds if pred.seconds > 0 else float("inf")
-    print(f"predicted {len(pred.items)} image(s) -> {out} ({pred.engine}, {rate:.1f} img/s)")
+    share = f", {pred.by_driver} by the driver while Ray started" if pred.by_driver else ""
+    print(f"predicted {len(pred.items)} image(s) -> {out} ({pred.engine}{share}, {rate:.1f} img/s)")
     if rej is not None:
         print(f"rejected {len(pred.rejects)} unreadable image(s) -> {rej}", file=sys.stderr)
     m = labelled_metrics(pred, lm.classes, ok)

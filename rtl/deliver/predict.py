@@ -1,15 +1,17 @@
 """`rtl predict MODEL IMAGES --out preds.csv`: run a model folder (or `models:/name@alias`) on new images.
 
 Input: a folder of images (recursive), a dataset in the rtl convention (labels kept as `label`), or a CSV
-with an `image` (or `path`) column, paths relative to the CSV. Every image goes through the model
-folder's own preprocessing (`rtl.deliver.model.prepare_image`: the evaluation path of training). An image
-that cannot be decoded is listed in `<out>.rejects.csv` (path, reason) and the rest are predicted.
+with an `image` (or `path`) column, paths relative to the CSV. Every image is decoded and fit exactly as in
+training (`rtl.data.transforms.decode_fit`), then goes through the model folder's own preprocessing
+(`rtl.deliver.model.prepare_image`: the evaluation path of training). An image that cannot be decoded is
+listed in `<out>.rejects.csv` (path, reason) and the rest are predicted.
 
 Engines: `local` is a plain batched PyTorch loop in this process (no start-up cost: right for a few
 hundred images); `ray` is Ray Data batch inference, `map_batches` over an actor pool where every actor
 holds the model once and decodes + predicts its batches (decoding is the bottleneck on CPU, so it scales
 with cores; `--gpus` GPUs shared by the actors; on a cluster the image paths must be readable on every
-node, e.g. a shared mount). `auto` picks Ray when `--address` or `--gpus` is given or
+node, e.g. a shared mount). On CPU the driver predicts too, from the front of the list while Ray and its
+actors start (seconds of fixed cost), Ray Data from the back. `auto` picks Ray when `--address` or `--gpus` is given or
 there are at least `RAY_MIN_IMAGES` images (below that, starting Ray costs more than it saves).
 """
 

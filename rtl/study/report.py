@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from rtl.artifacts.layout import report_dir
 from rtl.study.results import collect_cells, findings, ms, summarize
 
 
@@ -293,7 +294,7 @@ def write_report(results_dir: str, *, log_mlflow: bool = True, scores: bool = Tr
     spec, plan = load_resolved(results_dir), load_plan(results_dir)
     tracker = study_tracker(spec)
     cells = collect_cells(spec, tracker)
-    out = Path(results_dir) / "report"
+    out = Path(report_dir(results_dir))
     out.mkdir(parents=True, exist_ok=True)
     d = summarize(spec, plan, cells)
     figs: dict[str, Any] = {"errors": {}, "gain": {}, "heatmap": {}}

@@ -27,6 +27,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from rtl.artifacts.layout import spec_path
 from rtl.artifacts.manifest import is_corpus
 from rtl.errors import ConfigError, RtlError, RtlRuntimeError
 from rtl.study.spec import StudySpec, load_resolved, save_resolved
@@ -322,7 +323,7 @@ def run_study(spec: StudySpec, *, address: str | None = None) -> str:
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     _check_inputs(spec)
     rd = spec.results_dir
-    spec_json = os.path.join(rd, "spec.json")
+    spec_json = spec_path(rd)
     if os.path.exists(spec_json):
         old = load_resolved(rd).model_dump(exclude={"spec_file"})
         new = spec.model_dump(exclude={"spec_file"})

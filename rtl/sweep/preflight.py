@@ -38,6 +38,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
+from rtl.artifacts.layout import RAY_CONFIRM, RAY_RESULTS, spec_path
 from rtl.artifacts.manifest import is_corpus
 from rtl.errors import ConfigError, RtlError, RtlRuntimeError
 from rtl.sweep.spec import SweepSpec, join, load_resolved
@@ -280,7 +281,7 @@ def count_trials(url: str, sweep_name: str) -> int:
 def never_started(results_dir: str) -> bool:
     """True when the sweep at `results_dir` never started a trial: no Tune experiment and no Optuna trial
     in its studies. Anything unreadable counts as started (never overwrite what might be history)."""
-    for sub in ("ray_results", "ray_confirm"):
+    for sub in (RAY_RESULTS, RAY_CONFIRM):
         p = join(results_dir, sub)
         if os.path.lexists(p) and (not os.path.isdir(p) or os.listdir(p)):
             return False
@@ -294,7 +295,7 @@ def never_started(results_dir: str) -> bool:
 def replaces_unstarted(spec: SweepSpec) -> bool:
     """True when `spec.json` holds another spec of a sweep that never started a trial: `run_sweep` then
     writes the corrected spec over it (issue 12) instead of refusing it as a different spec."""
-    if not os.path.isfile(join(spec.results_dir, "spec.json")):
+    if not os.path.isfile(spec_path(spec.results_dir)):
         return False
     try:
         old = load_resolved(spec.results_dir).model_dump(exclude={"spec_file"})
@@ -518,4 +519,4 @@ def preflight(spec: SweepSpec, *, address: str | None = None, warn: bool = True)
                 controls=controls, searched_per_target=n_searched,
                 confirm_seeds=[s for s in dict.fromkeys(spec.seeds) if s != spec.seeds[0]],
                 resources=resources, optuna=optuna, tracking=tracking, cache_dir=cache,
-                started=os.path.isfile(join(spec.results_dir, "spec.json")), warnings=warnings)
+                started=os.path.isfile(spec_path(spec.results_dir)), warnings=warnings)

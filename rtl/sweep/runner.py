@@ -24,6 +24,8 @@ import os
 import time
 from typing import Any
 
+from rtl.artifacts.layout import RAY_RESULTS, ranking_path, spec_path
+from rtl.artifacts.manifest import MANIFEST_FILE
 from rtl.artifacts.trial import TrialParams
 from rtl.errors import RtlError, RtlRuntimeError
 from rtl.sweep.search import METRIC, OptunaAskTell, control_params, define_space, objective_of, ranking_params
@@ -166,7 +168,7 @@ def _errored(grid: Any) -> list[str]:
 
 def target_experiments(spec: SweepSpec, target: str) -> list[str]:
     """Tune experiments of a target's search, in order: the main one, then any top-ups (`<target>.topup<k>`)."""
-    storage = join(spec.results_dir, "ray_results")
+    storage = join(spec.results_dir, RAY_RESULTS)
     out = [join(storage, target)]
     k = 1
     while os.path.isdir(join(storage, f"{target}.topup{k}")):
@@ -246,7 +248,7 @@ def _run_target(spec: SweepSpec, target: str, units: list[str]) -> list[str]:
             n = _shortfall(spec, target)
             if n <= 0:
                 return errored
-            exp_path = join(spec.results_dir, "ray_results", f"{target}.topup{k}")
+            exp_path = join(spec.results_dir, RAY_RESULTS, f"{target}.topup{k}")
             print(f"[{target}] {n} trial(s) of the budget were lost with a killed driver: running them", flush=True)
             tuner = _tuner(spec, target, exp_path, n, units)
         elif tune.Tuner.can_restore(exp_path):
@@ -365,7 +367,7 @@ def target_order(spec: SweepSpec, target: str, units: list[str]) -> list[str]:
     from rtl.select.rank import format_ranking, read_ranking, write_ranking
 
     rk = spec.search.sources.ranking
-    path = os.path.join(spec.results_dir, "rankings", f"{target}.json")
+    path = ranking_path(spec.results_dir, target)
     given = rk.file.replace("{target}", target) if rk.file else None
     if given:
         ranking = read_ranking(spec._rel(given))
@@ -380,7 +382,7 @@ def target_order(spec: SweepSpec, target: str, units: list[str]) -> list[str]:
         target_path = dict(zip(spec.target_names(), spec.target_paths()))[target]
         ranking = ray.get(task.remote(spec.model_dump_json(), target_path, units))
         write_ranking(path, ranking)
-        table = os.path.join(spec.results_dir, "rankings", f"{target}.txt")
+        table = ranking_path(spec.results_dir, target, "txt")
         with open(table, "w") as f:
             f.write(format_ranking(ranking) + "\n")
         tracker_for(spec).log_ranking(target, ranking, table)
@@ -409,14 +411,14 @@ def run_sweep(spec: SweepSpec, *, address: str | None = None) -> str:
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     corpus = spec.corpus_path()
-    if not os.path.isfile(os.path.join(corpus, "manifest.json")):
+    if not os.path.isfile(os.path.join(corpus, MANIFEST_FILE)):
         raise RtlError(f"{spec.spec_file}: corpus: no corpus at {corpus} (run `rtl corpus build` first)")
     for name, path in zip(spec.target_names(), spec.target_paths()):
         if not os.path.isfile(os.path.join(path, "dataset.yaml")):
             raise RtlError(f"{spec.spec_file}: targets: {name}: no dataset at {path}")
     if len(set(spec.target_names())) != len(spec.targets):
         raise RtlError(f"{spec.spec_file}: targets: two targets share a folder name")
-    spec_json = os.path.join(spec.results_dir, "spec.json")
+    spec_json = spec_path(spec.results_dir)
     if not os.path.exists(spec_json) or replaces_unstarted(spec):  # a start that ran no trial takes a fix
         save_resolved(spec, spec_json)
     else:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from rtl.artifacts.layout import RAY_CONFIRM, RAY_RESULTS
 from rtl.sweep.spec import join, load_resolved
 
 
@@ -51,7 +52,7 @@ def best_searched(results_dir: str, target: str) -> Any:
 
 def confirm_experiment(spec: Any, target: str, number: int) -> str:
     """Tune experiment path of the confirm trials of searched trial `number`."""
-    return join(spec.results_dir, "ray_confirm", target, f"trial_{number:04d}")
+    return join(spec.results_dir, RAY_CONFIRM, target, f"trial_{number:04d}")
 
 
 def sweep_status(results_dir: str) -> list[dict[str, Any]]:
@@ -71,7 +72,7 @@ def sweep_status(results_dir: str) -> list[dict[str, Any]]:
             "best_val": objective.value(best.value) if best else None,  # the objective's metric, on val
             "best_trial": best.number if best else None,
             "best_mask": best.user_attrs.get("rtl.mask") if best else None,
-            "tune": _tune_counts(join(spec.results_dir, "ray_results", target)),
+            "tune": _tune_counts(join(spec.results_dir, RAY_RESULTS, target)),
             "confirm": _confirm_counts(spec, results_dir, target),
             "disagreement": mlflow_disagreement(results_dir, target, trials),
         })
