@@ -7,9 +7,11 @@ Small case (issue 13; what real inspection data looks like), timed as a user run
    which 3 exceed the cap (N/7), so the build also header-reads the images the cap drops.
 2. For each --small-sides pair (64-72 and 224-256): the whole `rtl corpus build` command in a new process
    (imports, label scan, Ray start, decode, manifest) and the plain loop in its own process (read
-   labels.csv, same cap rule, decode_image + fit_size + raw bytes + zstd Parquet), interleaved with the
-   order alternating per round; prints both medians, the ratio (targets on 2 cores: >= 1.2x at 64 px,
-   >= 1.6x at 224-256 px) and the build's own timing split and decode parallelism.
+   labels.csv, same cap rule, decode_image + fit_size + raw bytes + zstd Parquet), plus the same loop
+   with `decode_fit` (the build's decoder: JPEG draft), interleaved with the order alternating per round;
+   prints the medians, the ratios against both loops (targets on 2 cores: >= 1.2x at 64 px, >= 1.6x at
+   224-256 px), the load average, and the build's own timing split (label scan, images the driver decoded
+   while Ray started, Ray start, the Ray tasks' parallelism).
 3. Driver peak RSS of whole builds over --rss-sizes images (hard-linked replicas; should stay flat).
 
 Large case (issue 2): N images of 300-1500 px, 90% in one class; build_corpus in-process on a Ray started

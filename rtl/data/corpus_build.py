@@ -357,7 +357,7 @@ def _scan_and_head_start(dirs: list, table: ClassTable, cap: int | None, seed: i
 
 
 def _head_start(rows: list, headers: list, params: dict, shard_dir: str, stop: threading.Event) -> list[dict]:
-    """Decode `rows` from the front in the driver, in shards as large as a Ray unit, until `stop` is set.
+    """Decode `rows` from the front in the driver, in shards of a quarter unit, until `stop` is set.
 
     Starting a local Ray takes seconds (new processes importing Ray's Python modules) during which the
     driver only waits and the CPUs are partly idle; a small build can be mostly done by then. The images
@@ -367,7 +367,7 @@ def _head_start(rows: list, headers: list, params: dict, shard_dir: str, stop: t
     Shard uids 0, 1, ... (the Ray units are numbered after them).
     """
     metas: list[dict] = []
-    per_shard = _unit_cap(params["max_side"])
+    per_shard = max(16, _unit_cap(params["max_side"]) // 4)  # <= ~8 MB of pixels held by the driver
     i = j = 0
     while (i < len(rows) or j < len(headers)) and not stop.is_set():
         work = _ShardWork(len(metas), params, shard_dir)

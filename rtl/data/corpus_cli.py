@@ -77,7 +77,7 @@ def summary(m: dict, out: Path | None = None) -> str:
     parts = [f"{k} {t[k]:.1f}s" for k in ("labels", "ray_init", "process", "finalize") if k in t]
     if t.get("head_start_images"):
         parts.insert(2, f"{int(t['head_start_images'])} images decoded by the driver while Ray started")
-    if t.get("process"):
+    if t.get("process") and t.get("decode_workers"):
         parts.append(f"decode parallelism {t.get('decode_task_seconds', 0) / t['process']:.2f} "
                      f"over {t.get('decode_workers', '?')} workers")
     lines.append(f"  time: {m.get('seconds', 0):.1f}s  (" + ", ".join(parts) + ")")

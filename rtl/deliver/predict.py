@@ -12,7 +12,7 @@ holds the model once and decodes + predicts its batches (decoding is the bottlen
 with cores; `--gpus` GPUs shared by the actors; on a cluster the image paths must be readable on every
 node, e.g. a shared mount). On CPU the driver predicts too, from the front of the list while Ray and its
 actors start (seconds of fixed cost), Ray Data from the back. `auto` picks Ray when `--address` or `--gpus` is given or
-there are at least `RAY_MIN_IMAGES` images (below that, starting Ray costs more than it saves).
+there are at least `RAY_MIN_IMAGES` (10 000) images (below that, starting Ray costs more than it saves).
 """
 
 from __future__ import annotations
@@ -36,7 +36,8 @@ from rtl.errors import RtlError, RtlRuntimeError
 from rtl.raystart import ensure_ray
 
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".pgm", ".ppm"}
-RAY_MIN_IMAGES = 1000
+RAY_MIN_IMAGES = 10_000  # `auto` below this: a fresh local Ray's fixed cost exceeds its gain on a few
+# cores (docs/measurements/predict.md: 2000 images took 2-3x longer with Ray than in-process)
 
 
 @dataclass
@@ -193,9 +194,10 @@ def _predict_ray(lm: LoadedModel, items: list[Item], batch_size: int, *, address
 
     The driver works from the front of `items` in a thread while `ensure_ray` starts Ray and while the
     actors start (each imports torch and builds the model: seconds); Ray Data goes through `items` from
-    the back. They meet somewhere in the middle and the Ray Data iteration is abandoned once every image
-    has a result (batches done twice near the meeting point are the only waste). Torch threads: one per
-    actor and one in the driver, so 2 CPUs run 2 actors + a mostly decoding driver without oversubscribing.
+    the back, one batch per block, so its results reach the driver's skip list batch by batch. They meet
+    somewhere in the middle and the Ray Data iteration is abandoned once every image has a result
+    (batches in flight near the meeting point are the only waste). Torch threads: one per actor and one
+    in the driver, and one actor fewer than CPUs (unless `actors` is given), so nothing oversubscribes.
     """
     import ray
 
@@ -213,11 +215,16 @@ def _predict_ray(lm: LoadedModel, items: list[Item], batch_size: int, *, address
         ensure_ray(address)  # a cluster, or a local Ray on 127.0.0.1 only (issue 17)
         if not shared.all_done():
             cpus = int(ray.available_resources().get("CPU", 1))
-            n_act = actors or max(1, min(cpus, len(items) // batch_size + 1) if not gpus else int(gpus))
+            # the sharing driver keeps one CPU busy: one actor fewer, so 2 CPUs run 1 actor + the driver
+            free = cpus - 1 if worker is not None and cpus > 1 else cpus
+            n_act = actors or max(1, min(free, len(items) // batch_size + 1) if not gpus else int(gpus))
             state = {name: v.detach().cpu() for name, v in lm.model.state_dict().items()}
             rows = [{"i": i, "file": it.file} for i, it in enumerate(items)][::-1]  # from the back
-            ds = ray.data.from_items(rows, override_num_blocks=max(1, min(len(items) // batch_size + 1,
-                                                                          4 * n_act)))
+            # with the driver sharing, one batch per block: results (and the driver's skip list) then
+            # arrive batch by batch, not once per big block the driver would redo meanwhile
+            n_blocks = -(-len(items) // batch_size) if worker is not None else min(len(items) // batch_size + 1,
+                                                                                   4 * n_act)
+            ds = ray.data.from_items(rows, override_num_blocks=max(1, n_blocks))
             ds = ds.map_batches(_RayPredictor, fn_constructor_kwargs={"meta": lm.meta, "state": state,
                                                                        "device": "cuda" if gpus else "cpu"},
                                 batch_size=batch_size, concurrency=n_act, num_cpus=0 if gpus else 1,
