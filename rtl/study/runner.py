@@ -13,7 +13,7 @@ parallel instead of waiting on one another's cache lock.
   listed as skipped (with the reason) in `plan.json` and the report, never downloaded.
 * The train size is a stratified, seeded, nested subset (rtl.data.subsample) drawn with the cell's seed;
   val and test are the target's own, so errors across sizes are comparable.
-* MLflow (rtl.sweep.tracking.Tracker): experiment `study-<name>`, a parent run `rtl.kind=study`, one
+* MLflow (rtl.artifacts.tracking.Tracker): experiment `study-<name>`, a parent run `rtl.kind=study`, one
   child run per cell (`rtl.kind=cell`, tag `rtl.cell`), pretraining runs linked by `rtl.pretrain_run_id`.
 * Resume: running the same spec again restores the Tune experiment (`Tuner.restore`), so finished cells
   are not scheduled again; and a cell whose MLflow run already holds its result (`rtl.final`) re-reports it
@@ -49,7 +49,7 @@ def sweep_view(spec: StudySpec) -> Any:
 
 
 def study_tracker(spec: StudySpec) -> Any:
-    from rtl.sweep.tracking import Tracker, default_tracking_uri
+    from rtl.artifacts.tracking import Tracker, default_tracking_uri
 
     uri = default_tracking_uri(spec.results_dir, spec.storage.tracking_uri)
     art = None if uri.startswith(("http", "databricks")) else os.path.join(spec.results_dir, "mlartifacts")
@@ -57,7 +57,7 @@ def study_tracker(spec: StudySpec) -> Any:
 
 
 def study_run(tracker: Any) -> str:
-    return tracker._get_or_create({"rtl.kind": "study"}, {}, "study")
+    return tracker.get_or_create({"rtl.kind": "study"}, {}, "study")
 
 
 def cell_runs(tracker: Any) -> list[Any]:
@@ -197,9 +197,9 @@ def run_cell(config: dict[str, Any]) -> None:
     """Tune function trainable: config = {"rtl": {"results_dir"}, "cell": one entry of plan["cells"]}."""
     import torch
 
+    from rtl.artifacts.tracking import retry as _retry
     from rtl.data.convention import load_dataset
     from rtl.data.subsample import subsample_train
-    from rtl.sweep.tracking import _retry
     from rtl.train.finetune import FinetuneConfig, run_finetune
 
     rd, cell = config["rtl"]["results_dir"], config["cell"]
@@ -208,7 +208,7 @@ def run_cell(config: dict[str, Any]) -> None:
     target = dict(zip(spec.target_names(), spec.target_paths()))[cell["target"]]
     row, mode = plan["rows"][cell["row"]], spec.mode(cell["mode"])
     tracker = study_tracker(spec)
-    run_id = tracker._get_or_create(
+    run_id = tracker.get_or_create(
         {"rtl.kind": "cell", "rtl.cell": cell["id"]},
         {"mlflow.parentRunId": study_run(tracker), "rtl.target": cell["target"], "rtl.strategy": cell["row"],
          "rtl.size": f"{cell['size']:g}", "rtl.mode": cell["mode"], "rtl.seed": cell["seed"]}, cell["id"])
@@ -299,7 +299,7 @@ def _check_inputs(spec: StudySpec) -> None:
 def _dedupe_pretrain_runs(tracker: Any) -> None:
     """Two cells that got the same cached pretraining at the same moment can both create its MLflow run
     (find-or-create is not atomic across processes): keep the oldest per cache key, re-link, delete the rest."""
-    from rtl.sweep.tracking import _retry
+    from rtl.artifacts.tracking import retry as _retry
 
     first: dict[str, str] = {}
     for r in tracker.find_runs({"rtl.kind": "pretrain"}):  # oldest first

@@ -51,7 +51,7 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _ui(args: argparse.Namespace) -> int:
-    from rtl.sweep.tracking import default_tracking_uri
+    from rtl.artifacts.tracking import default_tracking_uri
 
     ws = os.path.abspath(args.workspace)
     if not os.environ.get("MLFLOW_TRACKING_URI"):

@@ -232,7 +232,7 @@ def check_storage(url: str, raw: str, field_name: str, problems: _Problems) -> s
 
 def _check_tracking(spec: SweepSpec, problems: _Problems, local: bool = True) -> str:
     """MLflow: a local SQLite store's folder is usable (when `local`), a tracking server answers."""
-    from rtl.sweep.tracking import default_tracking_uri
+    from rtl.artifacts.tracking import default_tracking_uri
 
     raw = os.environ.get("MLFLOW_TRACKING_URI") or spec.storage.tracking_uri or ""
     uri = default_tracking_uri(spec.results_dir, spec.tracking_uri())

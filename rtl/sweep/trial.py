@@ -43,10 +43,11 @@ from typing import Any
 
 from rtl.artifacts.cache import PretrainCache, cache_key
 from rtl.artifacts.checkpoint import read_checkpoint_meta
+from rtl.artifacts.tracking import Tracker, default_tracking_uri, mask_params
+from rtl.artifacts.tracking import retry as _retry
 from rtl.artifacts.trial import PretrainPlan, TrialParams
 from rtl.errors import RtlError
 from rtl.sweep.spec import SweepSpec, load_resolved
-from rtl.sweep.tracking import Tracker, _retry, default_tracking_uri, mask_params
 
 log = logging.getLogger(__name__)
 
@@ -301,7 +302,7 @@ def _trial_run(tracker: Tracker, trial_id: str, target: str, t: TrialParams) -> 
         return run_id, json.loads(prior) if prior else None
     key = confirm_key(t.number, t.seed)
     parent = tracker.get_or_create_target_run(target)
-    run_id = tracker._get_or_create(  # Tracker has no confirm-run helper; same find-or-create by tags
+    run_id = tracker.get_or_create(  # Tracker has no confirm-run helper; same find-or-create by tags
         {"rtl.kind": "confirm", "rtl.trial_id": key, "rtl.target": target},
         {"mlflow.parentRunId": parent, "rtl.optuna_number": str(t.number), "rtl.control": "search",
          "rtl.seed": str(t.seed)}, f"{target}#{t.number}-confirm-seed{t.seed}")
@@ -341,7 +342,7 @@ def run_trial(config: dict[str, Any]) -> None:
                                 "reg_strength": t.reg_strength, "init": t.init, "seed": t.seed,
                                 "control": t.control or "search", "backbone": spec.backbone}
                        | ({"confirm_of": t.number} if t.kind == "confirm" else {}))
-    from rtl.sweep.tracking import source_params  # src.<name> = 0/1 per source (issue 11)
+    from rtl.artifacts.tracking import source_params  # src.<name> = 0/1 per source (issue 11)
 
     tracker.log_params(run_id, source_params(t.mask, units_of(spec)))
     if "final" not in state and prior is not None:  # confirm trial re-created after its result was logged

@@ -174,12 +174,12 @@ def _no_nan(obj):
 
 
 def _log_mlflow(cfg, summary) -> None:
-    """One MLflow run per seed when MLFLOW_TRACKING_URI is set (rtl.sweep.tracking is the MLflow module)."""
+    """One MLflow run per seed when MLFLOW_TRACKING_URI is set (rtl.artifacts.tracking is the MLflow module)."""
     import os
 
     if not os.environ.get("MLFLOW_TRACKING_URI"):
         return
-    from rtl.sweep.tracking import log_standalone_run
+    from rtl.artifacts.tracking import log_standalone_run
 
     target = os.path.basename(os.path.normpath(cfg.target))
     for r in summary.results:

@@ -93,7 +93,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     loss = f"  train_loss {last['train_loss']:.4f}" if last else ""
     print(f"checkpoint {out}  strategy {meta['strategy']}  epochs {meta['epoch']}{loss}")
     if os.environ.get("MLFLOW_TRACKING_URI"):  # params, per-epoch metrics and the checkpoint itself
-        from rtl.sweep.tracking import log_standalone_run
+        from rtl.artifacts.tracking import log_standalone_run
 
         run_id = log_standalone_run("rtl-pretrain", f"{meta['strategy']}:{Path(out).name}",
                                     params=meta["config"], history=meta["history"],
