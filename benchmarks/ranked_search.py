@@ -206,41 +206,40 @@ def report(rows: list[dict[str, Any]]) -> None:
               f"{statistics.mean(r['regret'] for r in rr):.3f}), mean Jaccard on targets with related "
               f"{statistics.mean(rel) if rel else float('nan'):.2f}, share with Jaccard >= 0.8 "
               f"{sum(j >= 0.8 for j in rel)}/{len(rel)}, pretraining images per seed {statistics.mean(imgs.values()):.0f}")
-    for other in [a for a in arms if a != "ranked"]:
-        if "ranked" not in arms:
-            break
-        common = [p for p in pairs if p + ("ranked",) in by and p + (other,) in by]
+    ref = "random_bits"  # every other arm against random search over bits, on the (seed, target) pairs both ran
+    for arm in [a for a in arms if a != ref]:
+        common = [p for p in pairs if p + (arm,) in by and p + (ref,) in by]
+        if not common:
+            continue
         seeds = sorted({p[0] for p in common})
-        ri = statistics.mean(by[(s, t, "ranked")]["images"] for s, t in common)
-        oi = statistics.mean(by[(s, t, other)]["images"] for s, t in common)
-        print(f"\nranked vs {other} on {len(common)} (seed, target) pairs, seeds {seeds}:")
-        print(f"  pretraining images ranked/{other}: {ri / oi:.2f}")
-        d = [by[p + ("ranked",)]["regret"] - by[p + (other,)]["regret"] for p in common]
+        ri = statistics.mean(by[p + (arm,)]["images"] for p in common)
+        oi = statistics.mean(by[p + (ref,)]["images"] for p in common)
+        print(f"\n{arm} vs {ref} on {len(common)} (seed, target) pairs, seeds {seeds}:")
+        print(f"  pretraining images {arm}/{ref}: {ri / oi:.2f}")
+        d = [by[p + (arm,)]["regret"] - by[p + (ref,)]["regret"] for p in common]
         nz = [x for x in d if x != 0]
         if nz:
-            print(f"  paired regret ranked - {other}: median {statistics.median(d):+.3f}, mean {statistics.mean(d):+.3f}, "
-                  f"ranked better/equal/worse {sum(x < 0 for x in d)}/{len(d) - len(nz)}/{sum(x > 0 for x in d)}, "
+            print(f"  paired regret {arm} - {ref}: median {statistics.median(d):+.3f}, mean {statistics.mean(d):+.3f}, "
+                  f"{arm} better/equal/worse {sum(x < 0 for x in d)}/{len(d) - len(nz)}/{sum(x > 0 for x in d)}, "
                   f"Wilcoxon signed-rank p = {wilcoxon(d).pvalue:.3f} (two-sided; zero differences dropped: "
                   f"{len(nz)} used)")
             if len(nz) >= 2:
-                print(f"  one-sided (H1: ranked regret > {other}'s): p = "
-                      f"{wilcoxon(d, alternative='greater').pvalue:.3f}")
+                print(f"  one-sided (H1: {arm} regret > {ref}'s): p = {wilcoxon(d, alternative='greater').pvalue:.3f}")
         else:
-            print(f"  paired regret ranked - {other}: all {len(d)} differences are 0")
-        # trials the ranked arm needed to reach the other arm's best val (None: never)
-        reach = []
+            print(f"  paired regret {arm} - {ref}: all {len(d)} differences are 0")
+        reach = []  # trials the arm needed to reach random search's best val (None: never)
         for p in common:
-            goal = by[p + (other,)]["val"]
-            hit = [n for n, v in by[p + ("ranked",)].get("traj", []) if v <= goal]
+            goal = by[p + (ref,)]["val"]
+            hit = [n for n, v in by[p + (arm,)].get("traj", []) if v <= goal]
             reach.append(min(hit) + 1 if hit else None)
         got = [x for x in reach if x is not None]
-        print(f"  ranked reached {other}'s best val on {len(got)}/{len(reach)} pairs"
-              + (f", median trial number {statistics.median(got):.0f}" if got else ""))
-    nulls = [r for r in rows if r["arm"] == "ranked" and not r["related"] and "verdict" in r]
+        print(f"  reached {ref}'s best val on {len(got)}/{len(reach)} pairs"
+              + (f", median trials {statistics.median(got):.0f}" if got else ""))
+    nulls = [r for r in rows if r["arm"].startswith("ranked") and not r["related"] and "verdict" in r]
     if nulls:
         ok = sum(r["verdict"].startswith("no source helps") for r in nulls)
         print(f"\ncorrect null (ranking verdict) on targets without a related source: {ok}/{len(nulls)}")
-    withrel = [r for r in rows if r["arm"] == "ranked" and r["related"] and "verdict" in r]
+    withrel = [r for r in rows if r["arm"].startswith("ranked") and r["related"] and "verdict" in r]
     if withrel:
         fn = sum(r["verdict"].startswith("no source helps") for r in withrel)
         print(f"false null (ranking verdict says none on a target with a related source): {fn}/{len(withrel)}")
