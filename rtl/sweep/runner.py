@@ -28,7 +28,15 @@ from rtl.artifacts.layout import RAY_RESULTS, ranking_path, spec_path
 from rtl.artifacts.manifest import MANIFEST_FILE
 from rtl.artifacts.trial import TrialParams
 from rtl.errors import RtlError, RtlRuntimeError
-from rtl.sweep.search import METRIC, OptunaAskTell, control_params, define_space, objective_of, ranking_params
+from rtl.sweep.search import (
+    METRIC,
+    OptunaAskTell,
+    control_params,
+    define_space,
+    objective_of,
+    ranking_params,
+    repair_lagging_checkpoints,
+)
 from rtl.sweep.spec import SweepSpec, join, load_resolved, save_resolved
 from rtl.sweep.status import best_searched, confirm_experiment
 from rtl.sweep.trial import run_trial, tracker_for, units_of
@@ -253,6 +261,7 @@ def _run_target(spec: SweepSpec, target: str, units: list[str]) -> list[str]:
             tuner = _tuner(spec, target, exp_path, n, units)
         elif tune.Tuner.can_restore(exp_path):
             print(f"[{target}] resuming {exp_path}", flush=True)
+            repair_lagging_checkpoints(exp_path)
             tuner = tune.Tuner.restore(exp_path, trainable=_trainable(spec), resume_unfinished=True,
                                        resume_errored=True, restart_errored=False)
         else:  # never started, or killed before Tune's first checkpoint (its trials were reconciled above)
@@ -316,6 +325,7 @@ def _run_confirm(spec: SweepSpec, target: str, units: list[str]) -> list[str]:
     exp_path = confirm_experiment(spec, target, best.number)
     trainable = _trainable(spec)
     if tune.Tuner.can_restore(exp_path):
+        repair_lagging_checkpoints(exp_path)
         tuner = tune.Tuner.restore(exp_path, trainable=trainable, resume_unfinished=True, resume_errored=True,
                                    restart_errored=False)
     else:

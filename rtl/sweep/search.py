@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 from typing import Any
 
@@ -359,6 +360,43 @@ def tune_trials(experiment_path: str | None) -> list[Any] | None:
     except Exception as e:  # no state yet / moved results dir: skip reconciliation, but say so
         log.warning("cannot read Tune state at %s (%s): orphan check skipped", experiment_path, e)
         return None
+
+
+def repair_lagging_checkpoints(experiment_path: str) -> list[str]:
+    """Before `Tuner.restore`: make every checkpoint the newest experiment state names exist again.
+
+    Tune keeps one checkpoint per trial (`num_to_keep=1`) and snapshots its experiment state every few
+    seconds; a driver killed between a trial's new checkpoint (the old one deleted) and the next snapshot
+    leaves a state naming a checkpoint that is gone, and `Tuner.restore` then errors that trial ("does not
+    exist on storage anymore"; Ray has no fallback). The newest checkpoint the trial did persist is the
+    same trial further on, and rtl's trainable resumes from its content (state.json: rung / epoch; MLflow
+    and Optuna skip what was already logged), so it stands in: hard-linked (copied across devices) under
+    the missing name. -> the paths filled in."""
+    import shutil
+
+    fixed: list[str] = []
+    for trial in tune_trials(experiment_path) or []:
+        ckpt = getattr(trial, "checkpoint", None)
+        path = getattr(ckpt, "path", None)
+        if not path or os.path.exists(path):
+            continue
+        parent = os.path.dirname(path)
+        newer = sorted(d for d in (os.listdir(parent) if os.path.isdir(parent) else [])
+                       if d.startswith("checkpoint_") and os.path.isdir(os.path.join(parent, d)))
+        if not newer:
+            continue
+        src = os.path.join(parent, newer[-1])
+
+        def link(a: str, b: str) -> None:
+            try:
+                os.link(a, b)
+            except OSError:
+                shutil.copy2(a, b)
+
+        shutil.copytree(src, path, copy_function=link)
+        log.warning("Tune state named a deleted checkpoint %s: using the newer %s", path, src)
+        fixed.append(path)
+    return fixed
 
 
 def make_sampler(name: str, seed: int, n_startup: int) -> Any:
