@@ -25,8 +25,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict
 
+from rtl.artifacts.validation import validated
 from rtl.errors import RtlError
 
 MODEL_FILE = "model.pt"  # state_dict, torch.save; loaded with weights_only=True
@@ -86,12 +87,8 @@ def parse_meta(doc: Any, where: str | Path) -> CheckpointMeta:
     """Check a decoded `meta.json`; RtlError naming `where` and the field."""
     if not isinstance(doc, dict) or "model" not in doc or "num_classes" not in doc:
         raise RtlError(f"checkpoint {where} lacks 'model' / 'num_classes'")
-    try:
-        return CheckpointMeta.model_validate(doc)
-    except ValidationError as e:
-        err = e.errors()[0]
-        field = ".".join(str(p) for p in err["loc"])
-        raise RtlError(f"checkpoint {where}: field {field!r}: {err['msg']}") from None
+    return validated(CheckpointMeta, doc, lambda loc, msg: f"checkpoint {where}: field {loc!r}: {msg}",
+                     empty_loc="", error=RtlError)
 
 
 def read_checkpoint_meta(path: str | Path) -> CheckpointMeta:

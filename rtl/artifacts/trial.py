@@ -18,9 +18,9 @@ from __future__ import annotations
 
 from typing import Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from rtl.errors import ConfigError
+from rtl.artifacts.validation import validated
 
 RegularizerName = Literal["none", "l2sp", "delta"]  # rtl.train.regularizers (Li et al. 2018; 2019)
 SearcherName = Literal["tpe", "random"]
@@ -75,14 +75,7 @@ class TrialParams(BaseModel):
     @classmethod
     def parse(cls, data: Any, source: str = "trial config") -> TrialParams:
         """From a Tune config / a dict as stored by any rtl version; ConfigError (one line) otherwise."""
-        if isinstance(data, cls):
-            return data
-        try:
-            return cls.model_validate(data)
-        except ValidationError as e:
-            err = e.errors()[0]
-            loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
-            raise ConfigError(f"{source}: {loc}: {err['msg'].removeprefix('Value error, ')}") from None
+        return validated(cls, data, lambda loc, msg: f"{source}: {loc}: {msg}", empty_loc="(top level)")
 
     def to_config(self) -> dict[str, Any]:
         """Plain dict for Ray Tune's config (pickled into the experiment state)."""

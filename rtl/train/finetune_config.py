@@ -7,10 +7,10 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from rtl.artifacts.trial import RegularizerName
-from rtl.errors import ConfigError
+from rtl.artifacts.validation import validated
 
 
 class FinetuneConfig(BaseModel):
@@ -48,11 +48,4 @@ class FinetuneConfig(BaseModel):
 
     @classmethod
     def parse(cls, data: dict[str, Any] | FinetuneConfig, source: str = "finetune config") -> FinetuneConfig:
-        if isinstance(data, cls):
-            return data
-        try:
-            return cls.model_validate(data)
-        except ValidationError as e:
-            err = e.errors()[0]
-            loc = ".".join(str(p) for p in err["loc"]) or "?"
-            raise ConfigError(f"{source}: field {loc}: {err['msg']}") from None
+        return validated(cls, data, lambda loc, msg: f"{source}: field {loc}: {msg}")
