@@ -93,7 +93,7 @@ def test_resume_after_two_kills_of_the_whole_sweep(tmp_path: Path, first, second
     from rtl.sweep.status import sweep_status
     from rtl.sweep.trial import tracker_for
 
-    n = N if space == "bits" else N + 1  # ranked: scratch, generalist, all sources, top-1, one sampled
+    n = N if space == "bits" else N + 1  # ranked: scratch, generalist, all sources, importance trial, one sampled
     spec_path = write_spec(tmp_path, name="k", trials=n, budget={
         "pretrain_epochs": 1, "finetune_epochs": 2, "trials_per_target": n, "max_concurrent": 1, "batch_size": 8,
         "subset_fraction": 0.5, "rungs": [1 / 3, 1.0]}, **(RANKED if space == "ranked" else {}))
@@ -118,7 +118,7 @@ def test_resume_after_two_kills_of_the_whole_sweep(tmp_path: Path, first, second
     assert controls.count("scratch") == 1 and controls.count("uniform") == 1
     if space == "ranked":  # controls and enqueued ranking trials exactly once, whatever the kills
         assert controls.count("generalist") == 1
-        assert sum(t.user_attrs.get("rtl.enqueued") == "top-1" for t in trials) == 1
+        assert sum(t.user_attrs.get("rtl.enqueued") == "top-all-imp" for t in trials) == 1
 
     tracker = tracker_for(spec)
     runs = [x for x in tracker.trial_runs("tgt") if x.data.tags.get("rtl.orphaned") != "1"]

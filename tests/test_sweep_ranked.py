@@ -13,7 +13,7 @@ from sweep_helpers import write_spec
 
 from rtl.sweep.spec import load_spec
 
-N = 6  # controls: scratch, generalist, uniform; enqueued top-1; 2 from the sampler
+N = 6  # controls: scratch, generalist, uniform; enqueued: the importance trial, top-1; 1 from the sampler
 
 
 def test_ranked_sweep_rungs_and_resume(tmp_path: Path, ray_session) -> None:
@@ -52,6 +52,20 @@ def test_ranked_sweep_rungs_and_resume(tmp_path: Path, ray_session) -> None:
     assert len(top1) == 1 and top1[0].params["k"] == 1 and top1[0].user_attrs["rtl.mask"] == order[0]
     gen = [t for t in trials if t.user_attrs.get("rtl.control") == "generalist"][0]
     assert gen.user_attrs["rtl.mask"] == "generalist"
+    # the importance trial (Ngiam et al. 2018): every source, weighted at T = 1 by the generalist,
+    # pretrained from scratch for the generalist's full budget -- not a continuation of it
+    imp = [t for t in trials if t.user_attrs.get("rtl.enqueued") == "top-all-imp"]
+    assert len(imp) == 1 and imp[0].params["k"] == 2 and imp[0].params["temperature"] == 1.0
+    assert sorted(imp[0].user_attrs["rtl.mask"].split(",")) == ["a", "b"]
+    metas = {d.name: json.loads((d / "ckpt" / "meta.json").read_text()) for d in Path(spec.cache_dir()).iterdir()
+             if (d / "ckpt" / "meta.json").exists()}
+    weighted = [m for k, m in metas.items() if not k.startswith("rung-") and m["config"].get("strategy") == "weighted"]
+    gen_meta = [m for m in metas.values() if m["config"].get("strategy") == "subset"
+                and sorted(m["config"].get("datasets") or []) == ["a", "b"] and len(m["history"]) == 1
+                and not m["config"].get("init_checkpoint")]
+    assert len(weighted) == 1 and gen_meta, sorted(metas)
+    assert not weighted[0]["config"].get("init_checkpoint")  # from scratch
+    assert sum(h["images"] for h in weighted[0]["history"]) == sum(h["images"] for h in gen_meta[0]["history"])
 
     # equal compute per subset: every rung checkpoint of one rung consumed the same images, whatever its mask
     cache = Path(spec.cache_dir())

@@ -55,6 +55,9 @@ class TrialParams(BaseModel):
     drop: int | None = Field(None, ge=0)
     add: int | None = Field(None, ge=0)
     temperature: float | None = Field(None, gt=0)
+    # ranked space: pretrain the mask from scratch with the importance weights (the enqueued importance
+    # trial, `search.sources.importance_trial`) instead of continuing the generalist
+    weighted_scratch: bool = False
     lr: float = Field(gt=0)
     freeze_depth: int = Field(0, ge=0)
     regularizer: RegularizerName = "none"
@@ -70,6 +73,8 @@ class TrialParams(BaseModel):
             raise ValueError("init corpus needs a non-empty mask")
         if self.temperature is not None and not self.mask:
             raise ValueError("temperature needs a source mask")
+        if self.weighted_scratch and (self.temperature is None or not self.mask):
+            raise ValueError("weighted_scratch needs a source mask and a temperature")
         return self
 
     @classmethod
@@ -99,7 +104,8 @@ class PretrainPlan(BaseModel):
     `strategy`: "none" (scratch / ImageNet / the generalist alone: nothing of the trial's own), "subset"
     (uniform over the mask), "weighted" (importance weights at `temperature`, Ngiam et al. 2018). The bit
     space pretrains the mask from scratch for `epochs` x `samples_per_epoch`; the ranked space continues
-    the generalist (`continue_generalist`) for `subset_fraction` of its images in `rungs` (fractions)."""
+    the generalist (`continue_generalist`) for `subset_fraction` of its images in `rungs` (fractions),
+    except a `weighted_scratch` trial, pretrained from scratch like the bit space (no rungs)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 

@@ -29,13 +29,16 @@ from rtl.artifacts.manifest import MANIFEST_FILE
 from rtl.artifacts.trial import TrialParams
 from rtl.errors import RtlError, RtlRuntimeError
 from rtl.sweep.search import (
+    IMPORTANCE_TRIAL,
     METRIC,
     OptunaAskTell,
     control_params,
     define_space,
+    importance_trial_params,
     objective_of,
     ranking_params,
     repair_lagging_checkpoints,
+    weighted_scratch,
 )
 from rtl.sweep.spec import SweepSpec, join, load_resolved, save_resolved
 from rtl.sweep.status import best_searched, confirm_experiment
@@ -71,8 +74,11 @@ def controls_for(spec: SweepSpec, units: list[str]) -> list[tuple[str, int, dict
     if spec.search.sources.space == "ranked":
         room = spec.budget.trials_per_target - len(out) - 1  # keep one trial for the sampler
         kmax = min(spec.search.sources.max_k or len(units), len(units))
-        out += [(f"top-{k}", spec.seeds[0], ranking_params(k, spec)) for k in range(1, min(3, kmax) + 1)
-                if k < len(units) or not c.uniform][:max(0, room)]
+        ranked = [(IMPORTANCE_TRIAL, spec.seeds[0], importance_trial_params(spec, units))
+                  ] if spec.search.sources.importance_trial else []
+        ranked += [(f"top-{k}", spec.seeds[0], ranking_params(k, spec)) for k in range(1, min(3, kmax) + 1)
+                   if k < len(units) or not c.uniform]
+        out += ranked[:max(0, room)]
     return out
 
 
@@ -282,7 +288,9 @@ def confirm_configs(spec: SweepSpec, target: str, units: list[str], best: Any) -
 
     params = define_space(FixedTrial(best.params), spec.search.model_dump(), units, None)
     used = int(best.user_attrs.get("rtl.seed", spec.seeds[0]))
-    return [TrialParams(number=best.number, seed=s, kind="confirm", **params).to_config()
+    label = best.user_attrs.get("rtl.enqueued", "")  # the importance trial is confirmed from scratch too
+    return [TrialParams(number=best.number, seed=s, kind="confirm", enqueued=label,
+                        weighted_scratch=weighted_scratch(label, params), **params).to_config()
             for s in dict.fromkeys(spec.seeds) if s != used]
 
 

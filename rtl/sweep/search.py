@@ -51,6 +51,8 @@ SUPERSEDED = "rtl.superseded"  # FAIL: a re-enqueued twin withdrawn because its 
 REENQUEUED_FROM = "rtl.reenqueued_from"
 RESUMED_FROM = "rtl.resumed_from"
 METRIC = "objective_loss"  # what the searcher and the schedulers minimise (the objective in loss form)
+# the enqueued ranking trial "every source, importance-weighted, pretrained from scratch" (Ngiam et al. 2018)
+IMPORTANCE_TRIAL = "top-all-imp"
 
 
 def objective_of(result: dict[str, Any] | None) -> float | None:
@@ -136,6 +138,23 @@ def ranking_params(k: int, spec: Any) -> dict[str, Any]:
     return p
 
 
+def importance_trial_params(spec: Any, units: list[str]) -> dict[str, Any]:
+    """Fixed Optuna params of the enqueued importance trial: every source (k = all), importance on at
+    `search.sources.importance_trial`, default fine-tune settings. Its pretraining differs from a sampled
+    trial with the same params (from scratch, not a continuation: `TrialParams.weighted_scratch`, set from
+    the trial's `rtl.enqueued` label), so TPE sees it as one more point of the (k, temperature) surface."""
+    p = ranking_params(len(units), spec)
+    if spec.search.temperature.allow_off:
+        p["importance"] = "on"
+    p["temperature"] = float(spec.search.sources.importance_trial)
+    return p
+
+
+def weighted_scratch(label: str, params: dict[str, Any]) -> bool:
+    """Whether a ranked-space trial enqueued as `label` pretrains from scratch (the importance trial)."""
+    return label == IMPORTANCE_TRIAL and bool(params.get("mask")) and params.get("temperature") is not None
+
+
 def control_params(control: str, spec: Any, units: list[str]) -> dict[str, Any]:
     """Fixed Optuna params of a control trial (uniform = all sources, no weights; importance = all
     sources with importance weights at `controls.importance_temperature`, Ngiam et al. 2018)."""
@@ -207,9 +226,10 @@ class OptunaAskTell(Searcher):
         t = self.study.ask()
         control = t.user_attrs.get("rtl.control")
         seed = int(t.user_attrs.get("rtl.seed", self.seed))
-        params = TrialParams(number=t.number, control=control or "", seed=seed,
-                             enqueued=t.user_attrs.get("rtl.enqueued", ""),
-                             **define_space(t, self.space, self.units, control))
+        label = t.user_attrs.get("rtl.enqueued", "")
+        fields = define_space(t, self.space, self.units, control)
+        params = TrialParams(number=t.number, control=control or "", seed=seed, enqueued=label,
+                             weighted_scratch=weighted_scratch(label, fields), **fields)
         t.set_user_attr(TUNE_ID, trial_id)
         t.set_user_attr("rtl.mask", params.mask_label)
         self._live[trial_id] = t.number

@@ -102,6 +102,10 @@ class Sources(_M):
     include: list[str] | None = None  # searchable units (default: every dataset / domain of the corpus)
     max_k: int | None = Field(None, ge=1)  # largest top-k searched (default: every unit)
     swaps: int = Field(2, ge=0)  # drop one of the first `swaps` of the top-k / add one of the next `swaps`
+    # ranked space: the first enqueued ranking trial is Ngiam et al.'s (2018) domain-adaptive pretraining --
+    # every source, importance-weighted at this temperature by the generalist, pretrained FROM SCRATCH for
+    # the generalist's full budget (the one ranked trial that does not continue the generalist); null: none
+    importance_trial: float | None = Field(1.0, gt=0)
     ranking: Ranking = Ranking()
 
     @model_validator(mode="after")

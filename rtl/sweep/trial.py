@@ -123,23 +123,28 @@ def pretrain_plan(spec: SweepSpec, t: TrialParams | dict[str, Any]) -> PretrainP
     if isinstance(t, dict):
         init = t.get("init") if t.get("init") in ("scratch", "imagenet", "generalist") else "corpus"
         mask, seed, temp = t.get("mask"), int(t.get("seed", 0)), t.get("temperature")
+        scratch = bool(t.get("weighted_scratch"))
     else:
-        init, mask, seed, temp = t.init, t.mask, t.seed, t.temperature
-    ranked = spec.search.sources.space == "ranked"
+        init, mask, seed, temp, scratch = t.init, t.mask, t.seed, t.temperature, t.weighted_scratch
     fixed = init in ("scratch", "imagenet", "generalist")
+    space = spec.search.sources.space
+    # the ranked space continues the generalist, except its importance trial (from scratch, full budget)
+    cont = space == "ranked" and not (scratch and temp is not None and not fixed)
     return PretrainPlan(
-        init=init, space=spec.search.sources.space, by=spec.search.sources.by, mask=list(mask or []),
+        init=init, space=space, by=spec.search.sources.by, mask=list(mask or []),
         strategy="none" if fixed else ("subset" if temp is None else "weighted"),
-        temperature=None if fixed or temp is None else float(temp), seed=seed, continue_generalist=ranked,
-        epochs=1 if ranked else spec.budget.pretrain_epochs,
-        samples_per_epoch=None if ranked or fixed else samples_per_epoch(spec),
-        subset_fraction=spec.budget.subset_fraction if ranked else None, rungs=list(spec.budget.rungs) if ranked else [])
+        temperature=None if fixed or temp is None else float(temp), seed=seed, continue_generalist=cont,
+        epochs=1 if cont else spec.budget.pretrain_epochs,
+        samples_per_epoch=None if cont or fixed else samples_per_epoch(spec),
+        subset_fraction=spec.budget.subset_fraction if cont else None, rungs=list(spec.budget.rungs) if cont else [])
 
 
-def prepare_init(spec: SweepSpec, plan: PretrainPlan | dict[str, Any], target: str, tracker: Tracker | None
-                 ) -> tuple[str, dict[str, str]]:
+def prepare_init(spec: SweepSpec, plan: PretrainPlan | dict[str, Any], target: str, tracker: Tracker | None,
+                 weights_from: tuple[Path, str] | None = None) -> tuple[str, dict[str, str]]:
     """Bit space: the mask pretrained from scratch (cached). -> (finetune init: checkpoint dir |
-    "scratch" | "imagenet", tags linking the pretraining). A dict is read by `pretrain_plan`."""
+    "scratch" | "imagenet", tags linking the pretraining). A dict is read by `pretrain_plan`.
+    `weights_from` = (checkpoint, cache key): the model whose predictions give the importance weights
+    (the ranked space's one generalist, whatever the trial's seed) instead of the mask's own model."""
     if isinstance(plan, dict):
         plan = pretrain_plan(spec, plan)
     if plan.init in ("scratch", "imagenet"):
@@ -150,12 +155,15 @@ def prepare_init(spec: SweepSpec, plan: PretrainPlan | dict[str, Any], target: s
     runs = Path(spec.cache_dir()) / "runs"
     mask, seed, version = list(plan.mask), plan.seed, open_view(spec.corpus_path()).version
     base = dict(corpus_version=version, mask=mask, backbone=spec.backbone, schedule=_schedule(spec), seed=seed)
-    key = cache_key(temperature=None, **base)
-    gen = cache.get_or_create(key, lambda d: _pretrain(spec, d / "ckpt", runs, seed, "subset", mask))
+    if weights_from is not None and plan.strategy == "weighted":
+        gen_ckpt, key = weights_from
+    else:
+        key = cache_key(temperature=None, **base)
+        gen_ckpt = cache.get_or_create(key, lambda d: _pretrain(spec, d / "ckpt", runs, seed, "subset", mask)) / "ckpt"
     tags = {"rtl.cache_key": key}
     if plan.strategy != "weighted" or plan.temperature is None:
-        return _linked(str(gen / "ckpt"), key, mask, None, tracker, tags)
-    weights = _importance(spec, gen / "ckpt", target, mask, plan.temperature)
+        return _linked(str(gen_ckpt), key, mask, None, tracker, tags)
+    weights = _importance(spec, gen_ckpt, target, mask, plan.temperature)
     digest = hashlib.sha256(weights.read_bytes()).hexdigest()[:16]
     key = cache_key(temperature=plan.temperature, weights_digest=digest, **base)
 
@@ -187,9 +195,16 @@ def ranked_init(spec: SweepSpec, plan: PretrainPlan, target: str, tracker: Track
     done = int(state.get("rung", 0))  # rungs reported before a restart: never reported again
     logged = {m.step for m in _retry(tracker.client.get_metric_history)(run_id, "rung_probe_error")}
     tags: dict[str, str] = {"rtl.generalist_cache_key": gkey}
-    fixed = plan.fixed
+    fixed = plan.fixed or not plan.continue_generalist
     init, key, weights, score = (str(gen) if plan.init == "generalist" else plan.init), gkey, None, None
-    if plan.strategy == "weighted" and plan.temperature is not None:
+    if not plan.continue_generalist and not plan.fixed:
+        # the importance trial: every source importance-weighted by the generalist (the same cache key as
+        # a bit-space mask of every unit), pretrained from scratch for the full budget, then scored like a
+        # fixed init at every rung (it anchors the rung cut-offs; it is paid before its first report)
+        init, scratch_tags = prepare_init(spec, plan, target, None, weights_from=(gen, gkey))
+        key = scratch_tags["rtl.cache_key"]
+        tags["rtl.weights_path"] = scratch_tags.get("rtl.weights_path", "")
+    elif plan.strategy == "weighted" and plan.temperature is not None:
         weights = _importance(spec, gen, target, list(plan.mask), plan.temperature)
     rungs = None if fixed else rung_checkpoints(spec, gen, list(plan.mask), seed, weights)
     for r in range(len(fids)):
@@ -206,6 +221,8 @@ def ranked_init(spec: SweepSpec, plan: PretrainPlan, target: str, tracker: Track
                  "finished": False}, {"rung": r + 1})
     if weights is not None and (Path(init).parent / "weights.json").exists():
         tags["rtl.weights_path"] = str(Path(init).parent / "weights.json")
+    if not tags.get("rtl.weights_path"):
+        tags.pop("rtl.weights_path", None)
     extra: dict[str, Any] = {}
     if report:
         extra = {"result": {"fidelity": fids[-1]}, "state": {"rung": len(fids)},
