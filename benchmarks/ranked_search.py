@@ -103,9 +103,27 @@ def best_of(results_dir: str, target: str) -> dict[str, Any]:
     # val trajectory in trial order: trials needed to reach another arm's best val
     traj = [(t.number, t.value) for t in sorted(done, key=lambda t: t.number)]
     return {"val": best.value, "test": best.user_attrs.get("rtl.test_error"),
-            "mask": [] if mask in ("none", "generalist") else mask.split(","), "n_done": len(done),
+            "mask": [] if mask in ("none", "generalist") else mask.split(","),
+            "effective": effective_of(results_dir, best), "enqueued": best.user_attrs.get("rtl.enqueued", ""),
+            "n_done": len(done),
             "n_pruned": sum(t.state.name == "PRUNED" for t in trials), "best_test_any": min(tests, default=None),
             "traj": traj}
+
+
+def effective_of(results_dir: str, best: Any) -> list[str] | None:
+    """Sources a weighted best trial drew 90 % of its pretraining images from (rtl.sweep.trial.
+    effective_sources): its `rtl.effective_sources` attr, else (sweeps run before the attr existed) its
+    MLflow run's weights file. None: the trial used no importance weights."""
+    eff = best.user_attrs.get("rtl.effective_sources")
+    if not eff:
+        from rtl.sweep.spec import load_resolved
+        from rtl.sweep.trial import effective_sources, tracker_for
+
+        tid = best.user_attrs.get("rtl.tune_trial_id")
+        runs = tracker_for(load_resolved(results_dir)).find_runs({"rtl.kind": "trial", "rtl.trial_id": tid}) if tid else []
+        eff = next((effective_sources(r.data.tags.get("rtl.weights_path")) for r in runs
+                    if r.data.tags.get("rtl.weights_path")), "")
+    return eff.split(",") if eff else None
 
 
 def jaccard(a: list[str], b: list[str]) -> float:
@@ -127,6 +145,9 @@ def main() -> None:
                     help="JSONL file: rows of finished (seed, arm) sweeps are appended; a (seed, arm) already in "
                          "it is not run again, and the report covers every row in it (run arms in pieces)")
     ap.add_argument("--report-only", action="store_true")
+    ap.add_argument("--rescan", action="store_true",
+                    help="recompute each row's best trial (effective sources, enqueued label) from its results "
+                         "dir before the report (rows written by an older version of this script)")
     args = ap.parse_args()
 
     from rtl.sweep.runner import run_sweep
@@ -141,6 +162,13 @@ def main() -> None:
     if rows_file and rows_file.exists():
         rows = [json.loads(line) for line in rows_file.read_text().splitlines() if line.strip()]
     done_runs = {(r["seed"], r["arm"]) for r in rows}
+    if args.rescan:
+        for r in rows:
+            rd = workdir / "ws" / f"b-{r['arm']}-s{r['seed']}"
+            if (rd / "spec.json").exists():
+                b = best_of(str(rd), r["target"])
+                r.update(effective=b["effective"], enqueued=b["enqueued"],
+                         jaccard_effective=jaccard(b["effective"] or r["mask"], r["related"]))
     t_all = time.perf_counter()
     for seed in args.seeds:
         for arm in args.arms:
@@ -158,7 +186,8 @@ def main() -> None:
                 b = best_of(spec.results_dir, target)
                 rel = relations[target].get("related", [])
                 row = {"seed": seed, "target": target, "arm": arm, **b, "related": rel,
-                       "jaccard": jaccard(b["mask"], rel), "images": images, "seconds": secs}
+                       "jaccard": jaccard(b["mask"], rel), "images": images, "seconds": secs,
+                       "jaccard_effective": jaccard(b["effective"] or b["mask"], rel)}
                 rk = Path(spec.results_dir) / "rankings" / f"{target}.json"
                 if rk.exists():
                     r = json.loads(rk.read_text())
@@ -189,23 +218,31 @@ def report(rows: list[dict[str, Any]]) -> None:
         for r in here:
             r["regret"] = r["test"] - oracle
             r["oracle"] = oracle
-    print("\n| seed | target | arm | best val | its test | oracle test | regret | subset | related | Jaccard |"
-          " trials done/pruned | images |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("\n| seed | target | arm | best val | its test | oracle test | regret | subset | 90 % of weighted images |"
+          " related | Jaccard (subset / effective) | trials done/pruned | images |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in sorted(rows, key=lambda r: (r["seed"], r["target"], r["arm"])):
+        sub = ",".join(r["mask"]) or "(generalist/none)"
+        if len(r["mask"]) > 6:
+            sub = f"{len(r['mask'])} sources"
         print(f"| {r['seed']} | {r['target']} | {r['arm']} | {r['val']:.3f} | {r['test']:.3f} | {r['oracle']:.3f} | "
-              f"{r['regret']:.3f} | {','.join(r['mask']) or '(generalist/none)'} | {','.join(r['related']) or '-'} | "
-              f"{r['jaccard']:.2f} | {r['n_done']}/{r.get('n_pruned', '?')} | {r['images']} |")
+              f"{r['regret']:.3f} | {sub}{' (' + r['enqueued'] + ')' if r.get('enqueued') else ''} | "
+              f"{','.join(r.get('effective') or []) or '-'} | {','.join(r['related']) or '-'} | "
+              f"{r['jaccard']:.2f} / {r.get('jaccard_effective', r['jaccard']):.2f} | "
+              f"{r['n_done']}/{r.get('n_pruned', '?')} | {r['images']} |")
     arms = [a for a in ARMS if any(r["arm"] == a for r in rows)]
     print()
     for a in arms:
         rr = [r for r in rows if r["arm"] == a]
         imgs = {r["seed"]: r["images"] for r in rr}
         rel = [r["jaccard"] for r in rr if r["related"]]
+        eff = [r.get("jaccard_effective", r["jaccard"]) for r in rr if r["related"]]
         print(f"{a}: n = {len(rr)}, median regret {statistics.median(r['regret'] for r in rr):.3f} (mean "
               f"{statistics.mean(r['regret'] for r in rr):.3f}), mean Jaccard on targets with related "
               f"{statistics.mean(rel) if rel else float('nan'):.2f}, share with Jaccard >= 0.8 "
-              f"{sum(j >= 0.8 for j in rel)}/{len(rel)}, pretraining images per seed {statistics.mean(imgs.values()):.0f}")
+              f"{sum(j >= 0.8 for j in rel)}/{len(rel)}; with the effective sources of weighted winners "
+              f"{statistics.mean(eff) if eff else float('nan'):.2f}, {sum(j >= 0.8 for j in eff)}/{len(eff)}; "
+              f"pretraining images per seed {statistics.mean(imgs.values()):.0f}")
     ref = "random_bits"  # every other arm against random search over bits, on the (seed, target) pairs both ran
     for arm in [a for a in arms if a != ref]:
         common = [p for p in pairs if p + (arm,) in by and p + (ref,) in by]

@@ -154,3 +154,74 @@ def test_names_live_in_one_place() -> None:
         assert Scheduler(name=name).name == name
     with pytest.raises(ValidationError, match="valid: random, tpe"):
         Searcher(name="grid")
+
+
+def test_importance_trial_is_pretrained_from_scratch_through_ask_orphan_and_confirm(tmp_path: Path) -> None:
+    """The ranked space's enqueued importance trial (every source, weighted at `importance_trial`) is the
+    one ranked trial pretrained from scratch: asked, re-enqueued after a lost driver, and confirmed with
+    another seed, it stays so; a sampled trial with the same params continues the generalist."""
+    from rtl.artifacts.trial import IMPORTANCE_TRIAL
+    from rtl.sweep.runner import confirm_configs, controls_for
+    from rtl.sweep.search import OptunaAskTell, open_study, reconcile_orphans
+    from rtl.sweep.trial import pretrain_plan, samples_per_epoch
+
+    spec = _spec(tmp_path, "ranked")
+    units = ["a", "b"]
+    enq = controls_for(spec, units)
+    names = [n for n, _, _ in enq]
+    assert names[names.index(IMPORTANCE_TRIAL) - 1] in ("scratch", "uniform")  # first after the controls
+    s = OptunaAskTell(storage_url=spec.optuna_url_template(), study_name=f"{spec.name}/tgt",
+                      space=spec.search.model_dump(), units=units, controls=enq)
+    asked = [TrialParams.parse(s.suggest(f"t{i}")["trial"]) for i in range(len(names))]
+    imp = [t for t in asked if t.enqueued == IMPORTANCE_TRIAL]
+    assert len(imp) == 1 and imp[0].weighted_scratch and sorted(imp[0].mask) == units
+    assert imp[0].temperature == spec.search.sources.importance_trial == 1.0
+    assert not any(t.weighted_scratch for t in asked if t.enqueued != IMPORTANCE_TRIAL)
+    plan = pretrain_plan(spec, imp[0])
+    assert (plan.strategy, plan.continue_generalist, plan.rungs, plan.subset_fraction) == ("weighted", False, [], None)
+    assert plan.epochs == spec.budget.pretrain_epochs and plan.samples_per_epoch == samples_per_epoch(spec)
+    same = TrialParams.parse(imp[0].to_config() | {"enqueued": "", "weighted_scratch": False})
+    assert pretrain_plan(spec, same).continue_generalist  # the searcher's own proposal: a continuation
+    # lost with the driver: re-enqueued with its label, asked again from scratch
+    reconcile_orphans(open_study(spec.optuna_url(), f"{spec.name}/tgt"), set())
+    again = [TrialParams.parse(s.suggest(f"r{i}")["trial"]) for i in range(len(names))]
+    assert sum(t.weighted_scratch for t in again) == 1
+    # it wins: the confirm seed is pretrained from scratch too
+    study = open_study(spec.optuna_url(), f"{spec.name}/tgt")
+    best = [t for t in study.trials if t.user_attrs.get("rtl.enqueued") == IMPORTANCE_TRIAL][0]
+    (cfg,) = confirm_configs(spec.model_copy(update={"seeds": [0, 1]}), "tgt", units, best)
+    conf = TrialParams.parse(cfg)
+    assert conf.weighted_scratch and conf.seed == 1 and not pretrain_plan(spec, conf).continue_generalist
+    with pytest.raises(ConfigError, match="weighted_scratch"):
+        TrialParams.parse(OLD_SEARCHED | {"temperature": None, "weighted_scratch": True})
+
+
+def test_importance_trial_can_be_switched_off(tmp_path: Path) -> None:
+    from rtl.artifacts.trial import IMPORTANCE_TRIAL
+    from rtl.sweep.runner import controls_for
+
+    spec = _spec(tmp_path, "ranked")
+    off = spec.model_copy(update={"search": spec.search.model_copy(update={
+        "sources": spec.search.sources.model_copy(update={"importance_trial": None})})})
+    assert IMPORTANCE_TRIAL in [n for n, _, _ in controls_for(spec, ["a", "b"])]
+    assert IMPORTANCE_TRIAL not in [n for n, _, _ in controls_for(off, ["a", "b"])]
+
+
+def test_effective_sources_are_where_the_weighted_images_come_from(tmp_path: Path) -> None:
+    import json
+
+    from rtl.sweep.trial import effective_sources
+
+    classes = [{"id": 0, "dataset": "a", "label": "x", "weight": 0.05}, {"id": 1, "dataset": "b", "label": "y",
+                                                                          "weight": 0.9},
+               {"id": 2, "dataset": "c", "label": "z", "weight": 0.05}]
+    p = tmp_path / "weights.json"
+    p.write_text(json.dumps({"corpus_version": "v", "temperature": 1.0, "classes": classes,
+                             "datasets": {"a": 0.05, "b": 0.9, "c": 0.05}, "domains": {"d1": 1.0}}))
+    assert effective_sources(str(p)) == "b"  # 90 % of the images: b alone
+    assert effective_sources(str(p), "domains") == "d1"
+    p.write_text(json.dumps({"corpus_version": "v", "classes": classes, "datasets": {"a": 0.3, "b": 0.5, "c": 0.2}}))
+    assert effective_sources(str(p)) == "b,a,c"  # by decreasing mass until 90 %
+    assert effective_sources(None) == "" and effective_sources(str(tmp_path / "gone.json")) == ""
+    p.write_text("{not json")
+    assert effective_sources(str(p)) == ""  # an explanation only: a bad file never fails the trial

@@ -35,6 +35,9 @@ SCHEDULERS: tuple[str, ...] = get_args(SchedulerName)
 CONTROLS: tuple[str, ...] = get_args(ControlName)
 OBJECTIVES: tuple[str, ...] = get_args(ObjectiveName)
 FIXED_INITS = ("scratch", "imagenet")  # inits that pretrain nothing and use no source
+# the ranked space's enqueued "every source, importance-weighted, pretrained from scratch" trial (Ngiam et
+# al. 2018): its `rtl.enqueued` label; the only ranked trial that does not continue the generalist
+IMPORTANCE_TRIAL = "top-all-imp"
 
 
 class TrialParams(BaseModel):

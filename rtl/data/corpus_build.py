@@ -4,13 +4,19 @@ Pipeline (label table first, pixels last):
 1. `check_dataset` each folder (labels, splits, boxes; rows it drops become manifest rejects).
 2. Class table: existing corpus / given table first, new (dataset, label) pairs appended (never renumbered).
 3. `undersample` per class from the label table, so dropped images are never decoded.
-   Steps 1-3 run in a thread while Ray starts (or is joined), so a build pays max(scan, Ray start).
-4. Ray tasks: the kept images are cut into *units* (~6 per CPU for balance; up to 1024 small images or
-   ~32 MB of output pixels each); each unit is one 1-CPU task that decodes (`decode_image`), fits
-   (`fit_size`) or patches (`patch_crop`) its images and writes its own Parquet shard, returning only
-   small metadata (rejects, sizes, row hashes). Pixels therefore never travel through the object store
-   or the driver, and the driver's memory stays flat in the number of images. Images not kept only get
-   a header read (for the "before" size histogram), spread over the same units.
+   Ray engine: steps 1-3 run in a thread while Ray starts (or is joined), so a build pays max(scan, Ray
+   start), and the driver decodes the first images itself until Ray is up (`_head_start`).
+4. Decode: the kept images are cut into *units* (~6 per CPU for balance; up to 1024 small images or
+   ~32 MB of output pixels each); each unit is one call of `_process_unit`, which decodes
+   (`decode_image`), fits (`fit_size`) or patches (`patch_crop`) its images and writes its own Parquet
+   shard, returning only small metadata (rejects, sizes, row hashes). Pixels therefore never travel
+   through the object store or the driver, and the driver's memory stays flat in the number of images.
+   Images not kept only get a header read (for the "before" size histogram), spread over the same units.
+   Engines (`engine=`, `rtl corpus build --engine`): `ray` runs each unit as a 1-CPU Ray task (a cluster,
+   or a local Ray); `local` runs the same units in a process pool on this machine, no Ray
+   (`rtl.data.corpus_local`); `auto` is `ray` when a Ray is addressed or already running, else `local`
+   (a fresh local Ray's start costs more than it saves on one machine: docs/measurements/corpus.md).
+   The corpus (rows, version, rejects) is the same whichever engine built it.
 5. Manifest: class table, counts, histograms, rejects, timings and a content hash (version) over the
    rows + class table. Shards are written under `out/.building-*` and moved into place only at the end;
    manifest.json is written last (atomically), so an interrupted build never looks like a corpus.
@@ -50,9 +56,11 @@ from rtl.data.transforms import (
     patch_crop,
 )
 from rtl.errors import DatasetError, RtlError
-from rtl.raystart import ensure_ray  # a cluster, or a local Ray on 127.0.0.1 only (issue 17)
+from rtl.raystart import _started_cluster, ensure_ray, ray_address  # issue 17: a cluster, or Ray on 127.0.0.1
 
-__all__ = ["build_corpus", "size_bucket"]
+__all__ = ["ENGINES", "build_corpus", "pick_engine", "size_bucket"]
+
+ENGINES = ("auto", "local", "ray")
 
 LOCK_NAME = ".build.lock"  # flock held by the running build (rtl.data.safety.exclusive_lock)
 _BUCKETS = (32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
@@ -208,6 +216,46 @@ def _init_ray(address: str | None) -> bool:
     """Connect to `address`/RAY_ADDRESS or start a local Ray; True when this call started it."""
     # Ray runs workers at nice 15 by default; a batch build wants its fair share of the CPUs (local only)
     return ensure_ray(address, _system_config={"worker_niceness": 0})
+
+
+def pick_engine(engine: str, address: str | None = None) -> str:
+    """'local' or 'ray' for `engine` auto|local|ray (grammar of `rtl predict --engine`).
+
+    auto = 'ray' when a Ray is addressed (`address` / RAY_ADDRESS), started with `ray start` on this
+    machine, or initialised in this process, else 'local': starting a private Ray for one build costs
+    more than it saves on one machine, while an existing Ray (a cluster) is joined in ~1 s.
+    """
+    if engine not in ENGINES:
+        raise RtlError(f"--engine must be auto, local or ray, got {engine!r}")
+    if engine != "auto":
+        return engine
+    return "ray" if _ray_available(address) else "local"
+
+
+def _ray_available(address: str | None) -> bool:
+    if ray_address(address):
+        return True
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        return True
+    # `ray start` leaves Ray's bootstrap file; look for it before asking Ray, whose import alone takes
+    # ~0.6 s (a tenth of a small local build)
+    return os.path.exists(_ray_address_file()) and _started_cluster() is not None
+
+
+def _ray_address_file() -> str:
+    """Where `ray start` writes the running cluster's address (= Ray's `get_ray_address_file(None)`)."""
+    if "RAY_TMPDIR" in os.environ:
+        tmp = os.environ["RAY_TMPDIR"]
+    elif sys.platform.startswith("linux") and "TMPDIR" in os.environ:
+        tmp = os.environ["TMPDIR"]
+    elif sys.platform.startswith(("darwin", "linux")):
+        tmp = "/tmp"
+    else:
+        import tempfile
+
+        tmp = tempfile.gettempdir()
+    return os.path.join(tmp, "ray", "ray_current_cluster")
 
 
 def _prepare_out(out: Path) -> dict | None:

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from rtl.artifacts.layout import REPORT_MD, report_dir
+from rtl.artifacts.trial import IMPORTANCE_TRIAL
 from rtl.data.convention import load_dataset
 from rtl.report.verdict import plot_effects, source_effects, subset_verdict
 from rtl.sweep.objective import Objective
@@ -188,6 +189,22 @@ def _plots(out: str, s: dict[str, Any], mass: dict[str, float] | None) -> list[s
     return files
 
 
+def _kind(t: Any) -> str:
+    """A trial's kind in the table: its control, the ranking trial it was enqueued as, or "search"."""
+    if t.user_attrs.get("rtl.control"):
+        return t.user_attrs["rtl.control"]
+    label = t.user_attrs.get("rtl.enqueued", "")
+    if label == IMPORTANCE_TRIAL:
+        return f"importance, from scratch (T={t.params.get('temperature', '?')})"
+    return f"ranking {label}" if label else "search"
+
+
+def _sources(t: Any) -> str:
+    """The trial's mask; with importance weights, also the sources its pretraining drew 90 % of images from."""
+    mask, eff = t.user_attrs.get("rtl.mask", "-"), t.user_attrs.get("rtl.effective_sources")
+    return f"{mask} (90 % of the weighted images: {eff})" if eff and eff != mask else mask
+
+
 def trials_table(results_dir: str, target: str) -> list[str]:
     """Markdown rows: every trial of the target's study that counts (orphans of a killed driver excluded).
     A stopped trial shows its last intermediate value (a rung's probe error in the ranked space)."""
@@ -196,8 +213,8 @@ def trials_table(results_dir: str, target: str) -> list[str]:
     for t in target_trials(results_dir, target):
         val = f"{obj.value(t.value):.4f}" if t.value is not None else (
             f"{list(t.intermediate_values.values())[-1]:.4f} (stopped)" if t.intermediate_values else "-")
-        rows.append(f"| {t.number} | {t.user_attrs.get('rtl.control') or 'search'} | {t.state.name.lower()} | "
-                    f"{val} | {t.user_attrs.get('rtl.epochs', '-')} | {t.user_attrs.get('rtl.mask', '-')} |")
+        rows.append(f"| {t.number} | {_kind(t)} | {t.state.name.lower()} | "
+                    f"{val} | {t.user_attrs.get('rtl.epochs', '-')} | {_sources(t)} |")
     return rows
 
 

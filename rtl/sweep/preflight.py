@@ -40,6 +40,7 @@ from typing import Any
 
 from rtl.artifacts.layout import RAY_CONFIRM, RAY_RESULTS, spec_path
 from rtl.artifacts.manifest import is_corpus
+from rtl.artifacts.trial import IMPORTANCE_TRIAL
 from rtl.errors import ConfigError, RtlError, RtlRuntimeError
 from rtl.sweep.spec import SweepSpec, join, load_resolved
 
@@ -77,7 +78,9 @@ class Plan:
             ("units", f"{len(self.units)} {self.unit_kind}: {', '.join(self.units)}"),
             ("trials", f"{self.trials_per_target} per target = {self.trials_per_target - self.searched_per_target} "
                        f"control + {self.searched_per_target} searched"
-                       + (f" ({n_top} enqueued at the ranking's top-k)" if n_top else "")
+                       + (f" ({n_top} enqueued from the ranking: the top-k"
+                          + (", and every source importance-weighted from scratch" if any(
+                              c == IMPORTANCE_TRIAL for c, _ in self.controls) else "") + ")" if n_top else "")
                        + f"; {len(self.targets) * self.trials_per_target} in all"),
             ("enqueued", ctl),
             ("confirm", "best searched trial re-run with seeds " + ", ".join(map(str, self.confirm_seeds))

@@ -26,10 +26,9 @@ from typing import Any
 
 from rtl.artifacts.layout import RAY_RESULTS, ranking_path, spec_path
 from rtl.artifacts.manifest import MANIFEST_FILE
-from rtl.artifacts.trial import TrialParams
+from rtl.artifacts.trial import IMPORTANCE_TRIAL, TrialParams
 from rtl.errors import RtlError, RtlRuntimeError
 from rtl.sweep.search import (
-    IMPORTANCE_TRIAL,
     METRIC,
     OptunaAskTell,
     control_params,

@@ -39,7 +39,7 @@ from typing import Any
 
 from ray.tune.search import Searcher
 
-from rtl.artifacts.trial import TrialParams
+from rtl.artifacts.trial import IMPORTANCE_TRIAL, TrialParams
 from rtl.errors import ConfigError
 from rtl.sweep.spec import expand_storage
 
@@ -51,8 +51,6 @@ SUPERSEDED = "rtl.superseded"  # FAIL: a re-enqueued twin withdrawn because its 
 REENQUEUED_FROM = "rtl.reenqueued_from"
 RESUMED_FROM = "rtl.resumed_from"
 METRIC = "objective_loss"  # what the searcher and the schedulers minimise (the objective in loss form)
-# the enqueued ranking trial "every source, importance-weighted, pretrained from scratch" (Ngiam et al. 2018)
-IMPORTANCE_TRIAL = "top-all-imp"
 
 
 def objective_of(result: dict[str, Any] | None) -> float | None:
@@ -270,6 +268,8 @@ class OptunaAskTell(Searcher):
         attrs = {"rtl.epochs": int(result.get("epoch", 0))} if result else {}
         if result and "rung" in result and not result.get("finished"):
             attrs["rtl.rung"] = int(result["rung"])  # stopped after this pretraining rung
+        if result and isinstance(result.get("effective_sources"), str) and result["effective_sources"]:
+            attrs["rtl.effective_sources"] = result["effective_sources"]  # where a weighted pretraining drew from
         if result and state == TrialState.COMPLETE:  # the report reads these (val error next to the objective)
             attrs |= {f"rtl.{k}": float(v) for k, v in result.items() if (k == "val_error" or k.startswith("test_"))
                       and isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}

@@ -234,6 +234,27 @@ def ranked_init(spec: SweepSpec, plan: PretrainPlan, target: str, tracker: Track
     return init, tags, extra
 
 
+EFFECTIVE_MASS = 0.9  # "effective sources": the fewest sources drawing this share of a weighted pretraining
+
+
+def effective_sources(weights_path: str | None, by: str = "datasets") -> str:
+    """"a,b": the fewest sources (datasets, or domain tags) that a weighted pretraining draws
+    `EFFECTIVE_MASS` of its images from (rtl.select.ranking.suggest_mask on the weights' mass); "" without
+    weights. A trial over every source with importance weights says which of them it actually used."""
+    if not weights_path or not os.path.exists(weights_path):
+        return ""
+    from rtl.artifacts.weights import read_weights
+    from rtl.select.ranking import suggest_mask
+
+    try:
+        w = read_weights(weights_path)
+        mass = w.datasets if by == "datasets" else w.domains
+        return ",".join(suggest_mask(mass, mass_threshold=EFFECTIVE_MASS)) if mass else ""
+    except RtlError as e:  # an explanation only: never fails the trial
+        log.warning("effective sources: %s", e)
+        return ""
+
+
 def _linked(ckpt: str, key: str, mask: list[str], temp: float | None, tracker: Tracker | None,
             tags: dict[str, str]) -> tuple[str, dict[str, str]]:
     if tracker is not None:  # one pretraining run per cache key, linked from every trial that uses it
@@ -377,6 +398,9 @@ def run_trial(config: dict[str, Any]) -> None:
         (init, tags), rung = prepare_init(spec, plan, target, tracker), {}
     from rtl.sweep.objective import objective_hooks
 
+    eff = effective_sources(tags.get("rtl.weights_path"), spec.search.sources.by)
+    if eff:
+        tags = tags | {"rtl.effective_sources": eff}
     obj, val_metrics = objective_hooks(spec)
     starts = int(_retry(tracker.client.get_run)(run_id).data.tags.get("rtl.finetune_starts", 0)) + 1
     tracker.set_tags(run_id, tags | {"rtl.finetune_starts": starts})  # > 1: resumed (or re-run) fine-tuning
@@ -413,7 +437,8 @@ def run_trial(config: dict[str, Any]) -> None:
     res = run_finetune(ft, on_epoch=on_epoch, resume_state=fit_state, state_callback=keep_state,
                        val_metrics=val_metrics)
     final = {"val_error": float(res.val_error), "test_error": res.test_error, "epoch": len(res.history),
-             "finished": True, "best_epoch": res.best_epoch} | obj.final(res) | rung.get("final", {})
+             "finished": True, "best_epoch": res.best_epoch} | obj.final(res) | rung.get("final", {}) | (
+                 {"effective_sources": eff} if eff else {})
     _log_artifacts(tracker, run_id, res, tags.get("rtl.weights_path"))
     from rtl.sweep.deliver import save_trial_model  # model folder + inspection metrics (issue 11)
 
