@@ -76,6 +76,8 @@ def make_spec(workdir: Path, corpus: Path, targets: list[str], arm: str, seed: i
                          "imagenet": False}
         if arm == "ranked_full":  # diagnostic: a subset continues the generalist for all of its images, not 1/4
             d["budget"]["subset_fraction"] = 1.0
+        if arm == "ranked_lean":  # continuations get 1/10 of the generalist's images, not 1/4 (compute arithmetic:
+            d["budget"]["subset_fraction"] = 0.1  # generalist + experts + importance trials ~ 23 % of random's)
     else:
         d["search"]["sources"] = {"by": "datasets", "space": "bits"}
         d["scheduler"] = {"name": "fifo"} if arm == "random_bits" else {"name": "asha", "grace_period": 2,
@@ -139,7 +141,8 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--trials", type=int, default=12)
     ap.add_argument("--arms", nargs="+", default=["ranked", "random_bits", "tpe_asha_bits"],
-                    help="also: ranked_imp = ranked + the importance control; ranked_full = subset_fraction 1")
+                    help="also: ranked_imp = ranked + the importance control; ranked_full = subset_fraction 1; "
+                         "ranked_lean = subset_fraction 0.1")
     ap.add_argument("--workdir", default="/tmp/rtl-ranked")
     ap.add_argument("--rows", default=None,
                     help="JSONL file: rows of finished (seed, arm) sweeps are appended; a (seed, arm) already in "
@@ -201,7 +204,7 @@ def main() -> None:
     print(f"total {time.perf_counter() - t_all:.0f} s")
 
 
-ARMS = ("ranked", "random_bits", "tpe_asha_bits", "ranked_v1", "ranked_imp", "ranked_full")
+ARMS = ("ranked", "random_bits", "tpe_asha_bits", "ranked_v1", "ranked_imp", "ranked_full", "ranked_lean")
 
 
 def report(rows: list[dict[str, Any]]) -> None:
