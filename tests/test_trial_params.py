@@ -225,3 +225,24 @@ def test_effective_sources_are_where_the_weighted_images_come_from(tmp_path: Pat
     assert effective_sources(None) == "" and effective_sources(str(tmp_path / "gone.json")) == ""
     p.write_text("{not json")
     assert effective_sources(str(p)) == ""  # an explanation only: a bad file never fails the trial
+
+
+def test_report_names_the_importance_trial_by_what_it_did() -> None:
+    """The report's trial table and verdict say "every source, importance-weighted from scratch" and where
+    its images came from, instead of a 22-name mask that hides the choice the weights made."""
+    from optuna.distributions import FloatDistribution
+    from optuna.trial import create_trial
+
+    from rtl.artifacts.trial import IMPORTANCE_TRIAL
+    from rtl.report.sweep import _kind, _sources, _subset_name
+
+    imp = create_trial(params={"temperature": 1.0}, distributions={"temperature": FloatDistribution(0.5, 8.0)},
+                       value=0.1, user_attrs={"rtl.enqueued": IMPORTANCE_TRIAL, "rtl.mask": "a,b,c",
+                                              "rtl.effective_sources": "b"})
+    assert _kind(imp) == "importance, from scratch (T=1.0)"
+    assert _sources(imp) == "a,b,c (90 % of the weighted images: b)"
+    assert _subset_name(imp) == "(every source, importance-weighted at T=1.0 from scratch; 90 % of its images from b)"
+    top = create_trial(value=0.2, user_attrs={"rtl.enqueued": "top-2", "rtl.mask": "a,b"})
+    assert (_kind(top), _sources(top), _subset_name(top)) == ("ranking top-2", "a,b", "a,b")
+    ctl = create_trial(value=0.3, user_attrs={"rtl.control": "uniform", "rtl.mask": "a,b,c"})
+    assert _kind(ctl) == "uniform"

@@ -231,9 +231,18 @@ def _verdict_md(spec: Any, target: str, s: dict[str, Any]) -> list[str]:
         floor = 0.0
     obj = Objective.of(spec)
     v = subset_verdict(rows["best (search)"]["vals"], rows.get("generalist", {}).get("vals"),
-                       rows.get("uniform", {}).get("vals"), floor=floor, subset=str(b.user_attrs.get("rtl.mask")),
+                       rows.get("uniform", {}).get("vals"), floor=floor, subset=_subset_name(b),
                        objective=obj.name, max_false_alarm=obj.max_false_alarm)
     return ["", f"**Verdict:** {v['message']}."]
+
+
+def _subset_name(t: Any) -> str:
+    """How the verdict names a trial's sources: the mask, or for the importance trial what it really is."""
+    if t.user_attrs.get("rtl.enqueued") == IMPORTANCE_TRIAL:
+        eff = t.user_attrs.get("rtl.effective_sources")
+        return (f"(every source, importance-weighted at T={t.params.get('temperature', '?')} from scratch"
+                + (f"; 90 % of its images from {eff}" if eff else "") + ")")
+    return str(t.user_attrs.get("rtl.mask"))
 
 
 def _effects_plot(spec: Any, results_dir: str, target: str, out: str) -> str | None:
