@@ -1,4 +1,4 @@
-"""Ingest benchmark: `rtl corpus build` (Ray) vs a plain single-process PIL loop on the same files.
+"""Ingest benchmark: `rtl corpus build` (local or Ray engine) vs a plain single-process PIL loop, same files.
 
     .venv/bin/python benchmarks/ingest.py [--case all|small|large] [--small-n 9000] [--rounds 3]
 
@@ -6,13 +6,15 @@ Small case (issue 13; what real inspection data looks like), timed as a user run
 1. Generates (once, cached in --dir) N images of 200-300 px: JPEG and PNG, gray and colour, 6 classes of
    which 3 exceed the cap (N/7), so the build also header-reads the images the cap drops.
 2. For each --small-sides pair (64-72 and 224-256): the whole `rtl corpus build` command in a new process
-   (imports, label scan, Ray start, decode, manifest) and the plain loop in its own process (read
-   labels.csv, same cap rule, decode_image + fit_size + raw bytes + zstd Parquet), plus the same loop
-   with `decode_fit` (the build's decoder: JPEG draft), interleaved with the order alternating per round;
-   prints the medians, the ratios against both loops (targets on 2 cores: >= 1.2x at 64 px, >= 1.6x at
-   224-256 px), the load average, and the build's own timing split (label scan, images the driver decoded
-   while Ray started, Ray start, the Ray tasks' parallelism).
-3. Driver peak RSS of whole builds over --rss-sizes images (hard-linked replicas; should stay flat).
+   with `--engine local` (process pool, no Ray) and `--engine ray` (imports, label scan, Ray start,
+   decode, manifest), and the plain loop in its own process (read labels.csv, same cap rule,
+   decode_image + fit_size + raw bytes + zstd Parquet), plus the same loop with `decode_fit` (the
+   build's decoder: JPEG draft), interleaved with the order alternating per round; prints the medians,
+   each engine's ratio against both loops (targets on 2 cores: >= 1.2x at 64 px, >= 1.6x at 224-256 px),
+   the load average, and each build's own timing split (label scan, Ray start and the images the driver
+   decoded meanwhile, the decode stage's parallelism = task-seconds / wall-seconds).
+3. Driver peak RSS of whole `--engine local` builds over --rss-sizes images (hard-linked replicas;
+   should stay flat).
 
 Large case (issue 2): N images of 300-1500 px, 90% in one class; build_corpus in-process on a Ray started
 beforehand (init not counted) vs the plain loop in the same process; then a capped build, and RSS.
@@ -215,90 +217,125 @@ def replicate_dataset(src: Path, dst: Path, n: int) -> Path:
     return dst
 
 
-def _run_build(root: Path, out: Path, sides: tuple[int, int], cap: int) -> tuple[float, dict]:
+def _run_build(root: Path, out: Path, sides: tuple[int, int], cap: int, engine: str = "ray") -> tuple[float, dict]:
     shutil.rmtree(out, ignore_errors=True)
     cmd = [str(Path(sys.executable).with_name("rtl")), "corpus", "build", str(root), "--out", str(out),
-           "--min-side", str(sides[0]), "--max-side", str(sides[1]), "--cap", str(cap), "--quiet"]
-    t0 = time.perf_counter()
+           "--min-side", str(sides[0]), "--max-side", str(sides[1]), "--cap", str(cap), "--quiet",
+           "--engine", engine]
+    t0, c0 = time.perf_counter(), _children_cpu()
     proc = subprocess.run(cmd, capture_output=True, text=True)
     wall = time.perf_counter() - t0
     if proc.returncode:
         raise SystemExit(f"rtl corpus build failed ({proc.returncode}): {proc.stderr.strip()[-800:]}")
     m = json.loads((out / "manifest.json").read_text())
+    m["command_cpu_seconds"] = _children_cpu() - c0  # the command and every process it waited for
     return wall, m
+
+
+def _children_cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
 
 
 def _run_plain(root: Path, out: Path, sides: tuple[int, int], cap: int, fast: bool = False) -> tuple[float, dict]:
     shutil.rmtree(out, ignore_errors=True)
     cmd = [sys.executable, __file__, "--plain-small", str(root), str(out), str(sides[0]), str(sides[1]), str(cap)]
     cmd += ["--plain-fast"] if fast else []
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), _children_cpu()
     proc = subprocess.run(cmd, capture_output=True, text=True)
     wall = time.perf_counter() - t0
     if proc.returncode:
         raise SystemExit(f"plain loop failed: {proc.stderr.strip()[-800:]}")
     info = json.loads(proc.stdout.strip().splitlines()[-1])
+    info["command_cpu_seconds"] = _children_cpu() - c0
     return wall, info
 
 
 def small_case(a: argparse.Namespace) -> None:
-    """Whole `rtl corpus build` commands (new process, Ray start included) vs the plain loop as its own
-    process, interleaved (order alternating per round) on the same files; medians and their ratio."""
+    """Whole `rtl corpus build` commands (new process; `--engine local` and `--engine ray`, Ray start
+    included) vs the plain loop as its own process, interleaved (order alternating per round) on the same
+    files; medians and their ratios."""
     base = Path(a.dir)
     t0 = time.perf_counter()
     root = make_small_dataset(base / f"small{a.small_n}", a.small_n)
     cap = a.small_cap or max(1, a.small_n // 7)
     print(f"\n== small images: {a.small_n} images 200-300 px (JPEG+PNG, gray+colour, 6 classes), cap {cap} "
-          f"({time.perf_counter() - t0:.1f}s to generate/check); load average {os.getloadavg()[0]:.1f} "
+          f"({time.perf_counter() - t0:.1f}s to generate/check); load average {_load()} "
           f"on {os.cpu_count()} CPUs shared with other users")
+    engines = [e for e in ("local", "ray") if e in a.engines]
     for sides in a.small_sides:
-        walls: dict[str, list[float]] = {"build": [], "plain": [], "plain_draft": []}
+        arms = [(f"build_{e}", lambda *x, e=e: _run_build(*x, engine=e)) for e in engines]
+        arms += [("plain", _run_plain), ("plain_draft", lambda *x: _run_plain(*x, fast=True))]
+        walls: dict[str, list[float]] = {name: [] for name, _ in arms}
         loads: list[float] = []
-        ms, infos = [], {}
-        arms = [("build", _run_build), ("plain", _run_plain),
-                ("plain_draft", lambda *x: _run_plain(*x, fast=True))]
+        ms: dict[str, list[dict]] = {e: [] for e in engines}
+        infos = {}
         for r in range(a.rounds):
             for name, fn in (arms if r % 2 == 0 else arms[::-1]):
                 loads.append(os.getloadavg()[0])
                 wall, info = fn(root, base / f"small_{name}", sides, cap)
                 walls[name].append(wall)
-                if name == "build":
-                    ms.append(info)
+                if name.startswith("build_"):
+                    ms[name.removeprefix("build_")].append(info)
                 else:
                     infos[name] = info
-        tb, tp, tq = (float(np.median(walls[k])) for k in ("build", "plain", "plain_draft"))
-        m = ms[int(np.argsort(walls["build"])[len(walls["build"]) // 2])]
-        tm = m["timings"]
-        plain_info = infos["plain"]
-        print(f"-- sides {sides[0]}-{sides[1]}: {m['n_images_kept']} images decoded, "
-              f"{m['n_images_in'] - m['n_images_kept']} header-only (over the cap); load average "
-              f"{min(loads):.1f}-{max(loads):.1f} at the starts of these runs")
-        for k, label in (("plain", "plain loop (naive) "), ("plain_draft", "plain loop (draft) ")):
+        tp, tq = (float(np.median(walls[k])) for k in ("plain", "plain_draft"))
+        first = ms[engines[0]][0]
+        print(f"-- sides {sides[0]}-{sides[1]}: {first['n_images_kept']} images decoded, "
+              f"{first['n_images_in'] - first['n_images_kept']} header-only (over the cap); load average "
+              f"{min(loads):.1f}-{max(loads):.1f} at the starts of these runs ({_load()} now)")
+        for k, label in (("plain", "plain loop (naive)  "), ("plain_draft", "plain loop (draft)  ")):
             print(f"   {label}: median {float(np.median(walls[k])):.1f}s (runs "
                   f"{', '.join(f'{t:.1f}' for t in walls[k])}; loop itself {infos[k]['loop_seconds']:.1f}s, "
-                  f"CPU {infos[k]['cpu_seconds']:.1f}s, {infos[k]['rows']} rows)")
-        print(f"   rtl corpus build   : median {tb:.1f}s (runs {', '.join(f'{t:.1f}' for t in walls['build'])})")
-        print(f"   speed-up           : {tp / tb:.2f}x vs naive loop, {tq / tb:.2f}x vs draft loop (medians); best "
-              f"{min(walls['plain']) / min(walls['build']):.2f}x / {min(walls['plain_draft']) / min(walls['build']):.2f}x"
-              f"   [target on 2 cores: >= 1.2x at 64 px, >= 1.6x at 224-256 px]")
-        par = tm["decode_task_seconds"] / tm["process"] if tm["process"] > 0.05 else float("nan")
-        print(f"   build (median run) : label scan {tm['labels']:.1f}s, then {tm.get('head_start_images', 0):.0f} "
-              f"images decoded by the driver ({tm.get('head_start_seconds', 0):.1f}s), both during ray start "
-              f"{tm['ray_init']:.1f}s; Ray tasks {tm['process']:.1f}s at parallelism {par:.2f} over "
-              f"{tm['decode_workers']} workers; finalize {tm['finalize']:.1f}s; build_corpus {m['seconds']:.1f}s "
-              f"of the {tb:.1f}s command; driver peak RSS {tm.get('driver_peak_rss_mb', float('nan')):.0f} MB")
-        n_img = max(1, m["n_images_kept"])
-        print(f"   CPU per image      : {plain_info['cpu_seconds'] / n_img * 1000:.2f} ms naive loop, "
-              f"{infos['plain_draft']['cpu_seconds'] / n_img * 1000:.2f} ms draft loop, "
-              f"{tm['decode_cpu_seconds'] / n_img * 1000:.2f} ms in the build (driver + tasks, incl. header "
-              f"reads of the capped images)")
+                  f"CPU {infos[k]['cpu_seconds']:.1f}s, whole process {infos[k]['command_cpu_seconds']:.1f} "
+                  f"CPU-s, {infos[k]['rows']} rows)")
+        target = 1.2 if sides[1] <= 128 else 1.6
+        for e in engines:
+            w = walls[f"build_{e}"]
+            tb = float(np.median(w))
+            m = ms[e][int(np.argsort(w)[len(w) // 2])]
+            tm = m["timings"]
+            par = tm["decode_task_seconds"] / tm["process"] if tm["process"] > 0.05 else float("nan")
+            print(f"   --engine {e:<5}     : median {tb:.1f}s (runs {', '.join(f'{t:.1f}' for t in w)})  "
+                  f"speed-up {tp / tb:.2f}x vs naive loop, {tq / tb:.2f}x vs draft loop (medians); best "
+                  f"{min(walls['plain']) / min(w):.2f}x / {min(walls['plain_draft']) / min(w):.2f}x   "
+                  f"[target on 2 cores: >= {target}x vs naive]")
+            ray_part = (f"ray start {tm['ray_init']:.1f}s with {tm.get('head_start_images', 0):.0f} images "
+                        f"decoded by the driver meanwhile; " if "ray_init" in tm else
+                        f"{tm.get('local_workers', '?')} {tm.get('local_start_method', '?')} workers; ")
+            print(f"     build (median run): label scan {tm['labels']:.1f}s; {ray_part}decode {tm['process']:.1f}s "
+                  f"at parallelism {par:.2f} over {tm['decode_workers']} workers; finalize {tm['finalize']:.1f}s; "
+                  f"build_corpus {m['seconds']:.1f}s of the {tb:.1f}s command; driver peak RSS "
+                  f"{tm.get('driver_peak_rss_mb', float('nan')):.0f} MB; CPU per decoded image "
+                  f"{tm['decode_cpu_seconds'] / max(1, m['n_images_kept']) * 1000:.2f} ms (incl. header reads)")
+            # CPU the decode stage actually got per wall-second (task-seconds count waiting for a CPU too)
+            cpu_par = tm["decode_cpu_seconds"] / tm["process"] if tm["process"] > 0.05 else float("nan")
+            if e == "local":  # every process of the command is its child: its CPU is all in RUSAGE_CHILDREN
+                # the same command on 2 free cores: its serial CPU (driver: imports, label scan, manifest)
+                # plus the decode CPU split over 2 workers; a model from CPU-seconds, not a measurement
+                serial = m["command_cpu_seconds"] - tm["decode_cpu_seconds"]
+                free = serial + tm["decode_cpu_seconds"] / 2
+                print(f"     CPU: decode got {cpu_par:.2f} CPU-s per wall-second; whole command "
+                      f"{m['command_cpu_seconds']:.1f} CPU-s (decode {tm['decode_cpu_seconds']:.1f}, driver "
+                      f"{serial:.1f}) vs naive loop {infos['plain']['command_cpu_seconds']:.1f}; model for 2 free "
+                      f"cores: ~{free:.1f}s -> ~{infos['plain']['command_cpu_seconds'] / free:.2f}x")
+            else:  # Ray's own processes are not all reaped by the command: no whole-command CPU here
+                print(f"     CPU: decode got {cpu_par:.2f} CPU-s per wall-second (counting the driver's head "
+                      f"start CPU, done before this stage)")
+        n_img = max(1, first["n_images_kept"])
+        print(f"   CPU per image      : {infos['plain']['cpu_seconds'] / n_img * 1000:.2f} ms naive loop, "
+              f"{infos['plain_draft']['cpu_seconds'] / n_img * 1000:.2f} ms draft loop (the loop)")
     for n in a.rss_sizes:
         rroot = replicate_dataset(root, base / f"replica{n}", n)
-        _, m = _run_build(rroot, base / "small_rss", (64, 72), 0)
+        wall, m = _run_build(rroot, base / "small_rss", (64, 72), 0, engine="local")
         tm = m["timings"]
-        print(f"-- driver peak RSS, {n} images listed and decoded (64-72 px, cap all): "
-              f"{tm.get('driver_peak_rss_mb', float('nan')):.0f} MB (build {m['seconds']:.1f}s, "
-              f"{tm.get('head_start_images', 0):.0f} decoded by the driver; load {os.getloadavg()[0]:.1f})")
+        print(f"-- driver peak RSS, --engine local, {n} images listed and decoded (64-72 px, cap all): "
+              f"{tm.get('driver_peak_rss_mb', float('nan')):.0f} MB (command {wall:.1f}s, decode parallelism "
+              f"{tm['decode_task_seconds'] / tm['process']:.2f}; load {_load()})")
+
+
+def _load() -> str:
+    return "/".join(f"{v:.1f}" for v in os.getloadavg())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -318,6 +355,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--small-cap", type=int, default=0, help="cap of the small case (default N/7)")
     ap.add_argument("--small-sides", type=lambda v: [tuple(int(x) for x in p.split("-")) for p in v.split(",")],
                     default=[(64, 72), (224, 256)], help="min-max side pairs, e.g. 64-72,224-256")
+    ap.add_argument("--engines", type=lambda v: v.split(","), default=["local", "ray"],
+                    help="engines of the small case's builds: local,ray")
     ap.add_argument("--rss-sizes", type=lambda v: [int(x) for x in v.split(",") if x], default=[10000, 40000],
                     help="image counts of the driver-RSS runs (hard-linked replicas); empty to skip")
     ap.add_argument("--plain-small", nargs=5, metavar=("ROOT", "OUT", "MIN", "MAX", "CAP"), help=argparse.SUPPRESS)
@@ -346,7 +385,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"ray.init ({a.cpus} CPUs, worker niceness {a.worker_niceness}): {time.perf_counter() - t0:.1f}s "
           f"(not counted below); load average now {os.getloadavg()[0]:.1f}")
     rss0 = peak_rss_mb()
-    kw = {"min_side": a.min_side, "max_side": a.max_side, "seed": 0, "progress": False}
+    kw = {"min_side": a.min_side, "max_side": a.max_side, "seed": 0, "progress": False, "engine": "ray"}
     build_corpus([root], base / "warm", cap=8, **kw)  # warm the worker pool (import rtl/PIL once)
 
     # alternate plain / Ray rounds: the machine is shared, so compare medians of interleaved runs

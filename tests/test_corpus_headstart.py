@@ -57,7 +57,7 @@ def _build(monkeypatch, sources, out, mode: str) -> dict:
         mp.setattr(corpus_build, "_head_start", head)
         mp.setattr(corpus_build._ShardWork, "add", add)  # this process only: Ray workers import their own
         mp.setattr(corpus_build, "_init_ray", init_ray)
-        return build_corpus(sources, out, cap=3, **SIDES)
+        return build_corpus(sources, out, cap=3, engine="ray", **SIDES)  # the Ray path's head start
 
 
 def test_same_corpus_whoever_decodes(sources, tmp_path, monkeypatch, ray_session):
@@ -98,5 +98,5 @@ def test_failed_ray_start_stops_the_head_start_and_leaves_nothing(sources, tmp_p
     monkeypatch.setattr(corpus_build._ShardWork, "add", add)
     monkeypatch.setattr(corpus_build, "_init_ray", init_ray)
     with pytest.raises(RtlRuntimeError, match="cannot start"):
-        build_corpus(sources, tmp_path / "c", cap=0, **SIDES)
+        build_corpus(sources, tmp_path / "c", cap=0, engine="ray", **SIDES)
     assert not (tmp_path / "c").exists()  # a failed first build leaves no folder (no half-written shard)

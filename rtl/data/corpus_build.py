@@ -30,6 +30,7 @@ import json
 import math
 import os
 import shutil
+import sys
 import threading
 import time
 import uuid
@@ -81,7 +82,7 @@ def size_bucket(h: int, w: int) -> str:
 
 
 class _ShardWork:
-    """Decodes images one by one into the rows of one shard; used by Ray tasks and by the driver."""
+    """Decodes images one by one into the rows of one shard; used by Ray tasks, local workers and the driver."""
 
     def __init__(self, uid: int, p: dict, shard_dir: str) -> None:
         self.uid, self.p, self.shard_dir = uid, p, shard_dir
@@ -150,7 +151,7 @@ class _ShardWork:
         cols, shard = self.cols, None
         if cols["pixels"]:
             shard = f"part-{self.uid:05d}.parquet"
-            table = pa.Table.from_pydict(cols, schema=SCHEMA)
+            table = pa.Table.from_arrays([_column(cols[f.name], f.type) for f in SCHEMA], schema=SCHEMA)
             tmp = Path(self.shard_dir) / (shard + ".tmp")
             pq.write_table(table, tmp, compression="zstd", compression_level=1,
                            use_dictionary=["dataset", "label", "split"])
@@ -163,8 +164,27 @@ class _ShardWork:
                 "span": [self.wall0, time.time()], "pid": os.getpid()}
 
 
+def _column(values: list, typ: pa.DataType) -> pa.Array:
+    """A shard column from its buffers: the same array as `pa.array(values, typ)`, without pyarrow's
+    import of pandas on the first `pa.array` of a list or ndarray (0.5-2 s per worker process here)."""
+    import numpy as np
+
+    n = len(values)
+    if typ == pa.int32():
+        return pa.Array.from_buffers(typ, n, [None, pa.py_buffer(np.asarray(values, dtype=np.int32))])
+    if typ in (pa.string(), pa.binary()):
+        data = [v.encode() for v in values] if typ == pa.string() else values
+        offsets = np.zeros(n + 1, dtype=np.int64)
+        np.cumsum([len(v) for v in data], out=offsets[1:])
+        if offsets[-1] < 2**31:  # int32 offsets (beyond: pa.array, which chunks)
+            return pa.Array.from_buffers(typ, n, [None, pa.py_buffer(offsets.astype(np.int32)),
+                                                  pa.py_buffer(b"".join(data))])
+    return pa.array(values, typ)
+
+
 def _process_unit(unit: dict, p: dict, shard_dir: str) -> dict:
-    """Ray task: decode/fit/patch one unit of images and write its shard. Never raises for bad images."""
+    """One unit (a Ray task, or a call in the local engine's worker processes): decode/fit/patch its images
+    and write its shard. Never raises for bad images; pure (same unit and params -> same rows)."""
     work = _ShardWork(unit["uid"], p, shard_dir)
     for row in unit["decode"]:
         work.add(row)
@@ -300,14 +320,15 @@ def build_corpus(dataset_dirs: list[str | Path], out: str | Path, *, min_side: i
                  class_table: ClassTable | str | Path | list | dict | None = None, address: str | None = None,
                  max_patches: int = 8, max_downscale: float = 8.0, min_defect_px: float = 6.0,
                  max_pixels: int = 64_000_000,
-                 progress: bool = True) -> dict:
+                 progress: bool = True, engine: str = "auto") -> dict:
     """Build (or rebuild) the corpus at `out` from dataset folders; returns the manifest dict.
 
     `cap`: images kept per class (None or 0: all). A build into an existing corpus reuses its class
-    table (ids stay stable); `class_table` overrides that. See the module docstring for the pipeline.
+    table (ids stay stable); `class_table` overrides that. `engine`: auto|local|ray (`pick_engine`; the
+    corpus is the same either way). See the module docstring for the pipeline.
     """
     t_start = time.perf_counter()
-    timings: dict[str, float] = {}
+    timings: dict[str, float | str] = {}
     if not dataset_dirs:
         raise RtlError("no dataset folders given")
     if not 0 < min_side <= max_side:
@@ -315,6 +336,7 @@ def build_corpus(dataset_dirs: list[str | Path], out: str | Path, *, min_side: i
     if cap is not None and cap < 0:
         raise RtlError(f"cap must be >= 0, got {cap}")
     cap = cap or None
+    engine = pick_engine(engine, address)
     out = Path(out).absolute()  # Ray workers may run in another cwd (a cluster): never a relative path
     old = _prepare_out(out)
     dirs = list(dataset_dirs)
@@ -341,44 +363,58 @@ def build_corpus(dataset_dirs: list[str | Path], out: str | Path, *, min_side: i
     pool = ThreadPoolExecutor(1, thread_name_prefix="rtl-label-scan")
     stop = threading.Event()
     try:
-        # The label scan (a stat per listed image) and Ray's start (mostly waiting on new processes) are
-        # independent: a thread scans meanwhile and then decodes the first images itself (`_head_start`)
-        # until Ray is up, so a build pays max(scan + head start, Ray start), not their sum.
         for stale in out.glob(".building-*"):  # left by a killed build (we hold the lock)
             shutil.rmtree(stale, ignore_errors=True)
         (work / SHARDS_DIR).mkdir(parents=True)
         shard_dir = str(work / SHARDS_DIR)
-        head = pool.submit(_scan_and_head_start, dirs, table, cap, seed, params, shard_dir, stop)
-        t0 = time.perf_counter()
-        try:
-            started = _init_ray(address)
-        finally:
-            stop.set()  # Ray is up (or failed): the driver hands the rest to Ray tasks
-        import ray
+        if engine == "ray":
+            # The label scan (a stat per listed image) and Ray's start (mostly waiting on new processes)
+            # are independent: a thread scans meanwhile and then decodes the first images itself
+            # (`_head_start`) until Ray is up, so a build pays max(scan + head start, Ray start).
+            head = pool.submit(_scan_and_head_start, dirs, table, cap, seed, params, shard_dir, stop)
+            t0 = time.perf_counter()
+            try:
+                started = _init_ray(address)
+            finally:
+                stop.set()  # Ray is up (or failed): the driver hands the rest to Ray tasks
+            import ray
 
-        timings["ray_init"] = time.perf_counter() - t0
-        (infos, rejects, warnings, items, rows, headers, timings["labels"]), head_metas = head.result()
-        counts_before = Counter(cid for cid, _ in items)
-        n_head = sum(m["n_decoded"] for m in head_metas)
-        timings["head_start_images"] = n_head
-        timings["head_start_seconds"] = sum(m["seconds"] for m in head_metas)
-        t0 = time.perf_counter()
-        n_head_headers = sum(m["n_headers"] for m in head_metas)
-        metas = head_metas + _run(rows[n_head:], headers[n_head_headers:], params, shard_dir, progress,
-                                  int(ray.cluster_resources().get("CPU", 1)), first_uid=len(head_metas))
+            timings["ray_init"] = time.perf_counter() - t0
+            (infos, rejects, warnings, items, rows, headers, timings["labels"]), head_metas = head.result()
+            n_head = sum(m["n_decoded"] for m in head_metas)
+            timings["head_start_images"] = n_head
+            timings["head_start_seconds"] = sum(m["seconds"] for m in head_metas)
+            t0 = time.perf_counter()
+            n_head_headers = sum(m["n_headers"] for m in head_metas)
+            metas = head_metas + _run(rows[n_head:], headers[n_head_headers:], params, shard_dir, progress,
+                                      int(ray.cluster_resources().get("CPU", 1)), first_uid=len(head_metas))
+            task_metas = metas[len(head_metas):]
+        else:  # local: no Ray; the label scan first (in this thread), then the units in a process pool
+            from rtl.data.corpus_local import LocalPool
+
+            local = LocalPool()
+            local.prestart()  # a forkserver imports its modules while we scan (fork: nothing to start)
+            infos, rejects, warnings, items, rows, headers, timings["labels"] = _plan(dirs, table, cap, seed)
+            t0 = time.perf_counter()
+            units = _units(rows, headers, local.workers, max_side) if rows or headers else []
+            metas = task_metas = local.run(_process_unit, units, (params, shard_dir), progress=progress,
+                                           n_images=len(rows))
+            timings["local_workers"] = min(local.workers, len(units))
+            timings["local_start_method"] = local.method
         timings["process"] = time.perf_counter() - t0
-        ray_metas = metas[len(head_metas):]
-        # parallelism actually achieved by the Ray tasks: task-seconds per wall-second of that stage
-        timings["decode_task_seconds"] = sum(m["seconds"] for m in ray_metas)
+        counts_before = Counter(cid for cid, _ in items)
+        # parallelism actually achieved by the tasks: task-seconds per wall-second of that stage
+        timings["decode_task_seconds"] = sum(m["seconds"] for m in task_metas)
         timings["decode_cpu_seconds"] = sum(m["cpu_seconds"] for m in metas)
-        timings["decode_workers"] = len({m["pid"] for m in ray_metas})
+        timings["decode_workers"] = len({m["pid"] for m in task_metas})
         t0 = time.perf_counter()
         manifest = _manifest(infos, table, params, counts_before, rejects, warnings, metas, len(items),
                              len(rows))
         manifest["seconds"] = round(time.perf_counter() - t_start, 3)
         timings["finalize"] = time.perf_counter() - t0
         timings["driver_peak_rss_mb"] = _peak_rss_mb()
-        manifest["timings"] = {k: round(v, 3) for k, v in timings.items()}
+        manifest["timings"] = {"engine": engine, **{k: v if isinstance(v, str) else round(v, 3)
+                                                    for k, v in timings.items()}}
         _commit(out, work, manifest)
         ok = True
         return manifest

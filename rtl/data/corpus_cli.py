@@ -1,4 +1,4 @@
-"""`rtl corpus build|info`: build the source corpus with Ray Data, or summarise an existing one."""
+"""`rtl corpus build|info`: build the source corpus (a local process pool or Ray), or summarise one."""
 
 from __future__ import annotations
 
@@ -29,7 +29,10 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     b.add_argument("--min-defect-px", type=nonneg_float, default=6.0,
                    help="patch-crop images whose smallest VOC box would shrink below this many px; 0 = off")
     b.add_argument("--class-table", metavar="PATH", help="manifest.json / corpus dir whose class ids to keep")
-    b.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or a local Ray)")
+    b.add_argument("--engine", default="auto", choices=("auto", "local", "ray"),
+                   help="local process pool, Ray tasks, or auto (Ray when a Ray is addressed or running)")
+    b.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or a local Ray; "
+                                     "implies --engine ray under auto)")
     b.add_argument("--quiet", action="store_true", help="no progress bars")
     b.set_defaults(func=_build)
 
@@ -52,7 +55,7 @@ def _build(args: argparse.Namespace) -> int:
                      cap=args.cap or None, seed=args.seed, keep_gray=not args.rgb,
                      class_table=args.class_table, address=args.address, max_patches=args.max_patches,
                      max_downscale=args.max_downscale, min_defect_px=args.min_defect_px,
-                     progress=not args.quiet)
+                     progress=not args.quiet, engine=args.engine)
     print(summary(m, out))
     return 0
 
@@ -80,6 +83,8 @@ def summary(m: dict, out: Path | None = None) -> str:
     if t.get("process") and t.get("decode_workers"):
         parts.append(f"decode parallelism {t.get('decode_task_seconds', 0) / t['process']:.2f} "
                      f"over {t.get('decode_workers', '?')} workers")
+    if t.get("engine"):
+        parts.insert(0, f"{t['engine']} engine")
     lines.append(f"  time: {m.get('seconds', 0):.1f}s  (" + ", ".join(parts) + ")")
     return "\n".join(lines)
 

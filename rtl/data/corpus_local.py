@@ -7,14 +7,16 @@ processes of the standard library's `ProcessPoolExecutor`, one per CPU this proc
 worker writes its own shard and returns only small metadata, so, as with Ray, pixels never reach the
 driver and its memory stays flat in the number of images.
 
-Start method (measured in docs/measurements/corpus.md, "session 4: local engine"): **fork** when this
-process runs no other thread and no Ray, else **forkserver**. A forked worker inherits the driver's
-imports (numpy, PIL, pyarrow, rtl) and starts in milliseconds; a forkserver (or spawn) worker first
-imports them again (~0.4 CPU-s). Fork copies only the forking thread, so a lock held by another thread
-(Ray's core worker, gRPC, a thread that is mid-import) would stay locked forever in the child: in that
-case the forkserver is used, started before the label scan (`LocalPool.prestart`) so that its imports
-overlap the scan on the otherwise idle CPUs. In the CLI the scan runs in the main thread and the workers
-fork after it, with no other thread alive.
+Start method, chosen by measurement (docs/measurements/corpus.md, "session 4: local engine"): **fork**
+when this process runs no other thread and no Ray, else **forkserver**. A forked worker inherits the
+driver's imports (numpy, PIL, pyarrow, rtl): two workers had run a task 12-20 ms after the pool was
+made. A forkserver first starts an interpreter that imports `rtl.data.corpus_build` (0.70-0.87 s to the
+same point; spawn pays the imports in every worker); whole 9k-image commands, 3 interleaved runs each:
+fork 9.3 s vs forkserver 12.2 s median at 64 px, 26.8 vs 28.5 s at 224-256 px. But fork copies only the
+forking thread, so a lock held by another thread (Ray's core worker, gRPC, a thread mid-import) would
+stay locked forever in the child: in that case the forkserver is used, started before the label scan
+(`LocalPool.prestart`) so that its imports overlap the scan. In the CLI the scan runs in the main thread
+and the workers fork after it, with no other thread alive, so there is nothing to overlap.
 """
 
 from __future__ import annotations
@@ -45,10 +47,11 @@ def local_cpus() -> int:
 
 
 def start_method() -> str:
-    """'fork' when forking is safe here (one Python thread, no Ray in this process), else 'forkserver'."""
+    """Linux: 'fork' when forking is safe here (one Python thread, no Ray in this process), else
+    'forkserver'; elsewhere 'spawn' (Python's own default on macOS and Windows)."""
     if START_METHOD:
         return START_METHOD
-    if "fork" not in multiprocessing.get_all_start_methods():  # Windows
+    if not sys.platform.startswith("linux"):  # macOS: fork is unsafe with system frameworks; Windows: none
         return "spawn"
     ray = sys.modules.get("ray")
     ray_up = ray is not None and getattr(ray, "is_initialized", lambda: False)()
