@@ -158,7 +158,9 @@ class Budget(_M):
     # ranked space: a subset's pretraining continues the generalist for this fraction of the generalist's
     # images, whatever the subset's size (equal compute per subset), in successive-halving rungs; one cut
     # at 1/3 by default: a 1/9 rung ranked subsets poorly (Kendall tau 0.43, docs/measurements/search.md)
-    subset_fraction: float = Field(0.25, gt=0, le=4)
+    # 0.1: generalist + experts + the importance trials already cost ~23 % of random search's compute;
+    # continuations rarely won (docs/measurements/search.md, session 4)
+    subset_fraction: float = Field(0.1, gt=0, le=4)
     rungs: list[float] = Field([1 / 3, 1.0], min_length=1)
 
     @field_validator("rungs")
