@@ -246,3 +246,30 @@ def test_report_names_the_importance_trial_by_what_it_did() -> None:
     assert (_kind(top), _sources(top), _subset_name(top)) == ("ranking top-2", "a,b", "a,b")
     ctl = create_trial(value=0.3, user_attrs={"rtl.control": "uniform", "rtl.mask": "a,b,c"})
     assert _kind(ctl) == "uniform"
+
+
+@pytest.mark.parametrize("best_vals, words", [
+    ([0.30, 0.34], "within seed noise of the generalist, so either is a defensible deployment"),
+    ([0.60, 0.62], "worse than the generalist by more than the noise: fine-tune from the generalist"),
+    ([0.05, 0.06], None),  # the subset is named: no note
+])
+def test_report_says_when_the_champion_is_not_the_recommendation(tmp_path: Path, best_vals, words) -> None:
+    """The verdict may recommend the generalist while the registered champion is the best searched trial
+    (controls keep no weights): the report says which, and whether the champion is within the noise."""
+    from types import SimpleNamespace
+
+    from optuna.trial import create_trial
+
+    from rtl.report.sweep import _verdict_md
+
+    spec = SimpleNamespace(target_names=lambda: ["tgt"], target_paths=lambda: [str(tmp_path / "missing")])
+    best = create_trial(value=best_vals[0], user_attrs={"rtl.mask": "a"})
+    best.number = 7
+    rows = {"best (search)": {"vals": best_vals}, "generalist": {"vals": [0.32, 0.36]},
+            "uniform": {"vals": [0.45, 0.47]}}
+    md = "\n".join(_verdict_md(spec, "tgt", {"rows": rows, "best": best}))
+    assert "**Verdict:**" in md
+    if words is None:
+        assert "subset a beats" in md and "champion" not in md
+    else:
+        assert "recommend generalist" in md and words in md and "best searched trial (#7)" in md

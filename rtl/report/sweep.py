@@ -233,7 +233,19 @@ def _verdict_md(spec: Any, target: str, s: dict[str, Any]) -> list[str]:
     v = subset_verdict(rows["best (search)"]["vals"], rows.get("generalist", {}).get("vals"),
                        rows.get("uniform", {}).get("vals"), floor=floor, subset=_subset_name(b),
                        objective=obj.name, max_false_alarm=obj.max_false_alarm)
-    return ["", f"**Verdict:** {v['message']}."]
+    out = ["", f"**Verdict:** {v['message']}."]
+    if not v["chosen"] and v["recommend"] in ("generalist", "all sources"):
+        # the delivered model is the best searched trial (controls keep no weights): say so, not a silent mismatch
+        margin, two_sigma = v["margins"].get(v["recommend"], 0.0), 2 * v["sigma"]
+        if not (margin < -two_sigma):  # nan-safe: no worse than the reference beyond the noise
+            out.append(f"The model delivered as champion is still the best searched trial (#{b.number}): it is "
+                       f"within seed noise of the {v['recommend']}, so either is a defensible deployment (rtl "
+                       f"keeps no weights for control trials).")
+        else:
+            out.append(f"The model delivered as champion is the best searched trial (#{b.number}), but it is worse "
+                       f"than the {v['recommend']} by more than the noise: fine-tune from the {v['recommend']} "
+                       f"instead (rtl keeps no weights for control trials).")
+    return out
 
 
 def _subset_name(t: Any) -> str:
