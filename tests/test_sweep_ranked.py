@@ -57,9 +57,9 @@ def test_ranked_sweep_rungs_and_resume(tmp_path: Path, ray_session) -> None:
     imp = [t for t in trials if t.user_attrs.get("rtl.enqueued") == "top-all-imp"]
     assert len(imp) == 1 and imp[0].params["k"] == 2 and imp[0].params["temperature"] == 1.0
     assert sorted(imp[0].user_attrs["rtl.mask"].split(",")) == ["a", "b"]
-    if imp[0].state.name == "COMPLETE":  # which sources the weights drew 90 % of the images from
-        eff = imp[0].user_attrs["rtl.effective_sources"].split(",")
-        assert eff and set(eff) <= {"a", "b"}
+    assert imp[0].state.name == "COMPLETE"  # paid before its first rung report: never stopped
+    eff = imp[0].user_attrs["rtl.effective_sources"].split(",")  # where 90 % of its images came from
+    assert eff and set(eff) <= {"a", "b"}
     metas = {d.name: json.loads((d / "ckpt" / "meta.json").read_text()) for d in Path(spec.cache_dir()).iterdir()
              if (d / "ckpt" / "meta.json").exists()}
     weighted = [m for k, m in metas.items() if not k.startswith("rung-") and m["config"].get("strategy") == "weighted"]
