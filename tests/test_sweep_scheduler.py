@@ -11,7 +11,7 @@ from rtl.sweep.scheduler import ControlAwareASHA
 
 def _trial(tid: str, control: str = "", scratch: bool = False) -> SimpleNamespace:
     return SimpleNamespace(trial_id=tid, config={"trial": {"number": 0, "control": control,
-                                                           "weighted_scratch": scratch}})
+                                                           "enqueued": "top-all-imp" if scratch else ""}})
 
 
 def _decisions(control_of_worst: str, scratch: bool = False) -> dict[str, str]:

@@ -180,7 +180,7 @@ def test_importance_trial_is_pretrained_from_scratch_through_ask_orphan_and_conf
     plan = pretrain_plan(spec, imp[0])
     assert (plan.strategy, plan.continue_generalist, plan.rungs, plan.subset_fraction) == ("weighted", False, [], None)
     assert plan.epochs == spec.budget.pretrain_epochs and plan.samples_per_epoch == samples_per_epoch(spec)
-    same = TrialParams.parse(imp[0].to_config() | {"enqueued": "", "weighted_scratch": False})
+    same = TrialParams.parse(imp[0].to_config() | {"enqueued": ""})
     assert pretrain_plan(spec, same).continue_generalist  # the searcher's own proposal: a continuation
     # lost with the driver: re-enqueued with its label, asked again from scratch
     reconcile_orphans(open_study(spec.optuna_url(), f"{spec.name}/tgt"), set())
@@ -192,8 +192,9 @@ def test_importance_trial_is_pretrained_from_scratch_through_ask_orphan_and_conf
     (cfg,) = confirm_configs(spec.model_copy(update={"seeds": [0, 1]}), "tgt", units, best)
     conf = TrialParams.parse(cfg)
     assert conf.weighted_scratch and conf.seed == 1 and not pretrain_plan(spec, conf).continue_generalist
-    with pytest.raises(ConfigError, match="weighted_scratch"):
-        TrialParams.parse(OLD_SEARCHED | {"temperature": None, "weighted_scratch": True})
+    assert pretrain_plan(spec, imp[0].to_config()) == plan  # the dict form (study runner) plans the same
+    with pytest.raises(ConfigError, match="needs a source mask and a temperature"):
+        TrialParams.parse(OLD_SEARCHED | {"temperature": None, "enqueued": IMPORTANCE_TRIAL})
 
 
 def test_importance_trial_can_be_switched_off(tmp_path: Path) -> None:

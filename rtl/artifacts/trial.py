@@ -51,16 +51,13 @@ class TrialParams(BaseModel):
     control: ControlName | Literal[""] = ""  # "" = a searched trial
     seed: int = 0
     kind: Literal["search", "confirm"] = "search"
-    enqueued: str = ""  # "top-<k>": a ranking trial the searcher enqueued (searched, prunable)
+    enqueued: str = ""  # "top-<k>" / IMPORTANCE_TRIAL: a ranking trial the searcher enqueued (searched)
     init: InitName = "corpus"
     mask: list[str] | None = None
     k: int | None = Field(None, ge=0)
     drop: int | None = Field(None, ge=0)
     add: int | None = Field(None, ge=0)
     temperature: float | None = Field(None, gt=0)
-    # ranked space: pretrain the mask from scratch with the importance weights (the enqueued importance
-    # trial, `search.sources.importance_trial`) instead of continuing the generalist
-    weighted_scratch: bool = False
     lr: float = Field(gt=0)
     freeze_depth: int = Field(0, ge=0)
     regularizer: RegularizerName = "none"
@@ -76,8 +73,8 @@ class TrialParams(BaseModel):
             raise ValueError("init corpus needs a non-empty mask")
         if self.temperature is not None and not self.mask:
             raise ValueError("temperature needs a source mask")
-        if self.weighted_scratch and (self.temperature is None or not self.mask):
-            raise ValueError("weighted_scratch needs a source mask and a temperature")
+        if self.enqueued == IMPORTANCE_TRIAL and (self.temperature is None or not self.mask):
+            raise ValueError(f"the {IMPORTANCE_TRIAL} trial needs a source mask and a temperature")
         return self
 
     @classmethod
@@ -88,6 +85,13 @@ class TrialParams(BaseModel):
     def to_config(self) -> dict[str, Any]:
         """Plain dict for Ray Tune's config (pickled into the experiment state)."""
         return self.model_dump()
+
+    @property
+    def weighted_scratch(self) -> bool:
+        """Ranked space: pretrain the mask from scratch with the importance weights instead of continuing
+        the generalist -- the enqueued importance trial (`search.sources.importance_trial`), and its
+        confirm runs, which carry its label."""
+        return self.enqueued == IMPORTANCE_TRIAL
 
     @property
     def searched(self) -> bool:

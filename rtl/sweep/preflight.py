@@ -71,6 +71,8 @@ class Plan:
     def format(self) -> str:
         ctl = ", ".join(f"{c} (seed {s})" for c, s in self.controls) or "none"
         n_top = sum(c.startswith("top-") for c, _ in self.controls)
+        imp = ", one of them every source importance-weighted from scratch" if any(
+            c == IMPORTANCE_TRIAL for c, _ in self.controls) else ""
         rows = [
             ("sweep", f"{self.name}  ({self.spec_file})"),
             ("results", f"{self.results_dir}" + ("  (exists: run continues it)" if self.started else "  (new)")),
@@ -78,9 +80,7 @@ class Plan:
             ("units", f"{len(self.units)} {self.unit_kind}: {', '.join(self.units)}"),
             ("trials", f"{self.trials_per_target} per target = {self.trials_per_target - self.searched_per_target} "
                        f"control + {self.searched_per_target} searched"
-                       + (f" ({n_top} enqueued from the ranking: the top-k"
-                          + (", and every source importance-weighted from scratch" if any(
-                              c == IMPORTANCE_TRIAL for c, _ in self.controls) else "") + ")" if n_top else "")
+                       + (f" ({n_top} enqueued from the ranking{imp})" if n_top else "")
                        + f"; {len(self.targets) * self.trials_per_target} in all"),
             ("enqueued", ctl),
             ("confirm", "best searched trial re-run with seeds " + ", ".join(map(str, self.confirm_seeds))

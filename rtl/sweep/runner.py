@@ -37,7 +37,6 @@ from rtl.sweep.search import (
     objective_of,
     ranking_params,
     repair_lagging_checkpoints,
-    weighted_scratch,
 )
 from rtl.sweep.spec import SweepSpec, join, load_resolved, save_resolved
 from rtl.sweep.status import best_searched, confirm_experiment
@@ -288,8 +287,7 @@ def confirm_configs(spec: SweepSpec, target: str, units: list[str], best: Any) -
     params = define_space(FixedTrial(best.params), spec.search.model_dump(), units, None)
     used = int(best.user_attrs.get("rtl.seed", spec.seeds[0]))
     label = best.user_attrs.get("rtl.enqueued", "")  # the importance trial is confirmed from scratch too
-    return [TrialParams(number=best.number, seed=s, kind="confirm", enqueued=label,
-                        weighted_scratch=weighted_scratch(label, params), **params).to_config()
+    return [TrialParams(number=best.number, seed=s, kind="confirm", enqueued=label, **params).to_config()
             for s in dict.fromkeys(spec.seeds) if s != used]
 
 

@@ -17,6 +17,8 @@ from typing import Any
 
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 
+from rtl.artifacts.trial import IMPORTANCE_TRIAL
+
 
 def is_control(config: dict[str, Any]) -> bool:
     """True for the fixed baseline trials the searcher enqueues (config["trial"]["control"] non-empty)."""
@@ -24,9 +26,9 @@ def is_control(config: dict[str, Any]) -> bool:
 
 
 def never_stopped(config: dict[str, Any]) -> bool:
-    """Controls, and trials whose expensive part is paid before their first report (`weighted_scratch`)."""
-    t = config.get("trial") or {}
-    return is_control(config) or bool(t.get("weighted_scratch"))
+    """Controls, and trials whose expensive part is paid before their first report (the importance trial,
+    `TrialParams.weighted_scratch`)."""
+    return is_control(config) or (config.get("trial") or {}).get("enqueued") == IMPORTANCE_TRIAL
 
 
 class ControlAwareASHA(ASHAScheduler):

@@ -39,7 +39,7 @@ from typing import Any
 
 from ray.tune.search import Searcher
 
-from rtl.artifacts.trial import IMPORTANCE_TRIAL, TrialParams
+from rtl.artifacts.trial import TrialParams
 from rtl.errors import ConfigError
 from rtl.sweep.spec import expand_storage
 
@@ -139,18 +139,13 @@ def ranking_params(k: int, spec: Any) -> dict[str, Any]:
 def importance_trial_params(spec: Any, units: list[str]) -> dict[str, Any]:
     """Fixed Optuna params of the enqueued importance trial: every source (k = all), importance on at
     `search.sources.importance_trial`, default fine-tune settings. Its pretraining differs from a sampled
-    trial with the same params (from scratch, not a continuation: `TrialParams.weighted_scratch`, set from
-    the trial's `rtl.enqueued` label), so TPE sees it as one more point of the (k, temperature) surface."""
+    trial with the same params (from scratch, not a continuation: `TrialParams.weighted_scratch`, decided
+    by the trial's `rtl.enqueued` label), so TPE sees it as one more point of the (k, temperature) surface."""
     p = ranking_params(len(units), spec)
     if spec.search.temperature.allow_off:
         p["importance"] = "on"
     p["temperature"] = float(spec.search.sources.importance_trial)
     return p
-
-
-def weighted_scratch(label: str, params: dict[str, Any]) -> bool:
-    """Whether a ranked-space trial enqueued as `label` pretrains from scratch (the importance trial)."""
-    return label == IMPORTANCE_TRIAL and bool(params.get("mask")) and params.get("temperature") is not None
 
 
 def control_params(control: str, spec: Any, units: list[str]) -> dict[str, Any]:
@@ -224,10 +219,9 @@ class OptunaAskTell(Searcher):
         t = self.study.ask()
         control = t.user_attrs.get("rtl.control")
         seed = int(t.user_attrs.get("rtl.seed", self.seed))
-        label = t.user_attrs.get("rtl.enqueued", "")
-        fields = define_space(t, self.space, self.units, control)
-        params = TrialParams(number=t.number, control=control or "", seed=seed, enqueued=label,
-                             weighted_scratch=weighted_scratch(label, fields), **fields)
+        params = TrialParams(number=t.number, control=control or "", seed=seed,
+                             enqueued=t.user_attrs.get("rtl.enqueued", ""),
+                             **define_space(t, self.space, self.units, control))
         t.set_user_attr(TUNE_ID, trial_id)
         t.set_user_attr("rtl.mask", params.mask_label)
         self._live[trial_id] = t.number
@@ -406,17 +400,19 @@ def repair_lagging_checkpoints(experiment_path: str) -> list[str]:
         if not newer:
             continue
         src = os.path.join(parent, newer[-1])
-
-        def link(a: str, b: str) -> None:
-            try:
-                os.link(a, b)
-            except OSError:
-                shutil.copy2(a, b)
-
-        shutil.copytree(src, path, copy_function=link)
+        shutil.copytree(src, path, copy_function=_link_or_copy)
         log.warning("Tune state named a deleted checkpoint %s: using the newer %s", path, src)
         fixed.append(path)
     return fixed
+
+
+def _link_or_copy(a: str, b: str) -> None:
+    import shutil
+
+    try:
+        os.link(a, b)
+    except OSError:  # another device
+        shutil.copy2(a, b)
 
 
 def make_sampler(name: str, seed: int, n_startup: int) -> Any:

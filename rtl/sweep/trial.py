@@ -45,7 +45,7 @@ from rtl.artifacts.cache import PretrainCache, cache_key
 from rtl.artifacts.checkpoint import read_checkpoint_meta
 from rtl.artifacts.tracking import Tracker, default_tracking_uri, mask_params
 from rtl.artifacts.tracking import retry as _retry
-from rtl.artifacts.trial import PretrainPlan, TrialParams
+from rtl.artifacts.trial import IMPORTANCE_TRIAL, PretrainPlan, TrialParams
 from rtl.errors import RtlError
 from rtl.sweep.spec import SweepSpec, load_resolved
 
@@ -123,7 +123,7 @@ def pretrain_plan(spec: SweepSpec, t: TrialParams | dict[str, Any]) -> PretrainP
     if isinstance(t, dict):
         init = t.get("init") if t.get("init") in ("scratch", "imagenet", "generalist") else "corpus"
         mask, seed, temp = t.get("mask"), int(t.get("seed", 0)), t.get("temperature")
-        scratch = bool(t.get("weighted_scratch"))
+        scratch = t.get("enqueued") == IMPORTANCE_TRIAL
     else:
         init, mask, seed, temp, scratch = t.init, t.mask, t.seed, t.temperature, t.weighted_scratch
     fixed = init in ("scratch", "imagenet", "generalist")
@@ -202,8 +202,7 @@ def ranked_init(spec: SweepSpec, plan: PretrainPlan, target: str, tracker: Track
         # a bit-space mask of every unit), pretrained from scratch for the full budget, then scored like a
         # fixed init at every rung (it anchors the rung cut-offs; it is paid before its first report)
         init, scratch_tags = prepare_init(spec, plan, target, None, weights_from=(gen, gkey))
-        key = scratch_tags["rtl.cache_key"]
-        tags["rtl.weights_path"] = scratch_tags.get("rtl.weights_path", "")
+        key, tags["rtl.weights_path"] = scratch_tags["rtl.cache_key"], scratch_tags["rtl.weights_path"]
     elif plan.strategy == "weighted" and plan.temperature is not None:
         weights = _importance(spec, gen, target, list(plan.mask), plan.temperature)
     rungs = None if fixed else rung_checkpoints(spec, gen, list(plan.mask), seed, weights)
@@ -221,8 +220,6 @@ def ranked_init(spec: SweepSpec, plan: PretrainPlan, target: str, tracker: Track
                  "finished": False}, {"rung": r + 1})
     if weights is not None and (Path(init).parent / "weights.json").exists():
         tags["rtl.weights_path"] = str(Path(init).parent / "weights.json")
-    if not tags.get("rtl.weights_path"):
-        tags.pop("rtl.weights_path", None)
     extra: dict[str, Any] = {}
     if report:
         extra = {"result": {"fidelity": fids[-1]}, "state": {"rung": len(fids)},
