@@ -7,6 +7,9 @@ WORKSPACE ?= demo-workspace
 export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER := 0
 export RAY_USAGE_STATS_ENABLED := 0
 export PYTHONUNBUFFERED := 1
+# the venv is ~6.6 GB (torch's CUDA wheels); pip's cache would hold a second copy of every wheel it
+# builds or downloads, and a CI disk with little room left has run out mid-install: keep no cache
+export PIP_NO_CACHE_DIR := 1
 
 .PHONY: venv demo test test-fast lint bench clean
 
