@@ -180,3 +180,16 @@ def test_reenqueued_ranking_trial_keeps_its_tag(tmp_path: Path) -> None:
     again.suggest("t2")
     trials = open_study(f"sqlite:///{tmp_path / 'o.db'}", "s/t").trials
     assert trials[1].user_attrs.get("rtl.enqueued") == "top-1" and trials[1].user_attrs["rtl.reenqueued_from"] == 0
+
+
+def test_suggestions_carry_the_trainable_base_config_through_a_pickle(tmp_path: Path) -> None:
+    """Every suggestion holds the trainable's fixed part (results dir, target), also from a searcher restored
+    from its pickle (what Tuner.restore does after a kill), so no trial can run without it."""
+    import pickle
+
+    base = {"rtl": {"results_dir": str(tmp_path / "res"), "target": "t"}}
+    s = pickle.loads(pickle.dumps(_searcher(tmp_path, base=base)))
+    cfg = s.suggest("t1")
+    assert cfg["rtl"] == base["rtl"] and cfg["trial"]["number"] == 0
+    cfg["rtl"]["target"] = "changed"  # a suggestion is a copy: Tune may mutate it
+    assert s.suggest("t2")["rtl"]["target"] == "t"

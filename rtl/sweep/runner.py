@@ -223,10 +223,10 @@ def _tuner(spec: SweepSpec, target: str, exp_path: str, num_samples: int, units:
     searcher = OptunaAskTell(
         storage_url=spec.optuna_url_template(), study_name=study_name(spec, target), space=spec.search.model_dump(),
         units=units, sampler=spec.searcher.name, seed=spec.seeds[0], n_startup_trials=spec.searcher.n_startup_trials,
-        controls=controls_for(spec, units))
+        controls=controls_for(spec, units), base={"rtl": {"results_dir": spec.results_dir, "target": target}})
     return tune.Tuner(
         _trainable(spec),
-        param_space={"rtl": {"results_dir": spec.results_dir, "target": target}},
+        param_space=dict(searcher.base),
         tune_config=tune.TuneConfig(search_alg=searcher, scheduler=_scheduler(spec), num_samples=num_samples,
                                     max_concurrent_trials=spec.budget.max_concurrent,
                                     trial_dirname_creator=trial_dirname, trial_name_creator=trial_dirname,

@@ -31,6 +31,7 @@ categorical picks one unit that is always on, then one 0/1 categorical `src.<uni
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import os
@@ -179,8 +180,13 @@ class OptunaAskTell(Searcher):
 
     def __init__(self, *, storage_url: str, study_name: str, space: dict[str, Any], units: list[str],
                  sampler: str = "tpe", seed: int = 0, n_startup_trials: int = 4,
-                 controls: list[tuple[str, int, dict[str, Any]]] = ()) -> None:
+                 controls: list[tuple[str, int, dict[str, Any]]] = (), base: dict[str, Any] | None = None) -> None:
         super().__init__(metric=METRIC, mode="min")
+        # the trainable's fixed config part ({"rtl": {results_dir, target}}), returned with every suggestion as
+        # well as set as Tune's param_space: a trial restored after a SIGKILL once ran without it (KeyError
+        # 'rtl', seen once in the kill test, cause inside Tune not found); the searcher is pickled whole, so
+        # its suggestions always carry it
+        self.base = dict(base or {})
         # the URL as written (`${VAR}` unexpanded): Ray pickles the searcher into tuner.pkl in the results
         # dir, so an expanded database password must never be an attribute
         self.storage_url, self.study_name, self.space, self.units = storage_url, study_name, space, units
@@ -225,7 +231,8 @@ class OptunaAskTell(Searcher):
         t.set_user_attr(TUNE_ID, trial_id)
         t.set_user_attr("rtl.mask", params.mask_label)
         self._live[trial_id] = t.number
-        return {"trial": params.to_config()}  # a plain dict: Tune pickles configs
+        base = copy.deepcopy(getattr(self, "base", {}))  # searchers pickled before the field: none
+        return base | {"trial": params.to_config()}  # a plain dict: Tune pickles configs
 
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
         num = self._number(trial_id)
