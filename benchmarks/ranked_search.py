@@ -76,6 +76,9 @@ def make_spec(workdir: Path, corpus: Path, targets: list[str], arm: str, seed: i
                          "imagenet": False}
         if arm == "ranked_full":  # diagnostic: a subset continues the generalist for all of its images, not 1/4
             d["budget"]["subset_fraction"] = 1.0
+        if arm == "ranked_top":  # + a second from-scratch importance trial: the ranking's top third at T = 2
+            d["budget"]["subset_fraction"] = 0.1
+            d["search"]["sources"]["importance_top"] = {"fraction": 1 / 3, "temperature": 2.0}
         if arm == "ranked_lean":  # continuations get 1/10 of the generalist's images, not 1/4 (compute arithmetic:
             d["budget"]["subset_fraction"] = 0.1  # generalist + experts + importance trials ~ 23 % of random's)
     else:
@@ -204,7 +207,8 @@ def main() -> None:
     print(f"total {time.perf_counter() - t_all:.0f} s")
 
 
-ARMS = ("ranked", "random_bits", "tpe_asha_bits", "ranked_v1", "ranked_imp", "ranked_full", "ranked_lean")
+ARMS = ("ranked", "random_bits", "tpe_asha_bits", "ranked_v1", "ranked_imp", "ranked_full", "ranked_lean",
+        "ranked_top")
 
 
 def report(rows: list[dict[str, Any]]) -> None:

@@ -208,6 +208,44 @@ def test_importance_trial_can_be_switched_off(tmp_path: Path) -> None:
     assert IMPORTANCE_TRIAL not in [n for n, _, _ in controls_for(off, ["a", "b"])]
 
 
+def test_importance_top_is_a_second_from_scratch_trial_on_the_ranking_top(tmp_path: Path) -> None:
+    """`importance_top` enqueues the ranking's top fraction, weighted at its own temperature, pretrained from
+    scratch like the all-source importance trial, never stopped by a scheduler, named by what it did."""
+    from optuna.distributions import FloatDistribution, IntDistribution
+    from optuna.trial import create_trial
+
+    from rtl.report.sweep import _kind, _subset_name
+    from rtl.sweep.runner import controls_for
+    from rtl.sweep.scheduler import never_stopped
+    from rtl.sweep.search import OptunaAskTell
+    from rtl.sweep.spec import ImportanceTop
+    from rtl.sweep.trial import pretrain_plan
+
+    spec = _spec(tmp_path, "ranked")
+    top = spec.model_copy(update={"search": spec.search.model_copy(update={"sources": spec.search.sources.model_copy(
+        update={"importance_top": ImportanceTop(fraction=0.5, temperature=2.0)})})})
+    order = ["c", "a", "b", "d"]  # the target's ranking
+    assert "top-2-imp" not in [n for n, _, _ in controls_for(spec, order)]  # off by default
+    enq = controls_for(top, order)
+    names = [n for n, _, _ in enq]
+    assert names.index("top-all-imp") + 1 == names.index("top-2-imp")  # before the top-k continuations
+    s = OptunaAskTell(storage_url=top.optuna_url_template(), study_name=f"{top.name}/tgt",
+                      space=top.search.model_dump(), units=order, controls=enq)
+    asked = [TrialParams.parse(s.suggest(f"t{i}")["trial"]) for i in range(len(names))]
+    (t,) = [a for a in asked if a.enqueued == "top-2-imp"]
+    assert t.mask == ["c", "a"] and t.temperature == 2.0 and t.weighted_scratch
+    plan = pretrain_plan(top, t)
+    assert (plan.strategy, plan.continue_generalist, plan.epochs) == ("weighted", False, top.budget.pretrain_epochs)
+    sampled = TrialParams.parse(s.suggest("sampled")["trial"])  # after the enqueued ones: the sampler's
+    assert never_stopped({"trial": t.to_config()}) and not never_stopped({"trial": sampled.to_config()})
+    ft = create_trial(params={"temperature": 2.0, "k": 2},
+                      distributions={"temperature": FloatDistribution(0.5, 8.0), "k": IntDistribution(0, 4)},
+                      value=0.1, user_attrs={"rtl.enqueued": "top-2-imp", "rtl.mask": "c,a", "rtl.effective_sources": "c"})
+    assert _kind(ft) == "importance, top-2, from scratch (T=2.0)"
+    assert _subset_name(ft) == "(the ranking's top 2, importance-weighted at T=2.0 from scratch; 90 % of its images from c)"
+    assert ImportanceTop(fraction=0.01).k(22) == 1 and ImportanceTop().k(22) == 7
+
+
 def test_effective_sources_are_where_the_weighted_images_come_from(tmp_path: Path) -> None:
     import json
 

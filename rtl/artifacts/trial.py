@@ -40,6 +40,16 @@ FIXED_INITS = ("scratch", "imagenet")  # inits that pretrain nothing and use no 
 IMPORTANCE_TRIAL = "top-all-imp"
 
 
+def importance_label(k: int | None = None) -> str:
+    """The `rtl.enqueued` label of an importance trial: every source (k None) or the ranking's top-k."""
+    return IMPORTANCE_TRIAL if k is None else f"top-{int(k)}-imp"
+
+
+def is_importance_trial(label: str | None) -> bool:
+    """An enqueued importance-weighted trial pretrained from scratch: `top-all-imp` or `top-<k>-imp`."""
+    return bool(label) and label.startswith("top-") and label.endswith("-imp")
+
+
 class TrialParams(BaseModel):
     """One trial's configuration. `mask`: the source units pretrained on (None for scratch / ImageNet,
     [] for the generalist alone); `temperature`: importance weights at this temperature, None = off
@@ -73,8 +83,8 @@ class TrialParams(BaseModel):
             raise ValueError("init corpus needs a non-empty mask")
         if self.temperature is not None and not self.mask:
             raise ValueError("temperature needs a source mask")
-        if self.enqueued == IMPORTANCE_TRIAL and (self.temperature is None or not self.mask):
-            raise ValueError(f"the {IMPORTANCE_TRIAL} trial needs a source mask and a temperature")
+        if is_importance_trial(self.enqueued) and (self.temperature is None or not self.mask):
+            raise ValueError(f"the {self.enqueued} trial needs a source mask and a temperature")
         return self
 
     @classmethod
@@ -89,9 +99,9 @@ class TrialParams(BaseModel):
     @property
     def weighted_scratch(self) -> bool:
         """Ranked space: pretrain the mask from scratch with the importance weights instead of continuing
-        the generalist -- the enqueued importance trial (`search.sources.importance_trial`), and its
-        confirm runs, which carry its label."""
-        return self.enqueued == IMPORTANCE_TRIAL
+        the generalist -- the enqueued importance trials (`search.sources.importance_trial`,
+        `search.sources.importance_top`), and their confirm runs, which carry the label."""
+        return is_importance_trial(self.enqueued)
 
     @property
     def searched(self) -> bool:

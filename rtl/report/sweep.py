@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from rtl.artifacts.layout import REPORT_MD, report_dir
-from rtl.artifacts.trial import IMPORTANCE_TRIAL
+from rtl.artifacts.trial import IMPORTANCE_TRIAL, is_importance_trial
 from rtl.data.convention import load_dataset
 from rtl.report.verdict import plot_effects, source_effects, subset_verdict
 from rtl.sweep.objective import Objective
@@ -194,8 +194,9 @@ def _kind(t: Any) -> str:
     if t.user_attrs.get("rtl.control"):
         return t.user_attrs["rtl.control"]
     label = t.user_attrs.get("rtl.enqueued", "")
-    if label == IMPORTANCE_TRIAL:
-        return f"importance, from scratch (T={t.params.get('temperature', '?')})"
+    if is_importance_trial(label):
+        top = "" if label == IMPORTANCE_TRIAL else f"top-{t.params.get('k', '?')}, "
+        return f"importance, {top}from scratch (T={t.params.get('temperature', '?')})"
     return f"ranking {label}" if label else "search"
 
 
@@ -250,9 +251,11 @@ def _verdict_md(spec: Any, target: str, s: dict[str, Any]) -> list[str]:
 
 def _subset_name(t: Any) -> str:
     """How the verdict names a trial's sources: the mask, or for the importance trial what it really is."""
-    if t.user_attrs.get("rtl.enqueued") == IMPORTANCE_TRIAL:
+    label = t.user_attrs.get("rtl.enqueued")
+    if is_importance_trial(label):
         eff = t.user_attrs.get("rtl.effective_sources")
-        return (f"(every source, importance-weighted at T={t.params.get('temperature', '?')} from scratch"
+        what = "every source" if label == IMPORTANCE_TRIAL else f"the ranking's top {t.params.get('k', '?')}"
+        return (f"({what}, importance-weighted at T={t.params.get('temperature', '?')} from scratch"
                 + (f"; 90 % of its images from {eff}" if eff else "") + ")")
     return str(t.user_attrs.get("rtl.mask"))
 

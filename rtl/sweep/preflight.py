@@ -40,7 +40,7 @@ from typing import Any
 
 from rtl.artifacts.layout import RAY_CONFIRM, RAY_RESULTS, spec_path
 from rtl.artifacts.manifest import is_corpus
-from rtl.artifacts.trial import IMPORTANCE_TRIAL
+from rtl.artifacts.trial import is_importance_trial
 from rtl.errors import ConfigError, RtlError, RtlRuntimeError
 from rtl.sweep.spec import SweepSpec, join, load_resolved
 
@@ -71,8 +71,8 @@ class Plan:
     def format(self) -> str:
         ctl = ", ".join(f"{c} (seed {s})" for c, s in self.controls) or "none"
         n_top = sum(c.startswith("top-") for c, _ in self.controls)
-        imp = ", one of them every source importance-weighted from scratch" if any(
-            c == IMPORTANCE_TRIAL for c, _ in self.controls) else ""
+        n_imp = sum(is_importance_trial(c) for c, _ in self.controls)
+        imp = f", {n_imp} of them importance-weighted from scratch" if n_imp else ""
         rows = [
             ("sweep", f"{self.name}  ({self.spec_file})"),
             ("results", f"{self.results_dir}" + ("  (exists: run continues it)" if self.started else "  (new)")),

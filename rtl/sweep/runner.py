@@ -26,7 +26,7 @@ from typing import Any
 
 from rtl.artifacts.layout import RAY_RESULTS, ranking_path, spec_path
 from rtl.artifacts.manifest import MANIFEST_FILE
-from rtl.artifacts.trial import IMPORTANCE_TRIAL, TrialParams
+from rtl.artifacts.trial import IMPORTANCE_TRIAL, TrialParams, importance_label
 from rtl.errors import RtlError, RtlRuntimeError
 from rtl.sweep.search import (
     METRIC,
@@ -72,8 +72,14 @@ def controls_for(spec: SweepSpec, units: list[str]) -> list[tuple[str, int, dict
     if spec.search.sources.space == "ranked":
         room = spec.budget.trials_per_target - len(out) - 1  # keep one trial for the sampler
         kmax = min(spec.search.sources.max_k or len(units), len(units))
+        src = spec.search.sources
         ranked = [(IMPORTANCE_TRIAL, spec.seeds[0], importance_trial_params(spec, units))
-                  ] if spec.search.sources.importance_trial else []
+                  ] if src.importance_trial else []
+        top = src.importance_top
+        k_top = min(top.k(len(units)), kmax) if top is not None else 0
+        if top is not None and not (k_top == len(units) and top.temperature == src.importance_trial):  # no twin
+            ranked.append((importance_label(k_top), spec.seeds[0],
+                           importance_trial_params(spec, units, k_top, top.temperature)))
         ranked += [(f"top-{k}", spec.seeds[0], ranking_params(k, spec)) for k in range(1, min(3, kmax) + 1)
                    if k < len(units) or not c.uniform]
         out += ranked[:max(0, room)]

@@ -17,7 +17,7 @@ from typing import Any
 
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 
-from rtl.artifacts.trial import IMPORTANCE_TRIAL
+from rtl.artifacts.trial import is_importance_trial
 
 
 def is_control(config: dict[str, Any]) -> bool:
@@ -28,7 +28,7 @@ def is_control(config: dict[str, Any]) -> bool:
 def never_stopped(config: dict[str, Any]) -> bool:
     """Controls, and trials whose expensive part is paid before their first report (the importance trial,
     `TrialParams.weighted_scratch`)."""
-    return is_control(config) or (config.get("trial") or {}).get("enqueued") == IMPORTANCE_TRIAL
+    return is_control(config) or is_importance_trial((config.get("trial") or {}).get("enqueued"))
 
 
 class ControlAwareASHA(ASHAScheduler):

@@ -137,15 +137,17 @@ def ranking_params(k: int, spec: Any) -> dict[str, Any]:
     return p
 
 
-def importance_trial_params(spec: Any, units: list[str]) -> dict[str, Any]:
-    """Fixed Optuna params of the enqueued importance trial: every source (k = all), importance on at
-    `search.sources.importance_trial`, default fine-tune settings. Its pretraining differs from a sampled
-    trial with the same params (from scratch, not a continuation: `TrialParams.weighted_scratch`, decided
-    by the trial's `rtl.enqueued` label), so TPE sees it as one more point of the (k, temperature) surface."""
-    p = ranking_params(len(units), spec)
+def importance_trial_params(spec: Any, units: list[str], k: int | None = None,
+                            temperature: float | None = None) -> dict[str, Any]:
+    """Fixed Optuna params of an enqueued importance trial: every source (k = all; or the ranking's top-k),
+    importance on at `temperature` (default `search.sources.importance_trial`), default fine-tune
+    settings. Its pretraining differs from a sampled trial with the same params (from scratch, not a
+    continuation: `TrialParams.weighted_scratch`, decided by the trial's `rtl.enqueued` label), so TPE
+    sees it as one more point of the (k, temperature) surface."""
+    p = ranking_params(len(units) if k is None else int(k), spec)
     if spec.search.temperature.allow_off:
         p["importance"] = "on"
-    p["temperature"] = float(spec.search.sources.importance_trial)
+    p["temperature"] = float(spec.search.sources.importance_trial if temperature is None else temperature)
     return p
 
 

@@ -92,6 +92,18 @@ class Ranking(_M):
     finetune_epochs: int = Field(3, ge=1)
 
 
+class ImportanceTop(_M):
+    """A second from-scratch importance trial: the top `fraction` of the target's ranking (at least one
+    unit), importance-weighted at `temperature` by the generalist (> 1 flattens the weights: more of the
+    mask's classes are drawn), pretrained from scratch for the generalist's full budget."""
+
+    fraction: float = Field(1 / 3, gt=0, le=1)
+    temperature: float = Field(2.0, gt=0)
+
+    def k(self, n_units: int) -> int:
+        return max(1, min(n_units, int(round(self.fraction * n_units))))
+
+
 class Sources(_M):
     """`space: ranked` (default): the subset is the top-k of the target's ranking (k searched, 0 = the
     generalist alone) with one drop and one add swap; `space: bits`: one on/off bit per unit (wave 1).
@@ -106,6 +118,8 @@ class Sources(_M):
     # every source, importance-weighted at this temperature by the generalist, pretrained FROM SCRATCH for
     # the generalist's full budget (the one ranked trial that does not continue the generalist); null: none
     importance_trial: float | None = Field(1.0, gt=0)
+    # and a second one on the ranking's top (null: none); each costs one generalist's pretraining per target
+    importance_top: ImportanceTop | None = None
     ranking: Ranking = Ranking()
 
     @model_validator(mode="after")

@@ -45,7 +45,7 @@ from rtl.artifacts.cache import PretrainCache, cache_key
 from rtl.artifacts.checkpoint import read_checkpoint_meta
 from rtl.artifacts.tracking import Tracker, default_tracking_uri, mask_params
 from rtl.artifacts.tracking import retry as _retry
-from rtl.artifacts.trial import IMPORTANCE_TRIAL, PretrainPlan, TrialParams
+from rtl.artifacts.trial import PretrainPlan, TrialParams, is_importance_trial
 from rtl.errors import RtlError
 from rtl.sweep.spec import SweepSpec, load_resolved
 
@@ -123,7 +123,7 @@ def pretrain_plan(spec: SweepSpec, t: TrialParams | dict[str, Any]) -> PretrainP
     if isinstance(t, dict):
         init = t.get("init") if t.get("init") in ("scratch", "imagenet", "generalist") else "corpus"
         mask, seed, temp = t.get("mask"), int(t.get("seed", 0)), t.get("temperature")
-        scratch = t.get("enqueued") == IMPORTANCE_TRIAL
+        scratch = is_importance_trial(t.get("enqueued"))
     else:
         init, mask, seed, temp, scratch = t.init, t.mask, t.seed, t.temperature, t.weighted_scratch
     fixed = init in ("scratch", "imagenet", "generalist")
@@ -198,8 +198,8 @@ def ranked_init(spec: SweepSpec, plan: PretrainPlan, target: str, tracker: Track
     fixed = plan.fixed or not plan.continue_generalist
     init, key, weights, score = (str(gen) if plan.init == "generalist" else plan.init), gkey, None, None
     if not plan.continue_generalist and not plan.fixed:
-        # the importance trial: every source importance-weighted by the generalist (the same cache key as
-        # a bit-space mask of every unit), pretrained from scratch for the full budget, then scored like a
+        # an importance trial: its mask (every source, or the ranking's top-k) importance-weighted by the
+        # generalist (the cache key of a bit-space mask), pretrained from scratch for the full budget, then scored like a
         # fixed init at every rung (it anchors the rung cut-offs; it is paid before its first report)
         init, scratch_tags = prepare_init(spec, plan, target, None, weights_from=(gen, gkey))
         key, tags["rtl.weights_path"] = scratch_tags["rtl.cache_key"], scratch_tags["rtl.weights_path"]
