@@ -44,6 +44,7 @@ import pyarrow.parquet as pq
 
 from rtl.artifacts.manifest import SHARDS_DIR, manifest_path, read_existing_manifest, write_manifest
 from rtl.data.convention import Box, DatasetInfo, check_dataset, read_dataset_yaml, resolve_image_path
+from rtl.data.corpus_local import ENGINES  # re-exported; defined in a light module the CLI reads
 from rtl.data.corpus_view import SCHEMA
 from rtl.data.safety import check_creatable, exclusive_lock
 from rtl.data.sampling import ClassTable, undersample
@@ -60,8 +61,6 @@ from rtl.errors import DatasetError, RtlError
 from rtl.raystart import _started_cluster, ensure_ray, ray_address  # issue 17: a cluster, or Ray on 127.0.0.1
 
 __all__ = ["ENGINES", "build_corpus", "pick_engine", "size_bucket"]
-
-ENGINES = ("auto", "local", "ray")
 
 LOCK_NAME = ".build.lock"  # flock held by the running build (rtl.data.safety.exclusive_lock)
 _BUCKETS = (32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
@@ -500,9 +499,9 @@ def _run(rows: list, headers: list, params: dict, shard_dir: str, progress: bool
     nothing, while a fresh Ray Data execution ran at parallelism 1.06-1.10 on 2 CPUs against 1.87-1.90
     for tasks (same units, `rtl corpus build` on 9k small images, interleaved runs).
     """
-    import sys
-
     import ray
+
+    from rtl.data.corpus_local import BuildProgress
 
     if not rows and not headers:  # the driver's head start did it all
         return []
@@ -510,7 +509,7 @@ def _run(rows: list, headers: list, params: dict, shard_dir: str, progress: bool
     task = ray.remote(num_cpus=1)(_process_unit)
     pending = [task.remote(u, params, shard_dir) for u in units]
     metas: list[dict] = []
-    n_done, t_print = 0, time.monotonic()
+    line = BuildProgress(len(units), len(rows), progress)
     while pending:
         done, pending = ray.wait(pending, num_returns=1)
         try:
@@ -520,11 +519,8 @@ def _run(rows: list, headers: list, params: dict, shard_dir: str, progress: bool
             first = (str(cause).strip().splitlines() or [type(cause).__name__])[-1]
             raise RtlError(f"corpus build: a decode task failed: {first}") from None
         metas.append(m)
-        n_done += m["n_decoded"]
-        if progress and (not pending or time.monotonic() - t_print > 2.0):
-            print(f"corpus build: {len(metas)}/{len(units)} tasks, {n_done}/{len(rows)} images",
-                  file=sys.stderr, flush=True)
-            t_print = time.monotonic()
+        line.add(m)
+        line.tick(last=not pending)
     return sorted(metas, key=lambda m: m["uid"])
 
 

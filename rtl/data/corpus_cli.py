@@ -7,6 +7,7 @@ from collections import Counter
 from pathlib import Path
 
 from rtl.cliargs import deprecated, downscale, names, nonneg_float, nonneg_int, positive_int, seed, side
+from rtl.data.corpus_local import ENGINES
 from rtl.errors import RtlError
 
 
@@ -29,7 +30,7 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     b.add_argument("--min-defect-px", type=nonneg_float, default=6.0,
                    help="patch-crop images whose smallest VOC box would shrink below this many px; 0 = off")
     b.add_argument("--class-table", metavar="PATH", help="manifest.json / corpus dir whose class ids to keep")
-    b.add_argument("--engine", default="auto", choices=("auto", "local", "ray"),
+    b.add_argument("--engine", default="auto", choices=ENGINES,
                    help="local process pool, Ray tasks, or auto (Ray when a Ray is addressed or running)")
     b.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or a local Ray; "
                                      "implies --engine ray under auto)")

@@ -33,6 +33,8 @@ from typing import Any
 
 from rtl.errors import RtlError
 
+ENGINES = ("auto", "local", "ray")  # `rtl corpus build --engine` (here: the CLI imports it without pyarrow)
+
 # None: `start_method()` decides (fork when safe, else forkserver); a benchmark may set "fork"/"forkserver"
 START_METHOD: str | None = None
 _PRELOAD = ["rtl.data.corpus_build"]  # what a forkserver imports once (PIL, pyarrow, numpy come with it)
@@ -63,6 +65,25 @@ def start_method() -> str:
 def _worker_init() -> None:
     """Ctrl-C belongs to the driver, which then stops the workers: no traceback from every worker."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+class BuildProgress:
+    """The build's progress line on stderr (both engines): at most one every 2 s, and one at the end."""
+
+    def __init__(self, n_units: int, n_images: int, enabled: bool) -> None:
+        self.n_units, self.n_images, self.enabled = n_units, n_images, enabled
+        self.tasks = self.images = 0
+        self.t_print = time.monotonic()
+
+    def add(self, meta: dict) -> None:
+        self.tasks += 1
+        self.images += int(meta["n_decoded"])
+
+    def tick(self, last: bool) -> None:
+        if self.enabled and (last or time.monotonic() - self.t_print > 2.0):
+            print(f"corpus build: {self.tasks}/{self.n_units} tasks, {self.images}/{self.n_images} images",
+                  file=sys.stderr, flush=True)
+            self.t_print = time.monotonic()
 
 
 class LocalPool:
@@ -96,16 +117,13 @@ class LocalPool:
         try:
             pending = {ex.submit(fn, u, *args) for u in units}
             metas: list[dict] = []
-            n_done, t_print = 0, time.monotonic()
+            line = BuildProgress(len(units), n_images, progress)
             while pending:
                 done, pending = cf.wait(pending, timeout=2.0, return_when=cf.FIRST_COMPLETED)
                 for fut in done:
                     metas.append(_result(fut))
-                    n_done += metas[-1]["n_decoded"]
-                if progress and (not pending or time.monotonic() - t_print > 2.0):
-                    print(f"corpus build: {len(metas)}/{len(units)} tasks, {n_done}/{n_images} images",
-                          file=sys.stderr, flush=True)
-                    t_print = time.monotonic()
+                    line.add(metas[-1])
+                line.tick(last=not pending)
             ok = True
             return sorted(metas, key=lambda m: m["uid"])
         finally:
