@@ -121,6 +121,51 @@ def test_kept_models_order_and_prune(tmp_path: Path) -> None:
     assert sorted(d.name for d in root.iterdir()) == ["trial_0003_seed0", "trial_0003_seed1"]
 
 
+def test_champion_is_the_recommended_reference_when_the_search_is_worse_beyond_noise(tmp_path: Path,
+                                                                                    monkeypatch) -> None:
+    """The registered / exported model is the one the report recommends: the best searched trial, unless the
+    verdict finds it worse than the generalist (or all sources) by more than 2σ of seed noise -- then the
+    reference's best seed; within the noise, or without the reference's folder, the searched one stays."""
+    from types import SimpleNamespace
+
+    import rtl.report.sweep as report
+    import rtl.sweep.deliver as deliver
+    from rtl.models.backbones import create_model
+    from rtl.report.sweep import reference_beats_best
+    from rtl.report.verdict import subset_verdict
+
+    worse = subset_verdict([0.40, 0.42], [0.10, 0.12], [0.30, 0.31], floor=0.01)  # the search lost clearly
+    close = subset_verdict([0.20, 0.24], [0.19, 0.23], [0.30, 0.31], floor=0.01)
+    assert reference_beats_best(worse) == "generalist" and reference_beats_best(close) is None
+    assert reference_beats_best(subset_verdict([0.40], None, [0.1, 0.12], floor=0.01)) == "uniform"
+    assert reference_beats_best(subset_verdict([0.05, 0.06], [0.3, 0.31], [0.3, 0.32], floor=0.01)) is None
+
+    def trial(number: int, value: float, control: str = "") -> SimpleNamespace:
+        return SimpleNamespace(number=number, value=value, state=SimpleNamespace(name="COMPLETE"),
+                               user_attrs={"rtl.control": control} if control else {})
+
+    trials = [trial(0, 0.11, "generalist"), trial(1, 0.12, "generalist"), trial(2, 0.3, "uniform"), trial(5, 0.40)]
+    monkeypatch.setattr(deliver, "target_trials", lambda rd, t: trials)
+    monkeypatch.setattr(deliver, "best_searched", lambda rd, t: trials[-1])
+    net = create_model("small_cnn", 2)
+    root = deliver.models_dir(str(tmp_path), "t")
+    for number, seed, val in ((0, 0, 0.11), (1, 1, 0.10), (2, 0, 0.3), (5, 0, 0.40)):
+        save_model_dir(root / f"trial_{number:04d}_seed{seed}", net, classes=["bad", "ok"], min_side=32, max_side=36,
+                       metrics={"val_error": val}, provenance={"seed": seed, "trial": number})
+    spec = SimpleNamespace(results_dir=str(tmp_path))
+    verdict = {"v": worse}
+    monkeypatch.setattr(report, "target_verdict", lambda spec, target, s: verdict["v"])
+    c = deliver.champion_choice(spec, "t", summary={})
+    assert (c.control, c.number, c.seed) == ("generalist", 1, 1)  # the reference's best seed by val
+    assert [d.name for d, _ in c.kept] == ["trial_0001_seed1", "trial_0000_seed0"]
+    verdict["v"] = close
+    assert deliver.champion_choice(spec, "t", summary={})[:3] == (5, 0, "")
+    verdict["v"] = worse
+    for d in root.glob("trial_000[01]_*"):
+        shutil.rmtree(d)  # a sweep from before references kept folders: the searched trial stays champion
+    assert deliver.champion_choice(spec, "t", summary={})[:3] == (5, 0, "")
+
+
 # ---- finetune --out and predict --------------------------------------------------------------------------
 def test_finetune_out_predict_matches_training_evaluation(trained, tmp_path: Path) -> None:
     """No train/serve skew: predict (decode -> model folder preprocessing) gives the probabilities the

@@ -289,17 +289,26 @@ def test_report_names_the_importance_trial_by_what_it_did() -> None:
 
 @pytest.mark.parametrize("best_vals, words", [
     ([0.30, 0.34], "within seed noise of the generalist, so either is a defensible deployment"),
-    ([0.60, 0.62], "worse than the generalist by more than the noise: fine-tune from the generalist"),
+    ([0.60, 0.62], "worse than the generalist by more than the noise and the generalist's model was not kept"),
+    ([0.60, 0.62, "delivered"], "delivered as champion is the generalist reference (control trial #3, seed 1)"),
     ([0.05, 0.06], None),  # the subset is named: no note
 ])
-def test_report_says_when_the_champion_is_not_the_recommendation(tmp_path: Path, best_vals, words) -> None:
-    """The verdict may recommend the generalist while the registered champion is the best searched trial
-    (controls keep no weights): the report says which, and whether the champion is within the noise."""
+def test_report_says_when_the_champion_is_not_the_recommendation(tmp_path: Path, best_vals, words,
+                                                                monkeypatch) -> None:
+    """The verdict may recommend the generalist: the report says which model was delivered (the reference
+    when the search is worse beyond the noise and its folder was kept), and whether the best searched
+    trial is within the noise."""
     from types import SimpleNamespace
 
     from optuna.trial import create_trial
 
+    import rtl.sweep.deliver as deliver
     from rtl.report.sweep import _verdict_md
+
+    if best_vals[-1] == "delivered":
+        best_vals = best_vals[:-1]
+        monkeypatch.setattr(deliver, "champion_choice",
+                            lambda *a, **k: deliver.Choice(3, 1, "generalist", []))
 
     spec = SimpleNamespace(target_names=lambda: ["tgt"], target_paths=lambda: [str(tmp_path / "missing")])
     best = create_trial(value=best_vals[0], user_attrs={"rtl.mask": "a"})

@@ -219,33 +219,58 @@ def trials_table(results_dir: str, target: str) -> list[str]:
     return rows
 
 
-def _verdict_md(spec: Any, target: str, s: dict[str, Any]) -> list[str]:
-    """The answer with a null (rtl.report.verdict): a subset only if it beats the generalist alone and all
-    sources by > 2σ of seed noise."""
+REFERENCE_CONTROL = {"generalist": "generalist", "all sources": "uniform"}  # verdict name -> control
 
+
+def target_verdict(spec: Any, target: str, s: dict[str, Any]) -> dict[str, Any] | None:
+    """The answer with a null (rtl.report.verdict.subset_verdict) for one target's summary
+    (`summarize_target`); None before any searched trial completed."""
     rows, b = s["rows"], s["best"]
     if b is None or "best (search)" not in rows:
-        return []
+        return None
     try:
         floor = 1.0 / max(1, len(load_dataset(dict(zip(spec.target_names(), spec.target_paths()))[target]).split("val")))
     except Exception:  # noqa: BLE001 -- the report must not fail on a moved target
         floor = 0.0
     obj = Objective.of(spec)
-    v = subset_verdict(rows["best (search)"]["vals"], rows.get("generalist", {}).get("vals"),
-                       rows.get("uniform", {}).get("vals"), floor=floor, subset=_subset_name(b),
-                       objective=obj.name, max_false_alarm=obj.max_false_alarm)
+    return subset_verdict(rows["best (search)"]["vals"], rows.get("generalist", {}).get("vals"),
+                          rows.get("uniform", {}).get("vals"), floor=floor, subset=_subset_name(b),
+                          objective=obj.name, max_false_alarm=obj.max_false_alarm)
+
+
+def reference_beats_best(v: dict[str, Any] | None) -> str | None:
+    """The reference control ("generalist" / "uniform") the verdict recommends when the best searched trial
+    is worse than it by MORE than 2σ of seed noise (then it is delivered instead); None otherwise."""
+    if not v or v["chosen"] or v["recommend"] not in REFERENCE_CONTROL:
+        return None
+    margin = v["margins"].get(v["recommend"], math.nan)
+    return REFERENCE_CONTROL[v["recommend"]] if margin < -2 * v["sigma"] else None  # nan: never
+
+
+def _verdict_md(spec: Any, target: str, s: dict[str, Any]) -> list[str]:
+    """The verdict, and which model was delivered as champion (rtl.sweep.deliver.champion_choice)."""
+    v, b = target_verdict(spec, target, s), s["best"]
+    if v is None:
+        return []
     out = ["", f"**Verdict:** {v['message']}."]
-    if not v["chosen"] and v["recommend"] in ("generalist", "all sources"):
-        # the delivered model is the best searched trial (controls keep no weights): say so, not a silent mismatch
-        margin, two_sigma = v["margins"].get(v["recommend"], 0.0), 2 * v["sigma"]
-        if not (margin < -two_sigma):  # nan-safe: no worse than the reference beyond the noise
-            out.append(f"The model delivered as champion is still the best searched trial (#{b.number}): it is "
-                       f"within seed noise of the {v['recommend']}, so either is a defensible deployment (rtl "
-                       f"keeps no weights for control trials).")
-        else:
+    if not v["chosen"] and v["recommend"] in REFERENCE_CONTROL:
+        from rtl.sweep.deliver import champion_choice
+
+        try:
+            choice = champion_choice(spec, target, summary=s, verdict=v)
+        except Exception:  # noqa: BLE001 -- the report must not fail on a damaged results dir
+            choice = None
+        if choice is not None and choice.control:
+            out.append(f"The model delivered as champion is the {v['recommend']} reference (control trial "
+                       f"#{choice.number}, seed {choice.seed}): the best searched trial (#{b.number}) is worse than "
+                       f"it by more than the noise.")
+        elif reference_beats_best(v):  # the reference's model folder is missing (an older sweep)
             out.append(f"The model delivered as champion is the best searched trial (#{b.number}), but it is worse "
-                       f"than the {v['recommend']} by more than the noise: fine-tune from the {v['recommend']} "
-                       f"instead (rtl keeps no weights for control trials).")
+                       f"than the {v['recommend']} by more than the noise and the {v['recommend']}'s model was not "
+                       f"kept: fine-tune from the {v['recommend']} instead.")
+        else:
+            out.append(f"The model delivered as champion is still the best searched trial (#{b.number}): it is "
+                       f"within seed noise of the {v['recommend']}, so either is a defensible deployment.")
     return out
 
 

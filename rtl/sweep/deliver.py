@@ -5,11 +5,15 @@ the names are rtl.artifacts.layout). Lives in the sweep layer (it reads the swee
 registers in MLflow); rtl.deliver below it knows nothing of sweeps.
 - Every finished trial logs its inspection metrics (target's test split, val when there is none) to its
   MLflow run; every *searched* and confirm trial also writes its fine-tuned model (`save_trial_model`,
-  called from rtl.sweep.trial.run_trial). Control trials keep no weights (baselines, never recommended).
-- After a target's search and confirm runs, `deliver_target` (called by the runner) deletes every folder
-  except the best searched configuration's (all its seeds) and the next `keep_top - 1` searched trials
-  (disk stays bounded), then registers the champion in MLflow and fills the target's parent run.
-  "Best" is `rtl.sweep.status.best_searched`: the same definition the report and the confirm runs use.
+  called from rtl.sweep.trial.run_trial), and so do the two reference controls the verdict may recommend
+  (`generalist`, `uniform` = all sources); the other controls (scratch, ImageNet, importance) keep none.
+- After a target's search and confirm runs, `deliver_target` (called by the runner) picks the champion
+  (`champion_choice`): the best searched configuration (`rtl.sweep.status.best_searched`, the trial the
+  report and the confirm runs use), unless the verdict's null (rtl.report.verdict) finds it worse than
+  the recommended reference by more than 2σ of seed noise -- then that reference's best seed, so the
+  registered model is the one the report recommends. It deletes every other folder except the next
+  `keep_top - 1` searched trials (disk stays bounded), registers the champion in MLflow and fills the
+  target's parent run.
 - `rtl sweep export RESULTS --target T --out DIR` copies the champion folder out (verified on the way).
 """
 
@@ -21,7 +25,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from rtl.artifacts import layout
 from rtl.artifacts.checkpoint import read_checkpoint_meta
@@ -37,7 +41,9 @@ from rtl.sweep.tracking import publish_champion
 log = logging.getLogger(__name__)
 
 __all__ = ["MODELS", "models_dir", "model_folder_name", "save_trial_model", "kept_models", "prune_models",
-           "deliver_target", "export_best"]
+           "champion_choice", "deliver_target", "export_best"]
+
+KEPT_CONTROLS = ("generalist", "uniform")  # the verdict's references: deliverable when they beat the search
 
 
 def models_dir(results_dir: str, target: str) -> Path:
@@ -60,12 +66,13 @@ def save_trial_model(spec: Any, target: str, t: dict[str, Any], cfg: Any, res: A
     ok_cfg = getattr(spec, "ok_class", None)
     far = float(getattr(spec, "max_false_alarm", 0.05))  # the spec's rate, as the objective uses
     try:
-        if t.get("control"):
+        if t.get("control") and t.get("control") not in KEPT_CONTROLS:
             _, _, ok, metrics = finetune_metrics(cfg, res, ok_class=ok_cfg, max_false_alarm=far)
             path = None
         else:
             out = models_dir(spec.results_dir, target) / model_folder_name(t["number"], t["seed"])
             prov = {"sweep": spec.name, "target": target, "trial": int(t["number"]), "kind": t.get("kind", "search"),
+                    "control": t.get("control") or None,
                     "sources": t.get("mask"), "temperature": t.get("temperature"), "init": t.get("init"),
                     "mlflow_run_id": run_id, **{k: v for k, v in (tags or {}).items() if k.startswith("rtl.")}}
             try:
@@ -87,15 +94,17 @@ def save_trial_model(spec: Any, target: str, t: dict[str, Any], cfg: Any, res: A
         return None
 
 
-def kept_models(results_dir: str, target: str, number: int) -> list[tuple[Path, dict[str, Any]]]:
-    """Model folders of searched trial `number` (all seeds), best val objective first (ties: lower seed)."""
+def kept_models(results_dir: str, target: str, number: int | list[int]) -> list[tuple[Path, dict[str, Any]]]:
+    """Model folders of trial `number` (all seeds; or of several trials, e.g. a control's one per seed),
+    best val objective first (ties: lower seed)."""
     out = []
-    for d in sorted(models_dir(results_dir, target).glob(f"trial_{number:04d}_seed*")):
-        try:
-            meta = read_model_meta(d, verify=False)
-        except RtlError:
-            continue
-        out.append((d, meta))
+    for n in ([number] if isinstance(number, int) else number):
+        for d in sorted(models_dir(results_dir, target).glob(f"trial_{n:04d}_seed*")):
+            try:
+                meta = read_model_meta(d, verify=False)
+            except RtlError:
+                continue
+            out.append((d, meta))
     try:
         obj = Objective.of(load_resolved(results_dir))
     except RtlError:  # a models folder outside a sweep's results dir: val error, as before objectives
@@ -124,6 +133,47 @@ def prune_models(results_dir: str, target: str, keep_numbers: set[int]) -> list[
     return gone
 
 
+class Choice(NamedTuple):
+    """The champion of a target: Optuna trial `number` (its `seed`), `control` = "" for the best searched
+    configuration, else the reference control the verdict recommended over it; `kept` = its model folders
+    (best val first)."""
+
+    number: int
+    seed: int
+    control: str
+    kept: list[tuple[Path, dict[str, Any]]]
+
+
+def champion_choice(spec: Any, target: str, *, summary: dict[str, Any] | None = None,
+                    verdict: dict[str, Any] | None = None) -> Choice | None:
+    """What `deliver_target` registers and `rtl sweep export` copies: the best searched configuration,
+    unless it is worse than the verdict's recommended reference (generalist alone / all sources) by more
+    than 2σ of seed noise and that reference kept a model folder. None: no searched trial completed."""
+    from rtl.report.sweep import reference_beats_best, summarize_target, target_verdict
+
+    best = best_searched(spec.results_dir, target)
+    if best is None:
+        return None
+    kept = kept_models(spec.results_dir, target, best.number)
+    try:
+        if verdict is None:
+            verdict = target_verdict(spec, target, summary if summary is not None
+                                     else summarize_target(spec.results_dir, target))
+        ref = reference_beats_best(verdict)
+    except Exception as e:  # noqa: BLE001 - the verdict needs MLflow; without it the search's best stands
+        log.warning("%s: verdict unavailable (%s): delivering the best searched trial", target, e)
+        ref = None
+    if ref:
+        numbers = [t.number for t in target_trials(spec.results_dir, target)
+                   if t.state.name == "COMPLETE" and t.user_attrs.get("rtl.control") == ref]
+        ref_kept = kept_models(spec.results_dir, target, numbers)
+        if ref_kept:
+            prov = ref_kept[0][1]["provenance"]
+            return Choice(int(prov["trial"]), int(prov.get("seed") or 0), ref, ref_kept)
+    seed = int(kept[0][1]["provenance"].get("seed") or 0) if kept else int(best.user_attrs.get("rtl.seed", 0))
+    return Choice(best.number, seed, "", kept)
+
+
 def deliver_target(spec: Any, target: str, *, keep_top: int | None = None) -> Path | None:
     """After a target's search + confirms: prune to the best configurations, register the champion in
     MLflow (`<sweep>.<target>`, alias `champion`), put its metrics on the target's parent run.
@@ -132,22 +182,27 @@ def deliver_target(spec: Any, target: str, *, keep_top: int | None = None) -> Pa
     if best is None:
         return None
     keep_top = keep_top or int(getattr(spec, "keep_models", 1) or 1)
+    choice = champion_choice(spec, target)
+    assert choice is not None  # a best searched trial exists
     done = sorted((t for t in target_trials(spec.results_dir, target)
                    if t.state.name == "COMPLETE" and not t.user_attrs.get("rtl.control")), key=lambda t: (t.value, t.number))
-    prune_models(spec.results_dir, target, {best.number} | {t.number for t in done[:keep_top]})
-    kept = kept_models(spec.results_dir, target, best.number)
-    if not kept:
+    keep = {best.number} | {t.number for t in done[:keep_top]} | {int(m["provenance"]["trial"]) for _, m in choice.kept}
+    prune_models(spec.results_dir, target, keep)
+    if not choice.kept:
         print(f"[{target}] best trial #{best.number} kept no model folder (finished before models were kept?)",
               flush=True)
         return None
-    path, meta = kept[0]
+    path, meta = choice.kept[0]
+    if choice.control:
+        print(f"[{target}] the best searched trial #{best.number} is worse than the {choice.control} reference by "
+              f"more than the seed noise: delivering the {choice.control} (trial #{choice.number})", flush=True)
     try:
         from rtl.sweep.trial import tracker_for  # local: trial imports this module (save_trial_model)
 
         name = getattr(spec, "registry_name", None) or f"{spec.name}.{target}"
         version = publish_champion(tracker_for(spec), target, str(path), meta, registered_name=name,
-                                   best_trial=best.number, spec_json=layout.spec_path(spec.results_dir))
-        print(f"[{target}] champion: trial #{best.number} -> models:/{name}@champion (version {version})", flush=True)
+                                   best_trial=choice.number, spec_json=layout.spec_path(spec.results_dir))
+        print(f"[{target}] champion: trial #{choice.number} -> models:/{name}@champion (version {version})", flush=True)
     except Exception as e:  # the sweep's results stand; `rtl sweep export` still works from the folder
         print(f"[{target}] warning: model not registered in MLflow: {type(e).__name__}: {e}".splitlines()[0],
               flush=True)
@@ -155,18 +210,19 @@ def deliver_target(spec: Any, target: str, *, keep_top: int | None = None) -> Pa
 
 
 def export_best(results_dir: str, target: str, out: str | Path, *, seed: int | None = None) -> Path:
-    """Copy the best searched configuration's model folder of `target` to `out` (verified, atomic)."""
+    """Copy the champion's model folder of `target` (`champion_choice`: the best searched configuration, or
+    the reference the verdict recommends over it) to `out` (verified, atomic)."""
     spec = load_resolved(results_dir)
     if target not in spec.target_names():
         raise RtlError(f"--target {target!r}: not a target of sweep {spec.name!r} ({', '.join(spec.target_names())})")
-    best = best_searched(results_dir, target)
-    if best is None:
+    choice = champion_choice(spec, target)
+    if choice is None:
         raise RtlError(f"{target}: no searched trial has completed yet (see `rtl sweep status {results_dir}`)")
-    kept = kept_models(results_dir, target, best.number)
+    kept = choice.kept
     if seed is not None:
         kept = [(d, m) for d, m in kept if m["provenance"].get("seed") == seed]
     if not kept:
-        raise RtlError(f"{target}: no model folder kept for best trial #{best.number}"
+        raise RtlError(f"{target}: no model folder kept for champion trial #{choice.number}"
                        + (f" and seed {seed}" if seed is not None else "")
                        + f" under {models_dir(results_dir, target)}")
     src = kept[0][0]
