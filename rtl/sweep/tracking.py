@@ -78,11 +78,14 @@ def publish_champion(tracker: Tracker, target: str, model_dir: str, meta: dict[s
          if isinstance(v, int | float) and v == v and not k.endswith(("_n", "max_false_alarm"))}
     tracker.log_metrics(parent, m)
     prov = meta.get("provenance", {})
-    tracker.log_params(parent, {"best.sources": ",".join(prov.get("sources") or []) or "none",
+    generalist = prov.get("init") == "generalist" or prov.get("control") == "generalist"  # every source, uniform
+    tracker.log_params(parent, {"best.sources": ",".join(prov.get("sources") or []) or
+                                ("generalist" if generalist else "none"),
                                 "best.temperature": prov.get("temperature"), "best.seed": prov.get("seed")})
     tracker.set_tags(parent, {"best_trial": best_trial, "rtl.corpus_version": prov.get("corpus_version"),
                               "rtl.registered_model": f"models:/{registered_name}/{version}",
-                              "rtl.champion": f"models:/{registered_name}@{alias}", "rtl.model_dir": model_dir})
+                              "rtl.champion": f"models:/{registered_name}@{alias}", "rtl.model_dir": model_dir,
+                              "rtl.champion_control": prov.get("control") or ""})
     tidy_experiment(tracker, spec_json)
     return version
 
