@@ -131,7 +131,9 @@ def _deliverable_md(spec: Any, target: str) -> list[str]:
     tags = runs[0].data.tags if runs else {}
     if not tags.get("rtl.model_dir"):
         return []
-    return ["", f"Model of the best configuration: `{tags['rtl.model_dir']}`"
+    ref = tags.get("rtl.champion_control")
+    what = f"the {ref} reference (see the verdict)" if ref else "the best configuration"
+    return ["", f"Model of {what}: `{tags['rtl.model_dir']}`"
             + (f", registered as `{tags['rtl.champion']}` ({tags.get('rtl.registered_model', '')})"
                if tags.get("rtl.champion") else "")
             + f". Export: `rtl sweep export {spec.results_dir} --target {target} --out DIR`."]
