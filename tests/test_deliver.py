@@ -158,6 +158,10 @@ def test_champion_is_the_recommended_reference_when_the_search_is_worse_beyond_n
     c = deliver.champion_choice(spec, "t", summary={})
     assert (c.control, c.number, c.seed) == ("generalist", 1, 1)  # the reference's best seed by val
     assert [d.name for d, _ in c.kept] == ["trial_0001_seed1", "trial_0000_seed0"]
+    monkeypatch.setattr(report, "summarize_target", lambda rd, t: {})
+    path = deliver.deliver_target(spec, "t")  # registration fails here (no MLflow): the folder still stands
+    assert path is not None and path.name == "trial_0001_seed1"
+    assert sorted(d.name for d in root.iterdir()) == ["trial_0000_seed0", "trial_0001_seed1", "trial_0005_seed0"]
     verdict["v"] = close
     assert deliver.champion_choice(spec, "t", summary={})[:3] == (5, 0, "")
     verdict["v"] = worse
