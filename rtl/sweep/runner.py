@@ -272,8 +272,11 @@ def _run_target(spec: SweepSpec, target: str, units: list[str]) -> list[str]:
         elif tune.Tuner.can_restore(exp_path):
             print(f"[{target}] resuming {exp_path}", flush=True)
             repair_lagging_checkpoints(exp_path)
+            # tuner.pkl does not hold the param_space (Ray pops it): re-specify it, or a restored run whose
+            # search state was not saved yet creates trials without the "rtl" part (KeyError 'rtl', seen once)
             tuner = tune.Tuner.restore(exp_path, trainable=_trainable(spec), resume_unfinished=True,
-                                       resume_errored=True, restart_errored=False)
+                                       resume_errored=True, restart_errored=False,
+                                       param_space={"rtl": {"results_dir": spec.results_dir, "target": target}})
         else:  # never started, or killed before Tune's first checkpoint (its trials were reconciled above)
             n = spec.budget.trials_per_target if k == 0 else _shortfall(spec, target)
             if n <= 0:

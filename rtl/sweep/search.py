@@ -185,9 +185,9 @@ class OptunaAskTell(Searcher):
                  controls: list[tuple[str, int, dict[str, Any]]] = (), base: dict[str, Any] | None = None) -> None:
         super().__init__(metric=METRIC, mode="min")
         # the trainable's fixed config part ({"rtl": {results_dir, target}}), returned with every suggestion as
-        # well as set as Tune's param_space: a trial restored after a SIGKILL once ran without it (KeyError
-        # 'rtl', seen once in the kill test, cause inside Tune not found); the searcher is pickled whole, so
-        # its suggestions always carry it
+        # well as set as Tune's param_space: Ray's tuner.pkl drops the param_space, so a trial created after
+        # a restore once ran without it (KeyError 'rtl' in the kill test); the runner now re-specifies it on
+        # restore, and the searcher (pickled whole) carries it too
         self.base = dict(base or {})
         # the URL as written (`${VAR}` unexpanded): Ray pickles the searcher into tuner.pkl in the results
         # dir, so an expanded database password must never be an attribute
