@@ -223,13 +223,19 @@ def _reconcile(spec: SweepSpec, target: str) -> None:
             teller.on_trial_complete(tt.trial_id, tt.last_result or None, error=tt.status == "ERROR")
 
 
+def _base_config(spec: SweepSpec, target: str) -> dict[str, Any]:
+    """The trainable's fixed config part (rtl.sweep.trial.run_trial reads it): Tune's param_space, also
+    carried by every searcher suggestion and re-specified on restore."""
+    return {"rtl": {"results_dir": spec.results_dir, "target": target}}
+
+
 def _tuner(spec: SweepSpec, target: str, exp_path: str, num_samples: int, units: list[str]) -> Any:
     from ray import tune
 
     searcher = OptunaAskTell(
         storage_url=spec.optuna_url_template(), study_name=study_name(spec, target), space=spec.search.model_dump(),
         units=units, sampler=spec.searcher.name, seed=spec.seeds[0], n_startup_trials=spec.searcher.n_startup_trials,
-        controls=controls_for(spec, units), base={"rtl": {"results_dir": spec.results_dir, "target": target}})
+        controls=controls_for(spec, units), base=_base_config(spec, target))
     return tune.Tuner(
         _trainable(spec),
         param_space=dict(searcher.base),
@@ -276,7 +282,7 @@ def _run_target(spec: SweepSpec, target: str, units: list[str]) -> list[str]:
             # search state was not saved yet creates trials without the "rtl" part (KeyError 'rtl', seen once)
             tuner = tune.Tuner.restore(exp_path, trainable=_trainable(spec), resume_unfinished=True,
                                        resume_errored=True, restart_errored=False,
-                                       param_space={"rtl": {"results_dir": spec.results_dir, "target": target}})
+                                       param_space=_base_config(spec, target))
         else:  # never started, or killed before Tune's first checkpoint (its trials were reconciled above)
             n = spec.budget.trials_per_target if k == 0 else _shortfall(spec, target)
             if n <= 0:
@@ -350,8 +356,7 @@ def _run_confirm(spec: SweepSpec, target: str, units: list[str]) -> list[str]:
               flush=True)
         tuner = tune.Tuner(
             trainable,
-            param_space={"rtl": {"results_dir": spec.results_dir, "target": target},
-                         "trial": tune.grid_search(configs)},
+            param_space=_base_config(spec, target) | {"trial": tune.grid_search(configs)},
             tune_config=tune.TuneConfig(num_samples=1, max_concurrent_trials=spec.budget.max_concurrent,
                                         trial_dirname_creator=trial_dirname, trial_name_creator=trial_dirname,
                                         reuse_actors=True),
