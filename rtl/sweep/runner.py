@@ -278,8 +278,9 @@ def _run_target(spec: SweepSpec, target: str, units: list[str]) -> list[str]:
         elif tune.Tuner.can_restore(exp_path):
             print(f"[{target}] resuming {exp_path}", flush=True)
             repair_lagging_checkpoints(exp_path)
-            # tuner.pkl does not hold the param_space (Ray pops it): re-specify it, or a restored run whose
-            # search state was not saved yet creates trials without the "rtl" part (KeyError 'rtl', seen once)
+            # tuner.pkl does not hold the param_space (Ray pops it): re-specify it. A restore Tune cannot
+            # complete (killed before its first experiment-state save) logs "Restarting experiment." and
+            # starts afresh with that param_space -- None if not given: trials without "rtl" (KeyError 'rtl')
             tuner = tune.Tuner.restore(exp_path, trainable=_trainable(spec), resume_unfinished=True,
                                        resume_errored=True, restart_errored=False,
                                        param_space=_base_config(spec, target))
