@@ -128,11 +128,10 @@ def test_champion_is_the_recommended_reference_when_the_search_is_worse_beyond_n
     reference's best seed; within the noise, or without the reference's folder, the searched one stays."""
     from types import SimpleNamespace
 
-    import rtl.report.sweep as report
     import rtl.sweep.deliver as deliver
+    import rtl.sweep.verdict as report
     from rtl.models.backbones import create_model
-    from rtl.report.sweep import reference_beats_best
-    from rtl.report.verdict import subset_verdict
+    from rtl.sweep.verdict import reference_beats_best, subset_verdict
 
     worse = subset_verdict([0.40, 0.42], [0.10, 0.12], [0.30, 0.31], floor=0.01)  # the search lost clearly
     close = subset_verdict([0.20, 0.24], [0.19, 0.23], [0.30, 0.31], floor=0.01)

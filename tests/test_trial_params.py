@@ -214,12 +214,13 @@ def test_importance_top_is_a_second_from_scratch_trial_on_the_ranking_top(tmp_pa
     from optuna.distributions import FloatDistribution, IntDistribution
     from optuna.trial import create_trial
 
-    from rtl.report.sweep import _kind, _subset_name
+    from rtl.report.sweep import _kind
     from rtl.sweep.runner import controls_for
     from rtl.sweep.scheduler import never_stopped
     from rtl.sweep.search import OptunaAskTell
     from rtl.sweep.spec import ImportanceTop
     from rtl.sweep.trial import pretrain_plan
+    from rtl.sweep.verdict import subset_name as _subset_name
 
     spec = _spec(tmp_path, "ranked")
     top = spec.model_copy(update={"search": spec.search.model_copy(update={"sources": spec.search.sources.model_copy(
@@ -273,7 +274,8 @@ def test_report_names_the_importance_trial_by_what_it_did() -> None:
     from optuna.trial import create_trial
 
     from rtl.artifacts.trial import IMPORTANCE_TRIAL
-    from rtl.report.sweep import _kind, _sources, _subset_name
+    from rtl.report.sweep import _kind, _sources
+    from rtl.sweep.verdict import subset_name as _subset_name
 
     imp = create_trial(params={"temperature": 1.0}, distributions={"temperature": FloatDistribution(0.5, 8.0)},
                        value=0.1, user_attrs={"rtl.enqueued": IMPORTANCE_TRIAL, "rtl.mask": "a,b,c",

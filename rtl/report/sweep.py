@@ -16,7 +16,6 @@ MLflow (the target's parent run).
 from __future__ import annotations
 
 import json
-import math
 import os
 from typing import Any
 
@@ -24,67 +23,25 @@ import numpy as np
 
 from rtl.artifacts.layout import REPORT_MD, report_dir
 from rtl.artifacts.trial import IMPORTANCE_TRIAL, is_importance_trial
-from rtl.data.convention import load_dataset
-from rtl.report.verdict import plot_effects, source_effects, subset_verdict
+from rtl.report.verdict import plot_effects, source_effects
 from rtl.sweep.objective import Objective
 from rtl.sweep.spec import load_resolved
-from rtl.sweep.status import best_searched, target_trials
+from rtl.sweep.status import target_trials
 from rtl.sweep.trial import tracker_for, units_of
-
-CONTROLS = ("scratch", "imagenet", "generalist", "uniform", "importance")
-
-
-def _ms(xs: list[float]) -> tuple[float, float, int]:
-    a = np.asarray([x for x in xs if x is not None and math.isfinite(x)], dtype=np.float64)
-    if not len(a):
-        return math.nan, math.nan, 0
-    return float(a.mean()), float(a.std(ddof=1)) if len(a) > 1 else 0.0, len(a)
+from rtl.sweep.verdict import (  # noqa: F401 - re-exported: report readers import them from here
+    CONTROLS,
+    REFERENCE_CONTROL,
+    confirm_results,
+    reference_beats_best,
+    subset_name,
+    summarize_target,
+    target_verdict,
+)
+from rtl.sweep.verdict import mean_std_n as _ms
 
 
 def _fmt(m: float, s: float, n: int) -> str:
     return "-" if n == 0 else (f"{m:.3f} (n=1)" if n == 1 else f"{m:.3f} ± {s:.3f} (n={n})")
-
-
-def confirm_results(results_dir: str, target: str, number: int) -> dict[int, dict[str, float | None]]:
-    """seed -> {"val", "test"} (the objective's metric, e.g. final_val_macro_f1) of the finished confirm
-    runs of Optuna trial `number` (MLflow)."""
-    spec = load_resolved(results_dir)
-    key = Objective.of(spec).key
-    tracker = tracker_for(spec)
-    out: dict[int, dict[str, float | None]] = {}
-    for r in tracker.find_runs({"rtl.kind": "confirm", "rtl.target": target, "rtl.optuna_number": str(number)}):
-        m, seed = r.data.metrics, r.data.tags.get("rtl.seed")
-        if f"final_val_{key}" in m and seed is not None and r.data.tags.get("rtl.final"):
-            out[int(seed)] = {"val": m[f"final_val_{key}"], "test": m.get(f"final_test_{key}")}
-    return out
-
-
-def summarize_target(results_dir: str, target: str) -> dict[str, Any]:
-    """Rows (controls, best searched) of val / test values of the spec's objective, mean ± std over seeds."""
-    obj = Objective.of(load_resolved(results_dir))
-    trials = [t for t in target_trials(results_dir, target) if t.state.name == "COMPLETE"]
-    searched = [t for t in trials if not t.user_attrs.get("rtl.control")]
-    best = best_searched(results_dir, target)  # the trial the runner confirms over seeds
-    rows: dict[str, dict[str, Any]] = {}
-    for name in CONTROLS:
-        ts = [t for t in trials if t.user_attrs.get("rtl.control") == name]
-        if ts:
-            vals = [obj.value(t.value) for t in ts]
-            rows[name] = {"val": _ms(vals), "test": _ms([obj.test_value(t) for t in ts]), "vals": vals}
-    confirm: dict[int, dict[str, float | None]] = {}
-    if best is not None:
-        confirm = confirm_results(results_dir, target, best.number)
-        vals = [obj.value(best.value)] + [c["val"] for c in confirm.values()]
-        tests = [obj.test_value(best)] + [c["test"] for c in confirm.values()]
-        rows["best (search)"] = {"val": _ms(vals), "test": _ms(tests), "vals": vals}
-    gains = {}  # improvement of the mean test value (positive = the searched configuration is better)
-    sign = 1.0 if obj.lower_is_better else -1.0  # error-like: ref - best; higher-is-better: best - ref
-    if best is not None and rows["best (search)"]["test"][2]:
-        for ref in ("scratch", "imagenet", "uniform"):
-            if ref in rows and rows[ref]["test"][2]:
-                gains[ref] = sign * (rows[ref]["test"][0] - rows["best (search)"]["test"][0])
-    return {"target": target, "best": best, "rows": rows, "gains": gains, "n_complete": len(trials),
-            "n_searched": len(searched), "confirm_seeds": sorted(confirm), "objective": obj}
 
 
 INSPECTION = (("macro_f1", "macro F1"), ("balanced_error", "balanced error"), ("defect_recall", "defect recall"),
@@ -221,34 +178,6 @@ def trials_table(results_dir: str, target: str) -> list[str]:
     return rows
 
 
-REFERENCE_CONTROL = {"generalist": "generalist", "all sources": "uniform"}  # verdict name -> control
-
-
-def target_verdict(spec: Any, target: str, s: dict[str, Any]) -> dict[str, Any] | None:
-    """The answer with a null (rtl.report.verdict.subset_verdict) for one target's summary
-    (`summarize_target`); None before any searched trial completed."""
-    rows, b = s["rows"], s["best"]
-    if b is None or "best (search)" not in rows:
-        return None
-    try:
-        floor = 1.0 / max(1, len(load_dataset(dict(zip(spec.target_names(), spec.target_paths()))[target]).split("val")))
-    except Exception:  # noqa: BLE001 -- the report must not fail on a moved target
-        floor = 0.0
-    obj = Objective.of(spec)
-    return subset_verdict(rows["best (search)"]["vals"], rows.get("generalist", {}).get("vals"),
-                          rows.get("uniform", {}).get("vals"), floor=floor, subset=_subset_name(b),
-                          objective=obj.name, max_false_alarm=obj.max_false_alarm)
-
-
-def reference_beats_best(v: dict[str, Any] | None) -> str | None:
-    """The reference control ("generalist" / "uniform") the verdict recommends when the best searched trial
-    is worse than it by MORE than 2σ of seed noise (then it is delivered instead); None otherwise."""
-    if not v or v["chosen"] or v["recommend"] not in REFERENCE_CONTROL:
-        return None
-    margin = v["margins"].get(v["recommend"], math.nan)
-    return REFERENCE_CONTROL[v["recommend"]] if margin < -2 * v["sigma"] else None  # nan: never
-
-
 def _verdict_md(spec: Any, target: str, s: dict[str, Any]) -> list[str]:
     """The verdict, and which model was delivered as champion (rtl.sweep.deliver.champion_choice)."""
     v, b = target_verdict(spec, target, s), s["best"]
@@ -274,17 +203,6 @@ def _verdict_md(spec: Any, target: str, s: dict[str, Any]) -> list[str]:
             out.append(f"The model delivered as champion is still the best searched trial (#{b.number}): it is "
                        f"within seed noise of the {v['recommend']}, so either is a defensible deployment.")
     return out
-
-
-def _subset_name(t: Any) -> str:
-    """How the verdict names a trial's sources: the mask, or for the importance trial what it really is."""
-    label = t.user_attrs.get("rtl.enqueued")
-    if is_importance_trial(label):
-        eff = t.user_attrs.get("rtl.effective_sources")
-        what = "every source" if label == IMPORTANCE_TRIAL else f"the ranking's top {t.params.get('k', '?')}"
-        return (f"({what}, importance-weighted at T={t.params.get('temperature', '?')} from scratch"
-                + (f"; 90 % of its images from {eff}" if eff else "") + ")")
-    return str(t.user_attrs.get("rtl.mask"))
 
 
 def _effects_plot(spec: Any, results_dir: str, target: str, out: str) -> str | None:

@@ -1,14 +1,5 @@
-"""The sweep's answer with a null, and each source's effect estimated from every finished trial.
-
-A subset is named only if its seeds beat both references -- the generalist alone and all sources -- by
-more than 2σ of seed noise (σ: the larger seed std of the two configurations compared, floored at one val
-image's worth of error); otherwise "no subset beats the generalist" and the better reference is
-recommended. The selection seed's value is optimistic (it was chosen on val), which is why the other
-seeds (confirm trials) are in the mean.
-
-The comparison is on the spec's objective (rtl.sweep.objective: val error by default, or macro F1,
-balanced error, defect recall at a false-alarm rate, AUROC), with the same 2σ rule in its units; the
-floor stays one val image's worth, a coarse bound for the non-error metrics too.
+"""Each source's effect estimated from every finished trial (and, re-exported, the sweep's answer with a
+null: `subset_verdict` lives in rtl.sweep.verdict, where the sweep's delivery reads it too).
 
 Per-source effect: mean objective loss (Optuna's value: val error, 1 - macro F1, ...) of finished trials
 *without* the source minus *with* it (positive = including it improves the objective), with a Welch 95 %
@@ -24,45 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from rtl.deliver.metrics import objective_direction, objective_label
-
-
-def _ms(xs: Sequence[float]) -> tuple[float, float]:
-    a = np.asarray([x for x in xs if x is not None and math.isfinite(x)], float)
-    if not len(a):
-        return math.nan, math.nan
-    return float(a.mean()), float(a.std(ddof=1)) if len(a) > 1 else 0.0
-
-
-def subset_verdict(best: Sequence[float], generalist: Sequence[float] | None, all_sources: Sequence[float] | None,
-                   *, floor: float = 0.0, subset: str = "", objective: str = "error",
-                   max_false_alarm: float = 0.05) -> dict[str, Any]:
-    """best / generalist / all_sources: val values of `objective` over seeds (val errors by default;
-    higher is better for macro_f1 / defect_recall / auroc). -> {"chosen": bool, "recommend":
-    "subset"|"generalist"|"all sources", "message": str, "sigma": float, "margins": {...}}; margins are
-    improvements in the objective's units (positive = the subset is better)."""
-    if objective_direction(objective) == "max":  # compare as losses: the same rule, the same margins
-        best, generalist, all_sources = ([1.0 - x for x in v if x is not None] if v else v
-                                         for v in (best, generalist, all_sources))
-    unit = "" if objective == "error" else f" {objective_label(objective, max_false_alarm)}"
-    mb, sb = _ms(best)
-    refs = {k: _ms(v) for k, v in (("generalist", generalist), ("all sources", all_sources)) if v}
-    if not refs or math.isnan(mb):
-        return {"chosen": False, "recommend": "subset" if not math.isnan(mb) else "-", "sigma": math.nan,
-                "margins": {}, "message": "no reference row finished: cannot test the subset against a null"}
-    margins, sigma = {}, max(floor, sb)
-    for name, (m, s) in refs.items():
-        margins[name] = m - mb
-        sigma = max(sigma, s)
-    if all(d > 2 * sigma for d in margins.values()):
-        return {"chosen": True, "recommend": "subset", "sigma": sigma, "margins": margins,
-                "message": f"subset {subset} beats " + " and ".join(
-                    f"{k} by {d:.3f}" for k, d in margins.items()) + f"{unit} (> 2σ = {2 * sigma:.3f})"}
-    better = min(refs, key=lambda k: refs[k][0])
-    return {"chosen": False, "recommend": better, "sigma": sigma, "margins": margins,
-            "message": f"no subset beats the generalist and all sources by > 2σ = {2 * sigma:.3f}{unit} "
-                       f"(margins: " + ", ".join(f"{k} {d:+.3f}" for k, d in margins.items())
-                       + f"); recommend {better}"}
+from rtl.sweep.verdict import subset_verdict  # noqa: F401 - re-exported (it lives in the sweep layer)
 
 
 def trial_mask(t: Any) -> list[str] | None:

@@ -149,7 +149,7 @@ def champion_choice(spec: Any, target: str, *, summary: dict[str, Any] | None = 
     """What `deliver_target` registers and `rtl sweep export` copies: the best searched configuration,
     unless it is worse than the verdict's recommended reference (generalist alone / all sources) by more
     than 2σ of seed noise and that reference kept a model folder. None: no searched trial completed."""
-    from rtl.report.sweep import reference_beats_best, summarize_target, target_verdict
+    from rtl.sweep.verdict import reference_beats_best, summarize_target, target_verdict
 
     best = best_searched(spec.results_dir, target)
     if best is None:
