@@ -9,7 +9,7 @@ registers in MLflow); rtl.deliver below it knows nothing of sweeps.
   (`generalist`, `uniform` = all sources); the other controls (scratch, ImageNet, importance) keep none.
 - After a target's search and confirm runs, `deliver_target` (called by the runner) picks the champion
   (`champion_choice`): the best searched configuration (`rtl.sweep.status.best_searched`, the trial the
-  report and the confirm runs use), unless the verdict's null (rtl.report.verdict) finds it worse than
+  report and the confirm runs use), unless the verdict's null (rtl.sweep.verdict) finds it worse than
   the recommended reference by more than 2σ of seed noise -- then that reference's best seed, so the
   registered model is the one the report recommends. It deletes every other folder except the next
   `keep_top - 1` searched trials (disk stays bounded), registers the champion in MLflow and fills the
