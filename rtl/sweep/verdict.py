@@ -124,7 +124,7 @@ REFERENCE_CONTROL = {"generalist": "generalist", "all sources": "uniform"}  # ve
 
 
 def target_verdict(spec: Any, target: str, s: dict[str, Any]) -> dict[str, Any] | None:
-    """The answer with a null (rtl.report.verdict.subset_verdict) for one target's summary
+    """The answer with a null (`subset_verdict` above) for one target's summary
     (`summarize_target`); None before any searched trial completed."""
     rows, b = s["rows"], s["best"]
     if b is None or "best (search)" not in rows:
