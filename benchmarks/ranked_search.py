@@ -79,6 +79,9 @@ def make_spec(workdir: Path, corpus: Path, targets: list[str], arm: str, seed: i
         if arm == "ranked_top":  # + a second from-scratch importance trial: the ranking's top third at T = 2
             d["budget"]["subset_fraction"] = 0.1
             d["search"]["sources"]["importance_top"] = {"fraction": 1 / 3, "temperature": 2.0}
+        if arm == "ranked_cand":  # the importance trial = best of 3 candidates (T 1, 0.5, 2) picked at epoch 1 of 2
+            d["budget"]["subset_fraction"] = 0.1
+            d["search"]["sources"]["importance_candidates"] = {"temperatures": [0.5, 2.0], "cut": 0.5}
         if arm == "ranked_lean":  # continuations get 1/10 of the generalist's images, not 1/4 (compute arithmetic:
             d["budget"]["subset_fraction"] = 0.1  # generalist + experts + importance trials ~ 23 % of random's)
     else:
@@ -91,8 +94,15 @@ def make_spec(workdir: Path, corpus: Path, targets: list[str], arm: str, seed: i
 
 
 def images_consumed(cache_dir: str) -> int:
+    """Images in the history of every cache entry; a candidate's cut whose full run exists is skipped (the
+    full run's history starts with the cut's epochs: rtl.sweep.candidates)."""
+    from rtl.sweep.candidates import prefix_of
+
     total = 0
     for meta in Path(cache_dir).glob("*/ckpt/meta.json"):
+        full = prefix_of(meta.parent.parent)
+        if full and (Path(cache_dir) / full / "ckpt" / "meta.json").exists():
+            continue
         total += sum(int(h.get("images", 0)) for h in json.loads(meta.read_text()).get("history", []))
     return total
 
@@ -208,7 +218,7 @@ def main() -> None:
 
 
 ARMS = ("ranked", "random_bits", "tpe_asha_bits", "ranked_v1", "ranked_imp", "ranked_full", "ranked_lean",
-        "ranked_top")
+        "ranked_cand", "ranked_top")
 
 
 def report(rows: list[dict[str, Any]]) -> None:

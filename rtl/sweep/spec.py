@@ -104,6 +104,28 @@ class ImportanceTop(_M):
         return max(1, min(n_units, int(round(self.fraction * n_units))))
 
 
+class ImportanceCandidates(_M):
+    """The importance trial as the best of several from-scratch weighted pretrainings, picked early: one
+    candidate per temperature (the trial's own first, then `temperatures`, each with its own seed), each
+    pretrained for the first `cut` of the schedule's epochs, scored by the target probe; only the best is
+    pretrained to the end (it continues the same run: same learning-rate schedule, nothing repeated).
+    Cost: (n - 1) x cut + 1 pretrainings per importance trial instead of 1 (rtl.sweep.candidates)."""
+
+    temperatures: list[float] = Field(default_factory=lambda: [0.5, 2.0], min_length=1)
+    cut: float = Field(0.5, gt=0, lt=1)
+
+    @field_validator("temperatures")
+    @classmethod
+    def _positive(cls, v: list[float]) -> list[float]:
+        if any(not t > 0 for t in v):
+            raise ValueError("temperatures must be > 0")
+        return v
+
+    def cut_epoch(self, epochs: int) -> int:
+        """The epoch after which the candidates are compared (at least 1, before the last)."""
+        return min(epochs - 1, max(1, int(round(self.cut * epochs))))
+
+
 class Sources(_M):
     """`space: ranked` (default): the subset is the top-k of the target's ranking (k searched, 0 = the
     generalist alone) with one drop and one add swap; `space: bits`: one on/off bit per unit (wave 1).
@@ -120,6 +142,8 @@ class Sources(_M):
     importance_trial: float | None = Field(1.0, gt=0)
     # and a second one on the ranking's top (null: none); each costs one generalist's pretraining per target
     importance_top: ImportanceTop | None = None
+    # each importance trial as the best of several candidates picked after a prefix (null: one pretraining)
+    importance_candidates: ImportanceCandidates | None = None
     ranking: Ranking = Ranking()
 
     @model_validator(mode="after")
@@ -296,6 +320,9 @@ class SweepSpec(_M):
             raise ValueError("scheduler rungs needs search.sources.space: ranked")
         if self.search.sources.space != "ranked":
             self.controls.generalist = False
+        if self.search.sources.importance_candidates is not None and self.budget.pretrain_epochs < 2:
+            raise ValueError("search.sources.importance_candidates needs budget.pretrain_epochs >= 2 (the "
+                             "candidates are compared after a whole epoch, before the last)")
         return self
 
     @field_validator("workspace")

@@ -86,7 +86,7 @@ def _view_args(spec: SweepSpec, mask: list[str]) -> dict[str, list[str] | None]:
 
 
 def _pretrain(spec: SweepSpec, out: Path, storage: Path, seed: int, strategy: str, mask: list[str],
-              class_weights: str | None = None) -> None:
+              class_weights: str | None = None, stop_after_epoch: int | None = None) -> None:
     from rtl.train.pretrain import PretrainConfig, pretrain_local, run_pretrain
 
     r = spec.resources
@@ -95,6 +95,7 @@ def _pretrain(spec: SweepSpec, out: Path, storage: Path, seed: int, strategy: st
                          batch_size=spec.budget.batch_size * r.train_workers,
                          workers=r.train_workers, cpus_per_worker=max(1, int(r.cpus)), use_gpu=r.gpus > 0,
                          class_weights=class_weights, storage_path=str(storage), seed=seed,
+                         stop_after_epoch=stop_after_epoch,
                          min_side=spec.image.min_side, max_side=spec.image.max_side, **_view_args(spec, mask))
     (run_pretrain if r.train_workers > 1 else pretrain_local)(cfg)
 
@@ -201,8 +202,11 @@ def ranked_init(spec: SweepSpec, plan: PretrainPlan, target: str, tracker: Track
         # an importance trial: its mask (every source, or the ranking's top-k) importance-weighted by the
         # generalist (the cache key of a bit-space mask), pretrained from scratch for the full budget, then scored like a
         # fixed init at every rung (it anchors the rung cut-offs; it is paid before its first report)
-        init, scratch_tags = prepare_init(spec, plan, target, None, weights_from=(gen, gkey))
-        key, tags["rtl.weights_path"] = scratch_tags["rtl.cache_key"], scratch_tags["rtl.weights_path"]
+        if spec.search.sources.importance_candidates is not None:  # the best of several, picked at a cut
+            init, key, tags["rtl.weights_path"] = _best_candidate(spec, plan, target, gen, tracker, run_id, tags)
+        else:
+            init, scratch_tags = prepare_init(spec, plan, target, None, weights_from=(gen, gkey))
+            key, tags["rtl.weights_path"] = scratch_tags["rtl.cache_key"], scratch_tags["rtl.weights_path"]
     elif plan.strategy == "weighted" and plan.temperature is not None:
         weights = _importance(spec, gen, target, list(plan.mask), plan.temperature)
     rungs = None if fixed else rung_checkpoints(spec, gen, list(plan.mask), seed, weights)
@@ -229,6 +233,22 @@ def ranked_init(spec: SweepSpec, plan: PretrainPlan, target: str, tracker: Track
     tags["rtl.cache_key"] = key
     init, tags = _linked(init, key, list(plan.mask), plan.temperature, tracker, tags)
     return init, tags, extra
+
+
+def _best_candidate(spec: SweepSpec, plan: PretrainPlan, target: str, gen: Path, tracker: Tracker, run_id: str,
+                    tags: dict[str, str]) -> tuple[str, str, str]:
+    """rtl.sweep.candidates.best_candidate for the importance trial; the candidates' probe errors are the
+    run's `candidate_probe_error` (step = index, logged once) and `rtl.candidates` tag. -> (init, key, weights)."""
+    from rtl.sweep.candidates import best_candidate
+
+    entry, key, best, cands = best_candidate(spec, plan, target, gen)
+    logged = {m.step for m in _retry(tracker.client.get_metric_history)(run_id, "candidate_probe_error")}
+    for i, c in enumerate(cands):
+        if i not in logged and c.probe_error is not None:
+            tracker.log_metrics(run_id, {"candidate_probe_error": c.probe_error}, step=i)
+    tags["rtl.candidates"] = json.dumps([c.as_dict() for c in cands])
+    tags["rtl.candidate"] = f"{best}: T={cands[best].temperature:g} seed {cands[best].seed}"
+    return str(entry / "ckpt"), key, str(entry / "weights.json")
 
 
 EFFECTIVE_MASS = 0.9  # "effective sources": the fewest sources drawing this share of a weighted pretraining

@@ -172,7 +172,7 @@ def train_loop(config: dict[str, Any]) -> None:
         scheduler.load_state_dict(state["scheduler"])
     scaler = torch.amp.GradScaler("cuda") if device.type == "cuda" else None
 
-    for epoch in range(start, cfg.epochs):
+    for epoch in range(start, min(cfg.epochs, cfg.stop_after_epoch or cfg.epochs)):
         sampler.set_epoch(epoch)
         t0 = time.perf_counter()
         stats = train_epoch(model, loader, optimizer, scheduler, scaler=scaler, device=device,

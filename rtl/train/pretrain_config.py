@@ -29,6 +29,10 @@ class PretrainConfig(BaseModel):
     model: str = Field("resnet18", description="backbone architecture, e.g. small_cnn, resnet18, resnet50")
     out: str = Field("pretrained", description="final checkpoint directory")
     epochs: int = Field(10, ge=1, description="training epochs")
+    # a resumable prefix of the `epochs` schedule: not part of the run name, so re-running the same config
+    # without it continues from that epoch on the same learning-rate schedule (rtl.sweep.candidates)
+    stop_after_epoch: int | None = Field(None, ge=1, description="stop after this many epochs of the schedule "
+                                         "(re-running without it continues the same run)")
     batch_size: int = Field(64, ge=1, description="global batch, split evenly across workers")
     lr: float = Field(0.1, gt=0, description="learning rate for the global batch")
     weight_decay: float = Field(1e-4, description="SGD weight decay")

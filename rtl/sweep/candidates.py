@@ -1,0 +1,127 @@
+"""The importance trial as the best of several from-scratch pretrainings, picked after a prefix (issue 10).
+
+Why: on the hard synthetic family the winners of random search over bits are importance-weighted
+pretrainings from scratch (Ngiam et al. 2018), and such a pretraining varies a lot with its temperature
+and seed; random search draws about six of them per target and keeps the best by val, the ranked search
+drew one (docs/measurements/search.md, sessions 4-5). Drawing more at full price breaks the compute
+target, so here the candidates share one budget the way successive halving does (Jamieson & Talwalkar
+2016; the fidelity is pretraining epochs, as the issue asks): every candidate -- the trial's own
+temperature and seed first, then `search.sources.importance_candidates.temperatures`, seed + 1, + 2, ... --
+is pretrained for the first `cut_epoch` epochs of the generalist's schedule and scored by the target
+probe (rtl.sweep.subset.probe_error, the rung score of the continuations); only the lowest probe error is
+trained to the end. "To the end" continues the same run: the cut is `PretrainConfig.stop_after_epoch`,
+which is not part of the run name, so the full pretraining resumes from the cut's optimizer and
+learning-rate state (nothing is paid twice; the full model is what an uncut run gives).
+
+Cache: each cut is its own content-addressed entry (key from the candidate's mask, temperature, seed,
+schedule and cut, not from its weights), holding the weights it trained on and `cut.json`; the full
+entry's key is the usual weighted-pretraining key (rtl.artifacts.cache.cache_key with the digest of those
+weights), so candidate 0 of an importance trial is the same entry a sweep without candidates built.
+Resume after a kill: finished cuts and fulls are cache hits; the probes are recomputed (deterministic),
+so the same candidate is picked. Compute accounting: a cut's images are the first epochs of its full
+entry's history, so counters skip a cut whose full entry exists (`prefix_of`).
+
+Everything happens inside the one trial (one MLflow run, one Optuna trial): the candidates are how the
+importance trial pretrains, not trials of their own; their probe errors are the run's
+`candidate_probe_error` metric (step = candidate index) and its `rtl.candidates` tag.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rtl.artifacts.cache import PretrainCache, cache_key
+from rtl.artifacts.trial import PretrainPlan
+from rtl.sweep.spec import SweepSpec
+
+CUT_FILE = "cut.json"
+
+
+@dataclass(frozen=True)
+class Candidate:
+    temperature: float
+    seed: int
+    probe_error: float | None = None  # after the cut
+    full_probe_error: float | None = None  # after the whole schedule (only when every candidate is completed)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if v is not None}
+
+
+def candidate_list(spec: SweepSpec, plan: PretrainPlan) -> list[tuple[float, int]]:
+    """(temperature, seed) of each candidate: the trial's own first, then the spec's, seeds counting up."""
+    assert plan.temperature is not None, "candidates are importance-weighted"
+    c = spec.search.sources.importance_candidates
+    extra = list(c.temperatures) if c is not None else []
+    return [(float(plan.temperature), plan.seed)] + [(float(t), plan.seed + i + 1) for i, t in enumerate(extra)]
+
+
+def prefix_of(entry: Path) -> str | None:
+    """The full entry's key when `entry` (a cache entry dir) is a candidate's cut; None otherwise."""
+    p = Path(entry) / CUT_FILE
+    if not p.is_file():
+        return None
+    try:
+        return json.loads(p.read_text()).get("full")
+    except (OSError, ValueError):
+        return None
+
+
+def best_candidate(spec: SweepSpec, plan: PretrainPlan, target: str, gen: Path, *,
+                   complete_all: bool = False) -> tuple[Path, str, int, list[Candidate]]:
+    """Pretrain every candidate up to the cut, probe each, pretrain the best to the end.
+
+    -> (the winner's cache entry dir (ckpt/ + weights.json), its cache key, its index, the candidates with
+    their probe errors). `complete_all` (benchmarks: does the cut predict the end?) also trains every other
+    candidate to the end and probes it."""
+    from rtl.sweep.subset import probe_error
+    from rtl.sweep.trial import _importance, _pretrain, _schedule
+    from rtl.train.strategies import open_view
+
+    c = spec.search.sources.importance_candidates
+    cut = c.cut_epoch(spec.budget.pretrain_epochs) if c is not None else spec.budget.pretrain_epochs
+    cache, runs = PretrainCache(spec.cache_dir()), Path(spec.cache_dir()) / "runs"
+    mask, version = list(plan.mask), open_view(spec.corpus_path()).version
+    cands, entries = [], []
+    for temp, seed in candidate_list(spec, plan):
+        base = dict(corpus_version=version, mask=mask, backbone=spec.backbone, schedule=_schedule(spec), seed=seed)
+        cut_payload = {"weighted_cut": cache_key(temperature=temp, **base), "epoch": cut}
+        cut_key = "cut-" + hashlib.sha256(json.dumps(cut_payload, sort_keys=True).encode()).hexdigest()[:40]
+        holder: dict[str, str] = {}
+
+        def build_cut(d: Path, temp: float = temp, seed: int = seed, holder: dict = holder) -> None:
+            weights = _importance(spec, gen, target, mask, temp)
+            (d / "weights.json").write_bytes(weights.read_bytes())
+            digest = hashlib.sha256(weights.read_bytes()).hexdigest()[:16]
+            holder["full"] = cache_key(temperature=temp, weights_digest=digest, **base)
+            (d / CUT_FILE).write_text(json.dumps({"full": holder["full"], "epoch": cut, "temperature": temp,
+                                                  "seed": seed}))
+            _pretrain(spec, d / "ckpt", runs, seed, "weighted", mask, class_weights=str(d / "weights.json"),
+                      stop_after_epoch=cut)
+
+        cut_dir = cache.get_or_create(cut_key, build_cut)
+        full_key = prefix_of(cut_dir) or cache_key(  # an entry always has cut.json; the fallback is defensive
+            temperature=temp, weights_digest=hashlib.sha256((cut_dir / "weights.json").read_bytes()).hexdigest()[:16],
+            **base)
+        entries.append((cut_dir, full_key, seed, temp))
+        cands.append(Candidate(temp, seed, probe_error(str(cut_dir / "ckpt"), spec, target, seed)))
+    best = min(range(len(cands)), key=lambda i: (cands[i].probe_error, i))
+
+    def full(i: int) -> Path:
+        cut_dir, full_key, seed, _temp = entries[i]
+
+        def build_full(d: Path) -> None:
+            (d / "weights.json").write_bytes((cut_dir / "weights.json").read_bytes())
+            _pretrain(spec, d / "ckpt", runs, seed, "weighted", mask, class_weights=str(d / "weights.json"))
+
+        return cache.get_or_create(full_key, build_full)
+
+    winner = full(best)
+    if complete_all:
+        cands = [Candidate(x.temperature, x.seed, x.probe_error,
+                           probe_error(str(full(i) / "ckpt"), spec, target, x.seed)) for i, x in enumerate(cands)]
+    return winner, entries[best][1], best, cands

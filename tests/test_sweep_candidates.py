@@ -1,0 +1,99 @@
+"""The importance trial as the best of several candidates (rtl.sweep.candidates): every candidate is
+pretrained only up to the cut, only the best by probe is pretrained to the end, and that end continues the
+same run (the cut's epochs are not paid again); a second call (resume) builds nothing; the compute counter
+does not count a cut twice. No Ray: pretraining runs in-process (train_workers 1)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from sweep_helpers import write_spec
+
+from rtl.errors import ConfigError
+from rtl.sweep.spec import load_spec, spec_from_dict
+
+
+def _spec(tmp_path: Path, temperatures: list[float]):
+    return load_spec(write_spec(
+        tmp_path, name="cand",
+        search={"sources": {"space": "ranked", "importance_candidates": {"temperatures": temperatures, "cut": 0.5}},
+                "temperature": {"low": 0.5, "high": 4.0, "allow_off": True}, "lr": {"low": 0.01, "high": 0.1},
+                "freeze_depth": {"low": 0, "high": 1}},
+        budget={"pretrain_epochs": 2, "finetune_epochs": 1, "trials_per_target": 2, "max_concurrent": 1,
+                "batch_size": 8}))
+
+
+def _history(entry: Path) -> list[dict]:
+    return json.loads((entry / "ckpt" / "meta.json").read_text())["history"]
+
+
+def test_best_candidate_cuts_then_continues_the_winner(tmp_path: Path) -> None:
+    from rtl.artifacts.trial import IMPORTANCE_TRIAL, TrialParams
+    from rtl.sweep.candidates import best_candidate, prefix_of
+    from rtl.sweep.subset import generalist
+    from rtl.sweep.trial import pretrain_plan
+
+    spec = _spec(tmp_path, [4.0])
+    gen, _ = generalist(spec, ["a", "b"])
+    plan = pretrain_plan(spec, TrialParams(number=3, enqueued=IMPORTANCE_TRIAL, mask=["a", "b"], k=2,
+                                           temperature=1.0, lr=0.01))
+    assert not plan.continue_generalist and plan.strategy == "weighted"
+    target = str(tmp_path / "targets" / "tgt")
+    entry, key, best, cands = best_candidate(spec, plan, target, gen)
+
+    assert [(c.temperature, c.seed) for c in cands] == [(1.0, 0), (4.0, 1)]  # own T first, then the spec's
+    assert all(0.0 <= c.probe_error <= 1.0 for c in cands)
+    assert best == min(range(2), key=lambda i: (cands[i].probe_error, i))
+    cache = Path(spec.cache_dir())
+    cuts = sorted(cache.glob("cut-*"))
+    assert len(cuts) == 2 and all(len(_history(c)) == 1 for c in cuts)  # each candidate: the first epoch only
+    assert entry.name == key and prefix_of(cuts[0]) != prefix_of(cuts[1])
+    winner_cut = [c for c in cuts if prefix_of(c) == key]
+    assert len(winner_cut) == 1
+    full = _history(entry)
+    # the winner continued its cut: epoch 0 of its history IS the cut's (same loss), not a second run
+    assert len(full) == 2 and full[0]["train_loss"] == _history(winner_cut[0])[0]["train_loss"]
+    loser_cut = [c for c in cuts if c != winner_cut[0]][0]
+    assert not (cache / prefix_of(loser_cut)).exists()  # the loser was never pretrained to the end
+    assert json.loads((entry / "weights.json").read_text()) == json.loads((winner_cut[0] / "weights.json").read_text())
+
+    before = sorted(p.name for p in cache.iterdir())
+    again = best_candidate(spec, plan, target, gen)  # resume: the same pick, nothing built
+    assert again[1] == key and again[2] == best and sorted(p.name for p in cache.iterdir()) == before
+
+
+def test_compute_counter_skips_a_cut_inside_its_full_run(tmp_path: Path) -> None:
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from ranked_search import images_consumed
+
+    from rtl.artifacts.trial import IMPORTANCE_TRIAL, TrialParams
+    from rtl.sweep.candidates import best_candidate
+    from rtl.sweep.subset import generalist
+    from rtl.sweep.trial import pretrain_plan
+
+    spec = _spec(tmp_path, [2.0])
+    gen, _ = generalist(spec, ["a", "b"])
+    plan = pretrain_plan(spec, TrialParams(number=0, enqueued=IMPORTANCE_TRIAL, mask=["a", "b"], k=2,
+                                           temperature=1.0, lr=0.01))
+    entry, _, _, cands = best_candidate(spec, plan, str(tmp_path / "targets" / "tgt"), gen, complete_all=True)
+    assert all(c.full_probe_error is not None for c in cands)  # benchmarks: every candidate to the end
+    per_run = sum(h["images"] for h in _history(entry))
+    gen_images = sum(h["images"] for h in _history(gen.parent))
+    # generalist + two full weighted runs; each cut is the first half of one of them, counted once
+    assert images_consumed(spec.cache_dir()) == gen_images + 2 * per_run
+
+
+def test_candidates_need_two_pretraining_epochs(tmp_path: Path) -> None:
+    spec = _spec(tmp_path, [2.0])
+    d = spec.model_dump()
+    d["budget"]["pretrain_epochs"] = 1
+    with pytest.raises(ConfigError, match="pretrain_epochs >= 2"):
+        spec_from_dict(d, "x")
+    d["budget"]["pretrain_epochs"] = 2
+    d["search"]["sources"]["importance_candidates"]["temperatures"] = [0.0]
+    with pytest.raises(ConfigError, match="temperatures"):
+        spec_from_dict(d, "x")
