@@ -91,14 +91,13 @@ def best_candidate(spec: SweepSpec, plan: PretrainPlan, target: str, gen: Path, 
         base = dict(corpus_version=version, mask=mask, backbone=spec.backbone, schedule=_schedule(spec), seed=seed)
         cut_payload = {"weighted_cut": cache_key(temperature=temp, **base), "epoch": cut}
         cut_key = "cut-" + hashlib.sha256(json.dumps(cut_payload, sort_keys=True).encode()).hexdigest()[:40]
-        holder: dict[str, str] = {}
 
-        def build_cut(d: Path, temp: float = temp, seed: int = seed, holder: dict = holder) -> None:
+        def build_cut(d: Path, temp: float = temp, seed: int = seed, base: dict = base) -> None:
             weights = _importance(spec, gen, target, mask, temp)
             (d / "weights.json").write_bytes(weights.read_bytes())
             digest = hashlib.sha256(weights.read_bytes()).hexdigest()[:16]
-            holder["full"] = cache_key(temperature=temp, weights_digest=digest, **base)
-            (d / CUT_FILE).write_text(json.dumps({"full": holder["full"], "epoch": cut, "temperature": temp,
+            full_key = cache_key(temperature=temp, weights_digest=digest, **base)
+            (d / CUT_FILE).write_text(json.dumps({"full": full_key, "epoch": cut, "temperature": temp,
                                                   "seed": seed}))
             _pretrain(spec, d / "ckpt", runs, seed, "weighted", mask, class_weights=str(d / "weights.json"),
                       stop_after_epoch=cut)
