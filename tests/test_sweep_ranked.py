@@ -24,10 +24,11 @@ def test_ranked_sweep_rungs_and_resume(tmp_path: Path, ray_session) -> None:
 
     spec = load_spec(write_spec(
         tmp_path, name="rk", trials=N, scheduler={"name": "rungs", "reduction_factor": 3},
-        search={"sources": {"space": "ranked", "ranking": {"seeds": [0], "finetune_epochs": 1}},
+        search={"sources": {"space": "ranked", "ranking": {"seeds": [0], "finetune_epochs": 1},
+                            "importance_candidates": {"temperatures": [2.0], "cut": 0.5}},
                 "temperature": {"low": 0.5, "high": 4.0, "allow_off": True}, "lr": {"low": 0.01, "high": 0.1},
                 "freeze_depth": {"low": 0, "high": 1}},
-        budget={"pretrain_epochs": 1, "finetune_epochs": 2, "trials_per_target": N, "max_concurrent": 1,
+        budget={"pretrain_epochs": 2, "finetune_epochs": 2, "trials_per_target": N, "max_concurrent": 1,
                 "batch_size": 8, "subset_fraction": 0.5, "rungs": [1 / 3, 1.0]},
         controls={"scratch": True, "generalist": True, "uniform": True, "importance": False, "imagenet": False}))
     results = run_sweep(spec)
@@ -60,13 +61,20 @@ def test_ranked_sweep_rungs_and_resume(tmp_path: Path, ray_session) -> None:
     assert imp[0].state.name == "COMPLETE"  # paid before its first rung report: never stopped
     eff = imp[0].user_attrs["rtl.effective_sources"].split(",")  # where 90 % of its images came from
     assert eff and set(eff) <= {"a", "b"}
+    # it pretrained the better of two candidates (T = 1 seed 0, T = 2 seed 1), compared after epoch 1 of 2
+    assert imp[0].user_attrs["rtl.candidate"].endswith("of 2, picked after epoch 1)")
+    imp_run = tracker.find_runs({"rtl.kind": "trial", "rtl.trial_id": imp[0].user_attrs["rtl.tune_trial_id"]})
+    assert len(imp_run) == 1 and json.loads(imp_run[0].data.tags["rtl.candidates"])[1]["temperature"] == 2.0
+    assert {m.step for m in tracker.client.get_metric_history(imp_run[0].info.run_id, "candidate_probe_error")} == {0, 1}
     metas = {d.name: json.loads((d / "ckpt" / "meta.json").read_text()) for d in Path(spec.cache_dir()).iterdir()
              if (d / "ckpt" / "meta.json").exists()}
-    weighted = [m for k, m in metas.items() if not k.startswith("rung-") and m["config"].get("strategy") == "weighted"]
+    weighted = [m for k, m in metas.items() if not k.startswith(("rung-", "cut-"))
+                and m["config"].get("strategy") == "weighted"]
     gen_meta = [m for m in metas.values() if m["config"].get("strategy") == "subset"
-                and sorted(m["config"].get("datasets") or []) == ["a", "b"] and len(m["history"]) == 1
+                and sorted(m["config"].get("datasets") or []) == ["a", "b"] and len(m["history"]) == 2
                 and not m["config"].get("init_checkpoint")]
-    assert len(weighted) == 1 and gen_meta, sorted(metas)
+    assert len(weighted) == 1 and gen_meta, sorted(metas)  # only the picked candidate was pretrained to the end
+    assert sorted(len(m["history"]) for k, m in metas.items() if k.startswith("cut-")) == [1, 1]
     assert not weighted[0]["config"].get("init_checkpoint")  # from scratch
     assert sum(h["images"] for h in weighted[0]["history"]) == sum(h["images"] for h in gen_meta[0]["history"])
 
@@ -75,8 +83,9 @@ def test_ranked_sweep_rungs_and_resume(tmp_path: Path, ray_session) -> None:
     by_rung: dict[int, set[int]] = {}
     for d in cache.glob("rung-*"):
         meta = json.loads((d / "ckpt" / "meta.json").read_text())
-        images = sum(h["images"] for h in meta["history"])
-        by_rung.setdefault(len(meta["history"]), set()).add(images)
+        images = sum(h["images"] for h in meta["history"])  # this rung's own images (it continues the previous)
+        rung = 2 if "/rung-" in str(meta["config"].get("init_checkpoint")) else 1
+        by_rung.setdefault(rung, set()).add(images)
     assert by_rung and all(len(v) == 1 for v in by_rung.values()), by_rung
 
     mtime = os.path.getmtime(ranking)

@@ -283,6 +283,12 @@ def test_report_names_the_importance_trial_by_what_it_did() -> None:
     assert _kind(imp) == "importance, from scratch (T=1.0)"
     assert _sources(imp) == "a,b,c (90 % of the weighted images: b)"
     assert _subset_name(imp) == "(every source, importance-weighted at T=1.0 from scratch; 90 % of its images from b)"
+    cand = "T=0.5, seed 1 (candidate 2 of 3, picked after epoch 1)"  # rtl.sweep.candidates: what it pretrained
+    best = create_trial(params={"temperature": 1.0}, distributions={"temperature": FloatDistribution(0.5, 8.0)},
+                        value=0.1, user_attrs={"rtl.enqueued": IMPORTANCE_TRIAL, "rtl.mask": "a,b,c",
+                                               "rtl.candidate": cand})
+    assert _kind(best) == f"importance, from scratch, best candidate: {cand}"
+    assert _subset_name(best) == f"(every source, the best importance-weighted candidate from scratch, {cand})"
     top = create_trial(value=0.2, user_attrs={"rtl.enqueued": "top-2", "rtl.mask": "a,b"})
     assert (_kind(top), _sources(top), _subset_name(top)) == ("ranking top-2", "a,b", "a,b")
     ctl = create_trial(value=0.3, user_attrs={"rtl.control": "uniform", "rtl.mask": "a,b,c"})

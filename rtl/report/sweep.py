@@ -155,6 +155,9 @@ def _kind(t: Any) -> str:
     label = t.user_attrs.get("rtl.enqueued", "")
     if is_importance_trial(label):
         top = "" if label == IMPORTANCE_TRIAL else f"top-{t.params.get('k', '?')}, "
+        cand = t.user_attrs.get("rtl.candidate")  # the best of several candidates (rtl.sweep.candidates)
+        if cand:
+            return f"importance, {top}from scratch, best candidate: {cand}"
         return f"importance, {top}from scratch (T={t.params.get('temperature', '?')})"
     return f"ranking {label}" if label else "search"
 

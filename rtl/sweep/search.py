@@ -273,6 +273,8 @@ class OptunaAskTell(Searcher):
             attrs["rtl.rung"] = int(result["rung"])  # stopped after this pretraining rung
         if result and isinstance(result.get("effective_sources"), str) and result["effective_sources"]:
             attrs["rtl.effective_sources"] = result["effective_sources"]  # where a weighted pretraining drew from
+        if result and isinstance(result.get("candidate"), str) and result["candidate"]:
+            attrs["rtl.candidate"] = result["candidate"]  # which importance candidate was pretrained to the end
         if result and state == TrialState.COMPLETE:  # the report reads these (val error next to the objective)
             attrs |= {f"rtl.{k}": float(v) for k, v in result.items() if (k == "val_error" or k.startswith("test_"))
                       and isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}

@@ -247,7 +247,10 @@ def _best_candidate(spec: SweepSpec, plan: PretrainPlan, target: str, gen: Path,
         if i not in logged and c.probe_error is not None:
             tracker.log_metrics(run_id, {"candidate_probe_error": c.probe_error}, step=i)
     tags["rtl.candidates"] = json.dumps([c.as_dict() for c in cands])
-    tags["rtl.candidate"] = f"{best}: T={cands[best].temperature:g} seed {cands[best].seed}"
+    c = spec.search.sources.importance_candidates
+    cut = c.cut_epoch(spec.budget.pretrain_epochs) if c is not None else spec.budget.pretrain_epochs
+    tags["rtl.candidate"] = (f"T={cands[best].temperature:g}, seed {cands[best].seed} (candidate {best + 1} of "
+                             f"{len(cands)}, picked after epoch {cut})")
     return str(entry / "ckpt"), key, str(entry / "weights.json")
 
 
@@ -455,7 +458,8 @@ def run_trial(config: dict[str, Any]) -> None:
                        val_metrics=val_metrics)
     final = {"val_error": float(res.val_error), "test_error": res.test_error, "epoch": len(res.history),
              "finished": True, "best_epoch": res.best_epoch} | obj.final(res) | rung.get("final", {}) | (
-                 {"effective_sources": eff} if eff else {})
+                 {"effective_sources": eff} if eff else {}) | (
+                 {"candidate": tags["rtl.candidate"]} if tags.get("rtl.candidate") else {})
     _log_artifacts(tracker, run_id, res, tags.get("rtl.weights_path"))
     from rtl.sweep.deliver import save_trial_model  # model folder + inspection metrics (issue 11)
 

@@ -115,8 +115,10 @@ def subset_name(t: Any) -> str:
     if is_importance_trial(label):
         eff = t.user_attrs.get("rtl.effective_sources")
         what = "every source" if label == IMPORTANCE_TRIAL else f"the ranking's top {t.params.get('k', '?')}"
-        return (f"({what}, importance-weighted at T={t.params.get('temperature', '?')} from scratch"
-                + (f"; 90 % of its images from {eff}" if eff else "") + ")")
+        cand = t.user_attrs.get("rtl.candidate")  # the best of several candidates (rtl.sweep.candidates)
+        how = (f"the best importance-weighted candidate from scratch, {cand}" if cand else
+               f"importance-weighted at T={t.params.get('temperature', '?')} from scratch")
+        return f"({what}, {how}" + (f"; 90 % of its images from {eff}" if eff else "") + ")"
     return str(t.user_attrs.get("rtl.mask"))
 
 
