@@ -213,6 +213,18 @@ def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path: Path, no_side_effe
     assert _tree(tmp_path) == before
 
 
+def test_dry_run_says_how_the_importance_trial_pretrains(tmp_path: Path, no_side_effects: None,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """With importance candidates the plan says what one importance trial costs: n cuts and one full run."""
+    path = _spec(tmp_path / "ws", trials=6)
+    _edit(path, search={"sources": {"space": "ranked", "importance_candidates": {"temperatures": [0.5, 2.0]}}},
+          budget={"pretrain_epochs": 2})
+    assert main(["sweep", "run", str(path), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert ("1 of them importance-weighted from scratch, each the best of 3 candidates (T 1, 0.5, 2), "
+            "picked by probe after epoch 1 of 2") in out
+
+
 def _start_that_fails_at_ray(path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     """Run until Ray would start (spec.json saved, tracker stubbed), where a dead cluster stops it."""
     class Tracker:

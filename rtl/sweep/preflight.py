@@ -67,12 +67,14 @@ class Plan:
     cache_dir: str
     started: bool  # the results dir already holds spec.json (run = continue it)
     warnings: list[str] = field(default_factory=list)
+    candidates: str = ""  # "best of 3 candidates (T 1, 0.5, 2), picked after epoch 1 of 2" or ""
 
     def format(self) -> str:
         ctl = ", ".join(f"{c} (seed {s})" for c, s in self.controls) or "none"
         n_top = sum(c.startswith("top-") for c, _ in self.controls)
         n_imp = sum(is_importance_trial(c) for c, _ in self.controls)
         imp = f", {n_imp} of them importance-weighted from scratch" if n_imp else ""
+        imp += f", each the {self.candidates}" if n_imp and self.candidates else ""
         rows = [
             ("sweep", f"{self.name}  ({self.spec_file})"),
             ("results", f"{self.results_dir}" + ("  (exists: run continues it)" if self.started else "  (new)")),
@@ -522,4 +524,16 @@ def preflight(spec: SweepSpec, *, address: str | None = None, warn: bool = True)
                 controls=controls, searched_per_target=n_searched,
                 confirm_seeds=[s for s in dict.fromkeys(spec.seeds) if s != spec.seeds[0]],
                 resources=resources, optuna=optuna, tracking=tracking, cache_dir=cache,
-                started=os.path.isfile(spec_path(spec.results_dir)), warnings=warnings)
+                started=os.path.isfile(spec_path(spec.results_dir)), warnings=warnings,
+                candidates=_candidates_line(spec))
+
+
+def _candidates_line(spec: SweepSpec) -> str:
+    """How an importance trial pretrains when `search.sources.importance_candidates` is set (rtl.sweep.candidates)."""
+    c = spec.search.sources.importance_candidates
+    if c is None or spec.search.sources.importance_trial is None:
+        return ""
+    temps = ", ".join(f"{t:g}" for t in [spec.search.sources.importance_trial, *c.temperatures])
+    e = spec.budget.pretrain_epochs
+    return (f"best of {len(c.temperatures) + 1} candidates (T {temps}), picked by probe after epoch "
+            f"{c.cut_epoch(e)} of {e}")
