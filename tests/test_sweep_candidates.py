@@ -64,6 +64,29 @@ def test_best_candidate_cuts_then_continues_the_winner(tmp_path: Path) -> None:
     assert again[1] == key and again[2] == best and sorted(p.name for p in cache.iterdir()) == before
 
 
+def test_each_target_gets_its_own_candidates(tmp_path: Path) -> None:
+    """Importance weights are the target's: two targets never share a cut (a cut keyed without the target
+    once gave every target of a sweep the first target's weights)."""
+    from rtl.artifacts.trial import IMPORTANCE_TRIAL, TrialParams
+    from rtl.sweep.candidates import best_candidate
+    from rtl.sweep.subset import generalist
+    from rtl.sweep.trial import pretrain_plan
+
+    spec = load_spec(write_spec(
+        tmp_path, name="cand2", targets=("tgt", "other"),
+        search={"sources": {"space": "ranked", "importance_candidates": {"temperatures": [2.0], "cut": 0.5}},
+                "temperature": {"low": 0.5, "high": 4.0, "allow_off": True}, "lr": {"low": 0.01, "high": 0.1},
+                "freeze_depth": {"low": 0, "high": 1}},
+        budget={"pretrain_epochs": 2, "finetune_epochs": 1, "trials_per_target": 2, "max_concurrent": 1,
+                "batch_size": 8}))
+    gen, _ = generalist(spec, ["a", "b"])
+    plan = pretrain_plan(spec, TrialParams(number=0, enqueued=IMPORTANCE_TRIAL, mask=["a", "b"], k=2,
+                                           temperature=1.0, lr=0.01))
+    for t in ("tgt", "other"):
+        best_candidate(spec, plan, str(tmp_path / "targets" / t), gen)
+    assert len(list(Path(spec.cache_dir()).glob("cut-*"))) == 4
+
+
 def test_compute_counter_skips_a_cut_inside_its_full_run(tmp_path: Path) -> None:
     import sys
 

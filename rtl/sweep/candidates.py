@@ -13,8 +13,8 @@ trained to the end. "To the end" continues the same run: the cut is `PretrainCon
 which is not part of the run name, so the full pretraining resumes from the cut's optimizer and
 learning-rate state (nothing is paid twice; the full model is what an uncut run gives).
 
-Cache: each cut is its own content-addressed entry (key from the candidate's mask, temperature, seed,
-schedule and cut, not from its weights), holding the weights it trained on and `cut.json`; the full
+Cache: each cut is its own content-addressed entry (key from the target, the generalist's weights, the
+candidate's mask, temperature, seed, schedule and cut -- not from its weights' digest), holding the weights it trained on and `cut.json`; the full
 entry's key is the usual weighted-pretraining key (rtl.artifacts.cache.cache_key with the digest of those
 weights), so candidate 0 of an importance trial is the same entry a sweep without candidates built.
 Resume after a kill: finished cuts and fulls are cache hits; the probes are recomputed (deterministic),
@@ -30,11 +30,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from rtl.artifacts.cache import PretrainCache, cache_key
+from rtl.artifacts.checkpoint import weights_sha
 from rtl.artifacts.trial import PretrainPlan
 from rtl.sweep.spec import SweepSpec
 
@@ -86,10 +88,13 @@ def best_candidate(spec: SweepSpec, plan: PretrainPlan, target: str, gen: Path, 
     cut = c.cut_epoch(spec.budget.pretrain_epochs) if c is not None else spec.budget.pretrain_epochs
     cache, runs = PretrainCache(spec.cache_dir()), Path(spec.cache_dir()) / "runs"
     mask, version = list(plan.mask), open_view(spec.corpus_path()).version
-    cands, entries = [], []
+    cands, entries, gen_sha = [], [], weights_sha(gen)
     for temp, seed in candidate_list(spec, plan):
         base = dict(corpus_version=version, mask=mask, backbone=spec.backbone, schedule=_schedule(spec), seed=seed)
-        cut_payload = {"weighted_cut": cache_key(temperature=temp, **base), "epoch": cut}
+        # the weights depend on the target and the generalist: both are in the key (not the weights' digest,
+        # so a resumed trial finds its cut even if a recomputation differed in the last bit)
+        cut_payload = {"weighted_cut": cache_key(temperature=temp, **base), "epoch": cut,
+                       "target": os.path.realpath(target), "generalist": gen_sha}
         cut_key = "cut-" + hashlib.sha256(json.dumps(cut_payload, sort_keys=True).encode()).hexdigest()[:40]
 
         def build_cut(d: Path, temp: float = temp, seed: int = seed, base: dict = base) -> None:
