@@ -78,7 +78,7 @@ def main() -> None:
             cut = [c.probe_error for c in cands]
             end = [c.full_probe_error for c in cands]
             row = {"family_seed": args.family_seed, "seed": seed, "target": target, "pick": best,
-                   "temperatures": [c.temperature for c in cands], "cut": cut, "full": end,
+                   "candidates": [[c.sources, c.temperature] for c in cands], "cut": cut, "full": end,
                    "tau": kendall_tau_b(cut, end), "top1": end[best] <= min(end) + 1e-12,
                    "regret": end[best] - min(end)}
             rows.append(row)

@@ -79,9 +79,14 @@ def make_spec(workdir: Path, corpus: Path, targets: list[str], arm: str, seed: i
         if arm == "ranked_top":  # + a second from-scratch importance trial: the ranking's top third at T = 2
             d["budget"]["subset_fraction"] = 0.1
             d["search"]["sources"]["importance_top"] = {"fraction": 1 / 3, "temperature": 2.0}
-        if arm == "ranked_cand":  # the importance trial = best of 3 candidates (T 1, 0.5, 2) picked at epoch 1 of 2
+        if arm == "ranked_cand":  # the importance trial = best of 3 candidates picked at epoch 1 of 2: every
+            d["budget"]["subset_fraction"] = 0.1  # source at T 1, the ranking's top 3 at T 1, every source at T 2
+            d["search"]["sources"]["importance_candidates"] = {"variants": [{"top": 3}, {"temperature": 2.0}],
+                                                               "cut": 0.5}
+        if arm == "ranked_cand_t":  # session 6's first try: temperatures only (T 1, 0.5, 2); seed 1 of draw 4
             d["budget"]["subset_fraction"] = 0.1
-            d["search"]["sources"]["importance_candidates"] = {"temperatures": [0.5, 2.0], "cut": 0.5}
+            d["search"]["sources"]["importance_candidates"] = {"variants": [{"temperature": 0.5},
+                                                                            {"temperature": 2.0}], "cut": 0.5}
         if arm == "ranked_lean":  # continuations get 1/10 of the generalist's images, not 1/4 (compute arithmetic:
             d["budget"]["subset_fraction"] = 0.1  # generalist + experts + importance trials ~ 23 % of random's)
     else:
@@ -218,7 +223,7 @@ def main() -> None:
 
 
 ARMS = ("ranked", "random_bits", "tpe_asha_bits", "ranked_v1", "ranked_imp", "ranked_full", "ranked_lean",
-        "ranked_cand", "ranked_top")
+        "ranked_cand", "ranked_cand_t", "ranked_top")
 
 
 def report(rows: list[dict[str, Any]]) -> None:

@@ -15,10 +15,10 @@ from rtl.errors import ConfigError
 from rtl.sweep.spec import load_spec, spec_from_dict
 
 
-def _spec(tmp_path: Path, temperatures: list[float]):
+def _spec(tmp_path: Path, variants: list[dict]):
     return load_spec(write_spec(
         tmp_path, name="cand",
-        search={"sources": {"space": "ranked", "importance_candidates": {"temperatures": temperatures, "cut": 0.5}},
+        search={"sources": {"space": "ranked", "importance_candidates": {"variants": variants, "cut": 0.5}},
                 "temperature": {"low": 0.5, "high": 4.0, "allow_off": True}, "lr": {"low": 0.01, "high": 0.1},
                 "freeze_depth": {"low": 0, "high": 1}},
         budget={"pretrain_epochs": 2, "finetune_epochs": 1, "trials_per_target": 2, "max_concurrent": 1,
@@ -35,7 +35,7 @@ def test_best_candidate_cuts_then_continues_the_winner(tmp_path: Path) -> None:
     from rtl.sweep.subset import generalist
     from rtl.sweep.trial import pretrain_plan
 
-    spec = _spec(tmp_path, [4.0])
+    spec = _spec(tmp_path, [{"top": 1}])
     gen, _ = generalist(spec, ["a", "b"])
     plan = pretrain_plan(spec, TrialParams(number=3, enqueued=IMPORTANCE_TRIAL, mask=["a", "b"], k=2,
                                            temperature=1.0, lr=0.01))
@@ -43,12 +43,15 @@ def test_best_candidate_cuts_then_continues_the_winner(tmp_path: Path) -> None:
     target = str(tmp_path / "targets" / "tgt")
     entry, key, best, cands = best_candidate(spec, plan, target, gen)
 
-    assert [(c.temperature, c.seed) for c in cands] == [(1.0, 0), (4.0, 1)]  # own T first, then the spec's
+    # its own (both sources) first, then the ranking's first source alone; seeds count up
+    assert [(c.sources, c.temperature, c.seed) for c in cands] == [(2, 1.0, 0), (1, 1.0, 1)]
     assert all(0.0 <= c.probe_error <= 1.0 for c in cands)
     assert best == min(range(2), key=lambda i: (cands[i].probe_error, i))
     cache = Path(spec.cache_dir())
     cuts = sorted(cache.glob("cut-*"))
     assert len(cuts) == 2 and all(len(_history(c)) == 1 for c in cuts)  # each candidate: the first epoch only
+    masks = sorted(json.loads((c / "cut.json").read_text())["mask"] for c in cuts)
+    assert masks == [["a"], ["a", "b"]] and sorted(_history(c)[0]["images"] for c in cuts) == [32, 32]  # equal steps
     assert entry.name == key and prefix_of(cuts[0]) != prefix_of(cuts[1])
     winner_cut = [c for c in cuts if prefix_of(c) == key]
     assert len(winner_cut) == 1
@@ -74,7 +77,7 @@ def test_each_target_gets_its_own_candidates(tmp_path: Path) -> None:
 
     spec = load_spec(write_spec(
         tmp_path, name="cand2", targets=("tgt", "other"),
-        search={"sources": {"space": "ranked", "importance_candidates": {"temperatures": [2.0], "cut": 0.5}},
+        search={"sources": {"space": "ranked", "importance_candidates": {"variants": [{"top": 1}], "cut": 0.5}},
                 "temperature": {"low": 0.5, "high": 4.0, "allow_off": True}, "lr": {"low": 0.01, "high": 0.1},
                 "freeze_depth": {"low": 0, "high": 1}},
         budget={"pretrain_epochs": 2, "finetune_epochs": 1, "trials_per_target": 2, "max_concurrent": 1,
@@ -98,7 +101,7 @@ def test_compute_counter_skips_a_cut_inside_its_full_run(tmp_path: Path) -> None
     from rtl.sweep.subset import generalist
     from rtl.sweep.trial import pretrain_plan
 
-    spec = _spec(tmp_path, [2.0])
+    spec = _spec(tmp_path, [{"temperature": 2.0}])
     gen, _ = generalist(spec, ["a", "b"])
     plan = pretrain_plan(spec, TrialParams(number=0, enqueued=IMPORTANCE_TRIAL, mask=["a", "b"], k=2,
                                            temperature=1.0, lr=0.01))
@@ -110,13 +113,26 @@ def test_compute_counter_skips_a_cut_inside_its_full_run(tmp_path: Path) -> None
     assert images_consumed(spec.cache_dir()) == gen_images + 2 * per_run
 
 
+def test_candidate_list_follows_the_ranking(tmp_path: Path) -> None:
+    from rtl.artifacts.trial import IMPORTANCE_TRIAL, TrialParams
+    from rtl.sweep.candidates import candidate_list
+    from rtl.sweep.trial import pretrain_plan
+
+    spec = _spec(tmp_path, [{"top": 1}, {"temperature": 2.0}, {"top": 5, "temperature": 0.5}])
+    plan = pretrain_plan(spec, TrialParams(number=0, seed=7, enqueued=IMPORTANCE_TRIAL, mask=["b", "a"], k=2,
+                                           temperature=1.0, lr=0.01))
+    # the mask is in ranking order (b first): top 1 is b; a top larger than the mask is the whole mask
+    assert candidate_list(spec, plan) == [(["b", "a"], 1.0, 7), (["b"], 1.0, 8), (["b", "a"], 2.0, 9),
+                                          (["b", "a"], 0.5, 10)]
+
+
 def test_candidates_need_two_pretraining_epochs(tmp_path: Path) -> None:
-    spec = _spec(tmp_path, [2.0])
+    spec = _spec(tmp_path, [{"temperature": 2.0}])
     d = spec.model_dump()
     d["budget"]["pretrain_epochs"] = 1
     with pytest.raises(ConfigError, match="pretrain_epochs >= 2"):
         spec_from_dict(d, "x")
     d["budget"]["pretrain_epochs"] = 2
-    d["search"]["sources"]["importance_candidates"]["temperatures"] = [0.0]
-    with pytest.raises(ConfigError, match="temperatures"):
+    d["search"]["sources"]["importance_candidates"]["variants"] = [{"temperature": 0.0}]
+    with pytest.raises(ConfigError, match="temperature"):
         spec_from_dict(d, "x")

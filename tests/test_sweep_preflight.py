@@ -217,12 +217,12 @@ def test_dry_run_says_how_the_importance_trial_pretrains(tmp_path: Path, no_side
                                                         capsys: pytest.CaptureFixture[str]) -> None:
     """With importance candidates the plan says what one importance trial costs: n cuts and one full run."""
     path = _spec(tmp_path / "ws", trials=6)
-    _edit(path, search={"sources": {"space": "ranked", "importance_candidates": {"temperatures": [0.5, 2.0]}}},
+    _edit(path, search={"sources": {"space": "ranked", "importance_candidates": {}}},
           budget={"pretrain_epochs": 2})
     assert main(["sweep", "run", str(path), "--dry-run"]) == 0
     out = capsys.readouterr().out
-    assert ("1 of them importance-weighted from scratch, each the best of 3 candidates (T 1, 0.5, 2), "
-            "picked by probe after epoch 1 of 2") in out
+    assert ("1 of them importance-weighted from scratch, each the best of 3 candidates (its own; top 3 at "
+            "T=1; same mask at T=2), picked by probe after epoch 1 of 2") in out
 
 
 def _start_that_fails_at_ray(path: Path, monkeypatch: pytest.MonkeyPatch) -> str:

@@ -25,7 +25,7 @@ def test_ranked_sweep_rungs_and_resume(tmp_path: Path, ray_session) -> None:
     spec = load_spec(write_spec(
         tmp_path, name="rk", trials=N, scheduler={"name": "rungs", "reduction_factor": 3},
         search={"sources": {"space": "ranked", "ranking": {"seeds": [0], "finetune_epochs": 1},
-                            "importance_candidates": {"temperatures": [2.0], "cut": 0.5}},
+                            "importance_candidates": {"variants": [{"top": 1}], "cut": 0.5}},
                 "temperature": {"low": 0.5, "high": 4.0, "allow_off": True}, "lr": {"low": 0.01, "high": 0.1},
                 "freeze_depth": {"low": 0, "high": 1}},
         budget={"pretrain_epochs": 2, "finetune_epochs": 2, "trials_per_target": N, "max_concurrent": 1,
@@ -61,10 +61,11 @@ def test_ranked_sweep_rungs_and_resume(tmp_path: Path, ray_session) -> None:
     assert imp[0].state.name == "COMPLETE"  # paid before its first rung report: never stopped
     eff = imp[0].user_attrs["rtl.effective_sources"].split(",")  # where 90 % of its images came from
     assert eff and set(eff) <= {"a", "b"}
-    # it pretrained the better of two candidates (T = 1 seed 0, T = 2 seed 1), compared after epoch 1 of 2
+    # it pretrained the better of two candidates (both sources seed 0, the ranking's first seed 1), compared
+    # after epoch 1 of 2
     assert imp[0].user_attrs["rtl.candidate"].endswith("of 2, picked after epoch 1)")
     imp_run = tracker.find_runs({"rtl.kind": "trial", "rtl.trial_id": imp[0].user_attrs["rtl.tune_trial_id"]})
-    assert len(imp_run) == 1 and json.loads(imp_run[0].data.tags["rtl.candidates"])[1]["temperature"] == 2.0
+    assert len(imp_run) == 1 and json.loads(imp_run[0].data.tags["rtl.candidates"])[1]["sources"] == 1
     assert {m.step for m in tracker.client.get_metric_history(imp_run[0].info.run_id, "candidate_probe_error")} == {0, 1}
     metas = {d.name: json.loads((d / "ckpt" / "meta.json").read_text()) for d in Path(spec.cache_dir()).iterdir()
              if (d / "ckpt" / "meta.json").exists()}

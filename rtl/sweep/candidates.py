@@ -2,11 +2,14 @@
 
 Why: on the hard synthetic family the winners of random search over bits are importance-weighted
 pretrainings from scratch (Ngiam et al. 2018), and such a pretraining varies a lot with its temperature
-and seed; random search draws about six of them per target and keeps the best by val, the ranked search
-drew one (docs/measurements/search.md, sessions 4-5). Drawing more at full price breaks the compute
+and seed, and the all-source one also weights decoys (sources that look like the target but do not help;
+the ranking's experts, which measure transfer, usually place them lower); random search draws about six
+weighted pretrainings per target over random masks and keeps the best by val, the ranked search drew one
+(docs/measurements/search.md, sessions 4-6). Drawing more at full price breaks the compute
 target, so here the candidates share one budget the way successive halving does (Jamieson & Talwalkar
 2016; the fidelity is pretraining epochs, as the issue asks): every candidate -- the trial's own
-temperature and seed first, then `search.sources.importance_candidates.temperatures`, seed + 1, + 2, ... --
+mask, temperature and seed first, then each of `search.sources.importance_candidates.variants` (the first
+`top` units of the trial's mask, which is in ranking order, and/or another temperature), seed + 1, + 2 --
 is pretrained for the first `cut_epoch` epochs of the generalist's schedule and scored by the target
 probe (rtl.sweep.subset.probe_error, the rung score of the continuations); only the lowest probe error is
 trained to the end. "To the end" continues the same run: the cut is `PretrainConfig.stop_after_epoch`,
@@ -14,8 +17,8 @@ which is not part of the run name, so the full pretraining resumes from the cut'
 learning-rate state (nothing is paid twice; the full model is what an uncut run gives).
 
 Cache: each cut is its own content-addressed entry (key from the target, the generalist's weights, the
-candidate's mask, temperature, seed, schedule and cut -- not from its weights' digest), holding the weights it trained on and `cut.json`; the full
-entry's key is the usual weighted-pretraining key (rtl.artifacts.cache.cache_key with the digest of those
+candidate's mask, temperature, seed, schedule and cut -- not from its weights' digest), holding the
+weights it trained on and `cut.json`; the full entry's key is the usual weighted-pretraining key (rtl.artifacts.cache.cache_key with the digest of those
 weights), so candidate 0 of an importance trial is the same entry a sweep without candidates built.
 Resume after a kill: finished cuts and fulls are cache hits; the probes are recomputed (deterministic),
 so the same candidate is picked. Compute accounting: a cut's images are the first epochs of its full
@@ -47,6 +50,7 @@ CUT_FILE = "cut.json"
 class Candidate:
     temperature: float
     seed: int
+    sources: int  # units in its mask (the first `sources` of the trial's mask, in ranking order)
     probe_error: float | None = None  # after the cut
     full_probe_error: float | None = None  # after the whole schedule (only when every candidate is completed)
 
@@ -54,12 +58,17 @@ class Candidate:
         return {k: v for k, v in self.__dict__.items() if v is not None}
 
 
-def candidate_list(spec: SweepSpec, plan: PretrainPlan) -> list[tuple[float, int]]:
-    """(temperature, seed) of each candidate: the trial's own first, then the spec's, seeds counting up."""
+def candidate_list(spec: SweepSpec, plan: PretrainPlan) -> list[tuple[list[str], float, int]]:
+    """(mask, temperature, seed) of each candidate: the trial's own first, then each variant of the spec
+    (the first `top` units of the trial's mask -- it is in ranking order -- at its temperature), seeds
+    counting up. A variant that repeats an earlier (mask, temperature) still differs by its seed."""
     assert plan.temperature is not None, "candidates are importance-weighted"
     c = spec.search.sources.importance_candidates
-    extra = list(c.temperatures) if c is not None else []
-    return [(float(plan.temperature), plan.seed)] + [(float(t), plan.seed + i + 1) for i, t in enumerate(extra)]
+    out = [(list(plan.mask), float(plan.temperature), plan.seed)]
+    for i, v in enumerate(c.variants if c is not None else []):
+        mask = list(plan.mask[:v.top]) if v.top else list(plan.mask)
+        out.append((mask, float(plan.temperature if v.temperature is None else v.temperature), plan.seed + i + 1))
+    return out
 
 
 def prefix_of(entry: Path) -> str | None:
@@ -87,9 +96,9 @@ def best_candidate(spec: SweepSpec, plan: PretrainPlan, target: str, gen: Path, 
     c = spec.search.sources.importance_candidates
     cut = c.cut_epoch(spec.budget.pretrain_epochs) if c is not None else spec.budget.pretrain_epochs
     cache, runs = PretrainCache(spec.cache_dir()), Path(spec.cache_dir()) / "runs"
-    mask, version = list(plan.mask), open_view(spec.corpus_path()).version
+    version = open_view(spec.corpus_path()).version
     cands, entries, gen_sha = [], [], weights_sha(gen)
-    for temp, seed in candidate_list(spec, plan):
+    for mask, temp, seed in candidate_list(spec, plan):
         base = dict(corpus_version=version, mask=mask, backbone=spec.backbone, schedule=_schedule(spec), seed=seed)
         # the weights depend on the target and the generalist: both are in the key (not the weights' digest,
         # so a resumed trial finds its cut even if a recomputation differed in the last bit)
@@ -97,13 +106,13 @@ def best_candidate(spec: SweepSpec, plan: PretrainPlan, target: str, gen: Path, 
                        "target": os.path.realpath(target), "generalist": gen_sha}
         cut_key = "cut-" + hashlib.sha256(json.dumps(cut_payload, sort_keys=True).encode()).hexdigest()[:40]
 
-        def build_cut(d: Path, temp: float = temp, seed: int = seed, base: dict = base) -> None:
+        def build_cut(d: Path, temp: float = temp, seed: int = seed, base: dict = base, mask: list = mask) -> None:
             weights = _importance(spec, gen, target, mask, temp)
             (d / "weights.json").write_bytes(weights.read_bytes())
             digest = hashlib.sha256(weights.read_bytes()).hexdigest()[:16]
             full_key = cache_key(temperature=temp, weights_digest=digest, **base)
             (d / CUT_FILE).write_text(json.dumps({"full": full_key, "epoch": cut, "temperature": temp,
-                                                  "seed": seed}))
+                                                  "seed": seed, "mask": sorted(mask)}))
             _pretrain(spec, d / "ckpt", runs, seed, "weighted", mask, class_weights=str(d / "weights.json"),
                       stop_after_epoch=cut)
 
@@ -111,12 +120,12 @@ def best_candidate(spec: SweepSpec, plan: PretrainPlan, target: str, gen: Path, 
         full_key = prefix_of(cut_dir) or cache_key(  # an entry always has cut.json; the fallback is defensive
             temperature=temp, weights_digest=hashlib.sha256((cut_dir / "weights.json").read_bytes()).hexdigest()[:16],
             **base)
-        entries.append((cut_dir, full_key, seed, temp))
-        cands.append(Candidate(temp, seed, probe_error(str(cut_dir / "ckpt"), spec, target, seed)))
+        entries.append((cut_dir, full_key, seed, mask))
+        cands.append(Candidate(temp, seed, len(mask), probe_error(str(cut_dir / "ckpt"), spec, target, seed)))
     best = min(range(len(cands)), key=lambda i: (cands[i].probe_error, i))
 
     def full(i: int) -> Path:
-        cut_dir, full_key, seed, _temp = entries[i]
+        cut_dir, full_key, seed, mask = entries[i]
 
         def build_full(d: Path) -> None:
             (d / "weights.json").write_bytes((cut_dir / "weights.json").read_bytes())
@@ -126,6 +135,6 @@ def best_candidate(spec: SweepSpec, plan: PretrainPlan, target: str, gen: Path, 
 
     winner = full(best)
     if complete_all:
-        cands = [Candidate(x.temperature, x.seed, x.probe_error,
+        cands = [Candidate(x.temperature, x.seed, x.sources, x.probe_error,
                            probe_error(str(full(i) / "ckpt"), spec, target, x.seed)) for i, x in enumerate(cands)]
     return winner, entries[best][1], best, cands

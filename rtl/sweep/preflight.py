@@ -533,7 +533,9 @@ def _candidates_line(spec: SweepSpec) -> str:
     c = spec.search.sources.importance_candidates
     if c is None or spec.search.sources.importance_trial is None:
         return ""
-    temps = ", ".join(f"{t:g}" for t in [spec.search.sources.importance_trial, *c.temperatures])
+    t0 = spec.search.sources.importance_trial
+    what = ["its own"] + [f"{f'top {v.top}' if v.top else 'same mask'} at T={v.temperature or t0:g}"
+                          for v in c.variants]
     e = spec.budget.pretrain_epochs
-    return (f"best of {len(c.temperatures) + 1} candidates (T {temps}), picked by probe after epoch "
+    return (f"best of {len(what)} candidates ({'; '.join(what)}), picked by probe after epoch "
             f"{c.cut_epoch(e)} of {e}")

@@ -104,22 +104,25 @@ class ImportanceTop(_M):
         return max(1, min(n_units, int(round(self.fraction * n_units))))
 
 
+class CandidateVariant(_M):
+    """One more candidate of an importance trial: the first `top` units of the trial's mask (its mask is in
+    ranking order: every source, or the ranking's top-k), null = the whole mask; `temperature` null = the
+    trial's own."""
+
+    top: int | None = Field(None, ge=1)
+    temperature: float | None = Field(None, gt=0)
+
+
 class ImportanceCandidates(_M):
-    """The importance trial as the best of several from-scratch weighted pretrainings, picked early: one
-    candidate per temperature (the trial's own first, then `temperatures`, each with its own seed), each
-    pretrained for the first `cut` of the schedule's epochs, scored by the target probe; only the best is
-    pretrained to the end (it continues the same run: same learning-rate schedule, nothing repeated).
-    Cost: (n - 1) x cut + 1 pretrainings per importance trial instead of 1 (rtl.sweep.candidates)."""
+    """The importance trial as the best of several from-scratch weighted pretrainings, picked early: the
+    trial's own (mask, temperature) first, then each of `variants` (seed + 1, + 2, ...), each pretrained for
+    the first `cut` of the schedule's epochs and scored by the target probe; only the best is pretrained to
+    the end (it continues the same run: same learning-rate schedule, nothing repeated).
+    Cost: n x cut + (1 - cut) pretrainings per importance trial instead of 1 (rtl.sweep.candidates)."""
 
-    temperatures: list[float] = Field(default_factory=lambda: [0.5, 2.0], min_length=1)
+    variants: list[CandidateVariant] = Field(
+        default_factory=lambda: [CandidateVariant(top=3), CandidateVariant(temperature=2.0)], min_length=1)
     cut: float = Field(0.5, gt=0, lt=1)
-
-    @field_validator("temperatures")
-    @classmethod
-    def _positive(cls, v: list[float]) -> list[float]:
-        if any(not t > 0 for t in v):
-            raise ValueError("temperatures must be > 0")
-        return v
 
     def cut_epoch(self, epochs: int) -> int:
         """The epoch after which the candidates are compared (at least 1, before the last)."""

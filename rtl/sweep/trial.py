@@ -249,8 +249,9 @@ def _best_candidate(spec: SweepSpec, plan: PretrainPlan, target: str, gen: Path,
     tags["rtl.candidates"] = json.dumps([c.as_dict() for c in cands])
     c = spec.search.sources.importance_candidates
     cut = c.cut_epoch(spec.budget.pretrain_epochs) if c is not None else spec.budget.pretrain_epochs
-    tags["rtl.candidate"] = (f"T={cands[best].temperature:g}, seed {cands[best].seed} (candidate {best + 1} of "
-                             f"{len(cands)}, picked after epoch {cut})")
+    b = cands[best]
+    tags["rtl.candidate"] = (f"{b.sources} source(s) at T={b.temperature:g}, seed {b.seed} (candidate {best + 1} "
+                             f"of {len(cands)}, picked after epoch {cut})")
     return str(entry / "ckpt"), key, str(entry / "weights.json")
 
 
