@@ -83,6 +83,9 @@ def make_spec(workdir: Path, corpus: Path, targets: list[str], arm: str, seed: i
             d["budget"]["subset_fraction"] = 0.1  # source at T 1, the ranking's top 3 at T 1, every source at T 2
             d["search"]["sources"]["importance_candidates"] = {"variants": [{"top": 3}, {"temperature": 2.0}],
                                                                "cut": 0.5}
+        if arm == "ranked_ii":  # sampled trials may fine-tune the importance trial's pretraining (pretrain: importance)
+            d["budget"]["subset_fraction"] = 0.1
+            d["search"]["sources"]["importance_init"] = True
         if arm == "ranked_cand_t":  # session 6's first try: temperatures only (T 1, 0.5, 2); seed 1 of draw 4
             d["budget"]["subset_fraction"] = 0.1
             d["search"]["sources"]["importance_candidates"] = {"variants": [{"temperature": 0.5},
@@ -124,7 +127,8 @@ def best_of(results_dir: str, target: str) -> dict[str, Any]:
     traj = [(t.number, t.value) for t in sorted(done, key=lambda t: t.number)]
     return {"val": best.value, "test": best.user_attrs.get("rtl.test_error"),
             "mask": [] if mask in ("none", "generalist") else mask.split(","),
-            "effective": effective_of(results_dir, best), "enqueued": best.user_attrs.get("rtl.enqueued", ""),
+            "effective": effective_of(results_dir, best), "enqueued": best.user_attrs.get("rtl.enqueued", "") or (
+                "imp-init" if best.params.get("pretrain") == "importance" else ""),
             "n_done": len(done),
             "n_pruned": sum(t.state.name == "PRUNED" for t in trials), "best_test_any": min(tests, default=None),
             "traj": traj}
@@ -223,7 +227,7 @@ def main() -> None:
 
 
 ARMS = ("ranked", "random_bits", "tpe_asha_bits", "ranked_v1", "ranked_imp", "ranked_full", "ranked_lean",
-        "ranked_cand", "ranked_cand_t", "ranked_top")
+        "ranked_cand", "ranked_cand_t", "ranked_ii", "ranked_top")
 
 
 def report(rows: list[dict[str, Any]]) -> None:

@@ -25,7 +25,7 @@ def test_ranked_sweep_rungs_and_resume(tmp_path: Path, ray_session) -> None:
     spec = load_spec(write_spec(
         tmp_path, name="rk", trials=N, scheduler={"name": "rungs", "reduction_factor": 3},
         search={"sources": {"space": "ranked", "ranking": {"seeds": [0], "finetune_epochs": 1},
-                            "importance_candidates": {"variants": [{"top": 1}], "cut": 0.5}},
+                            "importance_candidates": {"variants": [{"top": 1}], "cut": 0.5}, "importance_init": True},
                 "temperature": {"low": 0.5, "high": 4.0, "allow_off": True}, "lr": {"low": 0.01, "high": 0.1},
                 "freeze_depth": {"low": 0, "high": 1}},
         budget={"pretrain_epochs": 2, "finetune_epochs": 2, "trials_per_target": N, "max_concurrent": 1,
@@ -59,6 +59,7 @@ def test_ranked_sweep_rungs_and_resume(tmp_path: Path, ray_session) -> None:
     assert len(imp) == 1 and imp[0].params["k"] == 2 and imp[0].params["temperature"] == 1.0
     assert sorted(imp[0].user_attrs["rtl.mask"].split(",")) == ["a", "b"]
     assert imp[0].state.name == "COMPLETE"  # paid before its first rung report: never stopped
+    assert imp[0].params["pretrain"] == "importance" and top1[0].params["pretrain"] == "continue"
     eff = imp[0].user_attrs["rtl.effective_sources"].split(",")  # where 90 % of its images came from
     assert eff and set(eff) <= {"a", "b"}
     # it pretrained the better of two candidates (both sources seed 0, the ranking's first seed 1), compared

@@ -169,6 +169,61 @@ def test_ranked_space_generalist_and_subset_params() -> None:
     assert sub["init"] == "corpus" and sub["mask"] == ["b", "a", "c"] and sub["temperature"] is None
 
 
+def test_ranked_space_can_fine_tune_the_importance_pretraining(tmp_path: Path) -> None:
+    """`search.sources.importance_init`: a sampled trial may pick `pretrain: importance` -- every source,
+    weighted at the importance trial's T, from scratch (the same pretraining as the importance trial, so a
+    cache hit) with its own fine-tune settings; enqueued trials carry their `pretrain` value fixed, and one
+    enqueued before the choice existed is not given one (its label decides)."""
+    from optuna.trial import FixedTrial
+
+    from rtl.artifacts.trial import IMPORTANCE_TRIAL, TrialParams
+    from rtl.sweep.scheduler import never_stopped
+
+    space = dict(SPACE, sources={"space": "ranked", "max_k": None, "swaps": 2, "importance_trial": 1.0,
+                                 "importance_init": True})
+    order = ["b", "a", "c"]
+    p = define_space(FixedTrial({"lr": 0.05, "freeze_depth": 1, "regularizer": "none", "pretrain": "importance"}),
+                     space, order, None)
+    assert p["importance_init"] and p["mask"] == order and p["temperature"] == 1.0 and p["k"] == 3
+    tp = TrialParams(number=5, **p)
+    assert tp.weighted_scratch and never_stopped({"trial": tp.to_config()})
+    cont = define_space(FixedTrial({"lr": 0.05, "freeze_depth": 1, "regularizer": "none", "pretrain": "continue",
+                                    "k": 1, "drop": 0, "add": 0, "importance": "off"}), space, order, None)
+    assert not cont.get("importance_init") and cont["mask"] == ["b"]
+
+    study = optuna.create_study()
+    study.enqueue_trial({"lr": 0.01, "freeze_depth": 0, "regularizer": "none", "k": 3, "drop": 0, "add": 0,
+                         "importance": "on", "temperature": 1.0, "pretrain": "importance"})
+    study.enqueue_trial({"lr": 0.01, "freeze_depth": 0, "regularizer": "none", "k": 1, "drop": 0, "add": 0,
+                         "importance": "off"})  # enqueued by a version without the choice
+    imp = define_space(study.ask(), space, order, None, IMPORTANCE_TRIAL)
+    assert not imp.get("importance_init") and imp["mask"] == order  # the label decides: it IS the importance trial
+    old = study.ask()
+    define_space(old, space, order, None, "top-1")
+    assert "pretrain" not in old.params
+    assert study.trials[0].params["pretrain"] == "importance"  # TPE sees the importance trial's point
+    without = dict(SPACE, sources={"space": "ranked", "swaps": 2, "importance_trial": 1.0, "importance_init": False})
+    t = optuna.create_study().ask()
+    define_space(t, without, order, None)
+    assert "pretrain" not in t.params
+
+
+def test_sampled_importance_init_pretrains_like_the_importance_trial(tmp_path: Path) -> None:
+    from sweep_helpers import write_spec
+
+    from rtl.artifacts.trial import IMPORTANCE_TRIAL, TrialParams
+    from rtl.sweep.spec import load_spec
+    from rtl.sweep.trial import pretrain_plan
+
+    spec = load_spec(write_spec(tmp_path, search={"sources": {"space": "ranked", "importance_init": True},
+                                                  "temperature": {"low": 0.5, "high": 4.0, "allow_off": True},
+                                                  "lr": {"low": 0.01, "high": 0.1}, "freeze_depth": {"low": 0, "high": 1}}))
+    common = dict(mask=["b", "a"], k=2, temperature=1.0, freeze_depth=0)
+    sampled = pretrain_plan(spec, TrialParams(number=7, lr=0.1, importance_init=True, **common))
+    enqueued = pretrain_plan(spec, TrialParams(number=2, lr=0.02, enqueued=IMPORTANCE_TRIAL, **common))
+    assert sampled == enqueued and not sampled.continue_generalist  # one plan -> one cache entry
+
+
 def test_reenqueued_ranking_trial_keeps_its_tag(tmp_path: Path) -> None:
     """Regression (kill test, ranked space): an enqueued top-k trial lost with the driver came back
     without `rtl.enqueued`, so the report no longer knew it was a ranking trial."""

@@ -72,6 +72,9 @@ class TrialParams(BaseModel):
     freeze_depth: int = Field(0, ge=0)
     regularizer: RegularizerName = "none"
     reg_strength: float = Field(0.0, ge=0)
+    # ranked space, `pretrain: importance` sampled: fine-tune the importance trial's pretraining (every source,
+    # importance-weighted, from scratch: a cache hit once the importance trial ran) with the sampled settings
+    importance_init: bool = False
 
     @model_validator(mode="after")
     def _consistent(self) -> TrialParams:
@@ -83,7 +86,7 @@ class TrialParams(BaseModel):
             raise ValueError("init corpus needs a non-empty mask")
         if self.temperature is not None and not self.mask:
             raise ValueError("temperature needs a source mask")
-        if is_importance_trial(self.enqueued) and (self.temperature is None or not self.mask):
+        if (self.importance_init or is_importance_trial(self.enqueued)) and (self.temperature is None or not self.mask):
             raise ValueError(f"the {self.enqueued} trial needs a source mask and a temperature")
         return self
 
@@ -100,8 +103,9 @@ class TrialParams(BaseModel):
     def weighted_scratch(self) -> bool:
         """Ranked space: pretrain the mask from scratch with the importance weights instead of continuing
         the generalist -- the enqueued importance trials (`search.sources.importance_trial`,
-        `search.sources.importance_top`), and their confirm runs, which carry the label."""
-        return is_importance_trial(self.enqueued)
+        `search.sources.importance_top`), and their confirm runs, which carry the label -- and sampled trials
+        that fine-tune the importance trial's pretraining (`importance_init`)."""
+        return self.importance_init or is_importance_trial(self.enqueued)
 
     @property
     def searched(self) -> bool:

@@ -300,9 +300,9 @@ def confirm_configs(spec: SweepSpec, target: str, units: list[str], best: Any) -
     """Trainable configs re-running `best` (a searched Optuna trial) with every other seed of the spec."""
     from optuna.trial import FixedTrial
 
-    params = define_space(FixedTrial(best.params), spec.search.model_dump(), units, None)
-    used = int(best.user_attrs.get("rtl.seed", spec.seeds[0]))
     label = best.user_attrs.get("rtl.enqueued", "")  # the importance trial is confirmed from scratch too
+    params = define_space(FixedTrial(best.params), spec.search.model_dump(), units, None, label)
+    used = int(best.user_attrs.get("rtl.seed", spec.seeds[0]))
     return [TrialParams(number=best.number, seed=s, kind="confirm", enqueued=label, **params).to_config()
             for s in dict.fromkeys(spec.seeds) if s != used]
 

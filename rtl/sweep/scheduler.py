@@ -28,7 +28,8 @@ def is_control(config: dict[str, Any]) -> bool:
 def never_stopped(config: dict[str, Any]) -> bool:
     """Controls, and trials whose expensive part is paid before their first report (the importance trial,
     `TrialParams.weighted_scratch`)."""
-    return is_control(config) or is_importance_trial((config.get("trial") or {}).get("enqueued"))
+    t = config.get("trial") or {}
+    return is_control(config) or is_importance_trial(t.get("enqueued")) or bool(t.get("importance_init"))
 
 
 class ControlAwareASHA(ASHAScheduler):

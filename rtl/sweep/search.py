@@ -62,12 +62,14 @@ def objective_of(result: dict[str, Any] | None) -> float | None:
     return None if v is None else float(v)
 
 
-def define_space(trial: Any, space: dict[str, Any], units: list[str], control: str | None) -> dict[str, Any]:
+def define_space(trial: Any, space: dict[str, Any], units: list[str], control: str | None,
+                 enqueued: str = "") -> dict[str, Any]:
     """Define-by-run search space -> trial params for the trainable. `space` = SweepSpec.search dict.
 
     Returns the `TrialParams` fields the space decides (rtl.artifacts.trial): {"mask": [units on] | None,
     "temperature": float | None, "lr", "freeze_depth", "regularizer", "reg_strength", "init"} and, in the
-    ranked space, "k", "drop", "add". Controls use the same parameter names (values enqueued)."""
+    ranked space, "k", "drop", "add" (and "importance_init" when `pretrain: importance` was sampled).
+    Controls use the same parameter names (values enqueued); `enqueued` is the trial's `rtl.enqueued` label."""
     out: dict[str, Any] = {"init": "corpus"}
     out["lr"] = trial.suggest_float("lr", space["lr"]["low"], space["lr"]["high"], log=True)
     if control == "scratch":
@@ -83,7 +85,7 @@ def define_space(trial: Any, space: dict[str, Any], units: list[str], control: s
         out.update(init=control, mask=None, temperature=None)
         return out
     if (space.get("sources") or {}).get("space") == "ranked":
-        return _ranked(trial, space, units, out)
+        return _ranked(trial, space, units, out, labeled=bool(control or enqueued))
     anchor = trial.suggest_categorical("anchor", units)
     mask = [u for u in units if u == anchor or trial.suggest_categorical(f"src.{u}", [0, 1]) == 1]
     out["mask"] = mask  # never empty: the anchor is always on
@@ -105,10 +107,42 @@ def ranked_mask(order: list[str], k: int, drop: int, add: int) -> list[str]:
     return mask
 
 
-def _ranked(trial: Any, space: dict[str, Any], order: list[str], out: dict[str, Any]) -> dict[str, Any]:
+PRETRAIN = ("continue", "importance")  # the ranked space's `pretrain` categorical (search.sources.importance_init)
+
+
+def _pretrain_choice(trial: Any, src: dict[str, Any], labeled: bool) -> str | None:
+    """`pretrain` of a ranked trial: "importance" = fine-tune the importance trial's pretraining, "continue" =
+    the subset's continuation of the generalist; None when the space has no such choice. A labeled trial
+    (control / enqueued) has it fixed at enqueue time; one enqueued before the choice existed has no fixed
+    value and is not given one (its label decides how it pretrains)."""
+    if not (src.get("importance_init") and src.get("importance_trial")):
+        return None
+    if labeled and "pretrain" not in _fixed_params(trial):
+        return None
+    return str(trial.suggest_categorical("pretrain", list(PRETRAIN)))
+
+
+def _fixed_params(trial: Any) -> dict[str, Any]:
+    """The values a trial was given before sampling: an enqueued optuna.Trial's fixed params, or a
+    FixedTrial's (a confirm run replaying a finished trial's params)."""
+    frozen = getattr(trial, "_cached_frozen_trial", None)
+    if frozen is not None:
+        return frozen.system_attrs.get("fixed_params") or {}
+    return getattr(trial, "_params", None) or {}
+
+
+def _ranked(trial: Any, space: dict[str, Any], order: list[str], out: dict[str, Any],
+            labeled: bool = False) -> dict[str, Any]:
     """Ranked space: k (0 = the generalist alone) over the target's ranking `order`, one drop and one
-    add swap (fixed categorical choices, so TPE's multivariate model sees one joint distribution)."""
+    add swap (fixed categorical choices, so TPE's multivariate model sees one joint distribution).
+    With `search.sources.importance_init`, first `pretrain`: "importance" fine-tunes the importance trial's
+    pretraining (every source, weighted at `importance_trial`, from scratch; cached) with the sampled
+    fine-tune settings, so the search spends trials on the strongest init without paying a pretraining."""
     src = space["sources"]
+    if _pretrain_choice(trial, src, labeled) == "importance" and not labeled:
+        out.update(k=len(order), drop=0, add=0, mask=list(order), temperature=float(src["importance_trial"]),
+                   importance_init=True)
+        return out
     kmax = min(src.get("max_k") or len(order), len(order))
     k = trial.suggest_int("k", 0, kmax)
     swaps = list(range(int(src.get("swaps", 2)) + 1))
@@ -130,6 +164,8 @@ def ranking_params(k: int, spec: Any) -> dict[str, Any]:
     """Fixed Optuna params of an enqueued ranking trial: the top-k with default fine-tune settings."""
     p: dict[str, Any] = {"lr": spec.control_lr(), "regularizer": "none", "freeze_depth": spec.controls.freeze_depth,
                          "k": k}
+    if spec.search.sources.importance_init and spec.search.sources.importance_trial:
+        p["pretrain"] = "continue"  # an importance trial sets "importance" below
     if spec.search.sources.swaps:
         p.update(drop=0, add=0)
     if spec.search.temperature.allow_off:
@@ -145,6 +181,8 @@ def importance_trial_params(spec: Any, units: list[str], k: int | None = None,
     continuation: `TrialParams.weighted_scratch`, decided by the trial's `rtl.enqueued` label), so TPE
     sees it as one more point of the (k, temperature) surface."""
     p = ranking_params(len(units) if k is None else int(k), spec)
+    if "pretrain" in p:
+        p["pretrain"] = "importance"
     if spec.search.temperature.allow_off:
         p["importance"] = "on"
     p["temperature"] = float(spec.search.sources.importance_trial if temperature is None else temperature)
@@ -159,6 +197,8 @@ def control_params(control: str, spec: Any, units: list[str]) -> dict[str, Any]:
         p["freeze_depth"] = spec.controls.freeze_depth
     if spec.search.sources.space == "ranked" and control in ("generalist", "uniform", "importance"):
         p["k"] = 0 if control == "generalist" else len(units)  # the generalist alone / every source
+        if spec.search.sources.importance_init and spec.search.sources.importance_trial:
+            p["pretrain"] = "continue"
         if spec.search.sources.swaps:
             p.update(drop=0, add=0)
         if control == "generalist":
@@ -227,9 +267,9 @@ class OptunaAskTell(Searcher):
         t = self.study.ask()
         control = t.user_attrs.get("rtl.control")
         seed = int(t.user_attrs.get("rtl.seed", self.seed))
-        params = TrialParams(number=t.number, control=control or "", seed=seed,
-                             enqueued=t.user_attrs.get("rtl.enqueued", ""),
-                             **define_space(t, self.space, self.units, control))
+        label = t.user_attrs.get("rtl.enqueued", "")
+        params = TrialParams(number=t.number, control=control or "", seed=seed, enqueued=label,
+                             **define_space(t, self.space, self.units, control, label))
         t.set_user_attr(TUNE_ID, trial_id)
         t.set_user_attr("rtl.mask", params.mask_label)
         self._live[trial_id] = t.number

@@ -145,6 +145,9 @@ class Sources(_M):
     importance_trial: float | None = Field(1.0, gt=0)
     # and a second one on the ranking's top (null: none); each costs one generalist's pretraining per target
     importance_top: ImportanceTop | None = None
+    # sampled trials may fine-tune the importance trial's pretraining (`pretrain: importance | continue`, a
+    # searched categorical): the strongest init gets the search's fine-tune settings at no pretraining cost
+    importance_init: bool = False
     # each importance trial as the best of several candidates picked after a prefix (null: one pretraining)
     importance_candidates: ImportanceCandidates | None = None
     ranking: Ranking = Ranking()

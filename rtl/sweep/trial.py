@@ -124,7 +124,7 @@ def pretrain_plan(spec: SweepSpec, t: TrialParams | dict[str, Any]) -> PretrainP
     if isinstance(t, dict):
         init = t.get("init") if t.get("init") in ("scratch", "imagenet", "generalist") else "corpus"
         mask, seed, temp = t.get("mask"), int(t.get("seed", 0)), t.get("temperature")
-        scratch = is_importance_trial(t.get("enqueued"))
+        scratch = is_importance_trial(t.get("enqueued")) or bool(t.get("importance_init"))
     else:
         init, mask, seed, temp, scratch = t.init, t.mask, t.seed, t.temperature, t.weighted_scratch
     fixed = init in ("scratch", "imagenet", "generalist")
