@@ -227,7 +227,7 @@ def main() -> None:
 
 
 ARMS = ("ranked", "random_bits", "tpe_asha_bits", "ranked_v1", "ranked_imp", "ranked_full", "ranked_lean",
-        "ranked_cand", "ranked_cand_t", "ranked_ii", "ranked_top")
+        "ranked_cand", "ranked_cand_t", "ranked_ii", "ranked_ii_tpe", "ranked_top")
 
 
 def report(rows: list[dict[str, Any]]) -> None:

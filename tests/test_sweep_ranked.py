@@ -13,7 +13,8 @@ from sweep_helpers import write_spec
 
 from rtl.sweep.spec import load_spec
 
-N = 6  # controls: scratch, generalist, uniform; enqueued: the importance trial, top-1; 1 from the sampler
+N = 8  # controls: scratch, generalist, uniform; enqueued: the importance trial, its pretraining fine-tuned at
+# the high and low ends of the lr range, top-1; 1 from the sampler
 
 
 def test_ranked_sweep_rungs_and_resume(tmp_path: Path, ray_session) -> None:
@@ -60,6 +61,14 @@ def test_ranked_sweep_rungs_and_resume(tmp_path: Path, ray_session) -> None:
     assert sorted(imp[0].user_attrs["rtl.mask"].split(",")) == ["a", "b"]
     assert imp[0].state.name == "COMPLETE"  # paid before its first rung report: never stopped
     assert imp[0].params["pretrain"] == "importance" and top1[0].params["pretrain"] == "continue"
+    # importance_init: its pretraining fine-tuned at lr 0.1 and 0.01 (search.lr's ends) -- the same cache entry
+    lr_trials = {t.user_attrs["rtl.enqueued"]: t for t in trials
+                 if t.user_attrs.get("rtl.enqueued", "").startswith("top-all-imp-lr-")}
+    assert sorted(lr_trials) == ["top-all-imp-lr-high", "top-all-imp-lr-low"]
+    assert [lr_trials[k].params["lr"] for k in sorted(lr_trials)] == [0.1, 0.01]
+    keys = {tracker.find_runs({"rtl.kind": "trial", "rtl.trial_id": t.user_attrs["rtl.tune_trial_id"]})[0]
+            .data.tags["rtl.cache_key"] for t in [imp[0], *lr_trials.values()]}
+    assert len(keys) == 1 and all(t.state.name == "COMPLETE" for t in lr_trials.values())
     eff = imp[0].user_attrs["rtl.effective_sources"].split(",")  # where 90 % of its images came from
     assert eff and set(eff) <= {"a", "b"}
     # it pretrained the better of two candidates (both sources seed 0, the ranking's first seed 1), compared

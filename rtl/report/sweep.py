@@ -159,8 +159,8 @@ def _kind(t: Any) -> str:
         if cand:
             return f"importance, {top}from scratch, best candidate: {cand}"
         return f"importance, {top}from scratch (T={t.params.get('temperature', '?')})"
-    if t.params.get("pretrain") == "importance":  # a sampled trial fine-tuning the importance trial's pretraining
-        return "search, on the importance trial's pretraining"
+    if t.params.get("pretrain") == "importance":  # fine-tunes the importance trial's pretraining (no pretraining)
+        return f"{'ranking' if label else 'search'}: importance trial's pretraining, lr {t.params.get('lr', 0):.3g}"
     return f"ranking {label}" if label else "search"
 
 

@@ -33,6 +33,7 @@ from rtl.sweep.search import (
     OptunaAskTell,
     control_params,
     define_space,
+    importance_lr_params,
     importance_trial_params,
     objective_of,
     ranking_params,
@@ -75,6 +76,9 @@ def controls_for(spec: SweepSpec, units: list[str]) -> list[tuple[str, int, dict
         src = spec.search.sources
         ranked = [(IMPORTANCE_TRIAL, spec.seeds[0], importance_trial_params(spec, units))
                   ] if src.importance_trial else []
+        if src.importance_trial and src.importance_init:  # its pretraining fine-tuned at both ends of the lr range
+            ranked += [(f"{IMPORTANCE_TRIAL}-lr-{end}", spec.seeds[0], importance_lr_params(spec, lr))
+                       for end, lr in (("high", spec.search.lr.high), ("low", spec.search.lr.low))]
         top = src.importance_top
         k_top = min(top.k(len(units)), kmax) if top is not None else 0
         if top is not None and not (k_top == len(units) and top.temperature == src.importance_trial):  # no twin

@@ -40,7 +40,7 @@ from typing import Any
 
 from ray.tune.search import Searcher
 
-from rtl.artifacts.trial import TrialParams
+from rtl.artifacts.trial import TrialParams, is_importance_trial
 from rtl.errors import ConfigError
 from rtl.sweep.spec import expand_storage
 
@@ -85,7 +85,7 @@ def define_space(trial: Any, space: dict[str, Any], units: list[str], control: s
         out.update(init=control, mask=None, temperature=None)
         return out
     if (space.get("sources") or {}).get("space") == "ranked":
-        return _ranked(trial, space, units, out, labeled=bool(control or enqueued))
+        return _ranked(trial, space, units, out, labeled=bool(control or enqueued), label=enqueued)
     anchor = trial.suggest_categorical("anchor", units)
     mask = [u for u in units if u == anchor or trial.suggest_categorical(f"src.{u}", [0, 1]) == 1]
     out["mask"] = mask  # never empty: the anchor is always on
@@ -132,14 +132,15 @@ def _fixed_params(trial: Any) -> dict[str, Any]:
 
 
 def _ranked(trial: Any, space: dict[str, Any], order: list[str], out: dict[str, Any],
-            labeled: bool = False) -> dict[str, Any]:
+            labeled: bool = False, label: str = "") -> dict[str, Any]:
     """Ranked space: k (0 = the generalist alone) over the target's ranking `order`, one drop and one
     add swap (fixed categorical choices, so TPE's multivariate model sees one joint distribution).
     With `search.sources.importance_init`, first `pretrain`: "importance" fine-tunes the importance trial's
     pretraining (every source, weighted at `importance_trial`, from scratch; cached) with the sampled
-    fine-tune settings, so the search spends trials on the strongest init without paying a pretraining."""
+    fine-tune settings, so the search spends trials on the strongest init without paying a pretraining
+    (sampled, or enqueued at the ends of the lr range: `importance_lr_params`)."""
     src = space["sources"]
-    if _pretrain_choice(trial, src, labeled) == "importance" and not labeled:
+    if _pretrain_choice(trial, src, labeled) == "importance" and not is_importance_trial(label):
         out.update(k=len(order), drop=0, add=0, mask=list(order), temperature=float(src["importance_trial"]),
                    importance_init=True)
         return out
@@ -187,6 +188,13 @@ def importance_trial_params(spec: Any, units: list[str], k: int | None = None,
         p["importance"] = "on"
     p["temperature"] = float(spec.search.sources.importance_trial if temperature is None else temperature)
     return p
+
+
+def importance_lr_params(spec: Any, lr: float) -> dict[str, Any]:
+    """Fixed Optuna params of an enqueued fine-tune of the importance trial's pretraining at `lr` (the ends of
+    `search.lr`, with `search.sources.importance_init`): no pretraining of its own, so the lr -- the fine-tune
+    setting that matters most -- is bracketed on the strongest init before the sampler takes over."""
+    return {"lr": float(lr), "regularizer": "none", "freeze_depth": spec.controls.freeze_depth, "pretrain": "importance"}
 
 
 def control_params(control: str, spec: Any, units: list[str]) -> dict[str, Any]:

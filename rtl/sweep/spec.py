@@ -146,7 +146,8 @@ class Sources(_M):
     # and a second one on the ranking's top (null: none); each costs one generalist's pretraining per target
     importance_top: ImportanceTop | None = None
     # sampled trials may fine-tune the importance trial's pretraining (`pretrain: importance | continue`, a
-    # searched categorical): the strongest init gets the search's fine-tune settings at no pretraining cost
+    # searched categorical), and two enqueued trials fine-tune it at search.lr's low and high ends: the
+    # strongest init gets the search's fine-tune settings at no pretraining cost
     importance_init: bool = False
     # each importance trial as the best of several candidates picked after a prefix (null: one pretraining)
     importance_candidates: ImportanceCandidates | None = None
