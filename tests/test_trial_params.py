@@ -176,8 +176,13 @@ def test_importance_trial_is_pretrained_from_scratch_through_ask_orphan_and_conf
     imp = [t for t in asked if t.enqueued == IMPORTANCE_TRIAL]
     assert len(imp) == 1 and imp[0].weighted_scratch and sorted(imp[0].mask) == units
     assert imp[0].temperature == spec.search.sources.importance_trial == 1.0
-    assert not any(t.weighted_scratch for t in asked if t.enqueued != IMPORTANCE_TRIAL)
+    # importance_init (default): its pretraining is also fine-tuned at both ends of search.lr -- the same plan
+    lr_ends = {n for n in names if n.startswith(f"{IMPORTANCE_TRIAL}-lr-")}  # as many as the budget leaves room for
+    assert f"{IMPORTANCE_TRIAL}-lr-high" in lr_ends  # the high end first
+    assert {t.enqueued for t in asked if t.weighted_scratch} == {IMPORTANCE_TRIAL} | lr_ends
     plan = pretrain_plan(spec, imp[0])
+    assert all(pretrain_plan(spec, t) == plan for t in asked if t.enqueued in lr_ends)
+    assert {t.lr for t in asked if t.enqueued in lr_ends} <= {spec.search.lr.low, spec.search.lr.high}
     assert (plan.strategy, plan.continue_generalist, plan.rungs, plan.subset_fraction) == ("weighted", False, [], None)
     assert plan.epochs == spec.budget.pretrain_epochs and plan.samples_per_epoch == samples_per_epoch(spec)
     same = TrialParams.parse(imp[0].to_config() | {"enqueued": ""})
@@ -185,7 +190,7 @@ def test_importance_trial_is_pretrained_from_scratch_through_ask_orphan_and_conf
     # lost with the driver: re-enqueued with its label, asked again from scratch
     reconcile_orphans(open_study(spec.optuna_url(), f"{spec.name}/tgt"), set())
     again = [TrialParams.parse(s.suggest(f"r{i}")["trial"]) for i in range(len(names))]
-    assert sum(t.weighted_scratch for t in again) == 1
+    assert {t.enqueued for t in again if t.weighted_scratch} == {IMPORTANCE_TRIAL} | lr_ends
     # it wins: the confirm seed is pretrained from scratch too
     study = open_study(spec.optuna_url(), f"{spec.name}/tgt")
     best = [t for t in study.trials if t.user_attrs.get("rtl.enqueued") == IMPORTANCE_TRIAL][0]
@@ -238,7 +243,9 @@ def test_importance_top_is_a_second_from_scratch_trial_on_the_ranking_top(tmp_pa
     plan = pretrain_plan(top, t)
     assert (plan.strategy, plan.continue_generalist, plan.epochs) == ("weighted", False, top.budget.pretrain_epochs)
     sampled = TrialParams.parse(s.suggest("sampled")["trial"])  # after the enqueued ones: the sampler's
-    assert never_stopped({"trial": t.to_config()}) and not never_stopped({"trial": sampled.to_config()})
+    assert never_stopped({"trial": t.to_config()})
+    # a sampled continuation may be stopped; a sampled fine-tune of the importance pretraining is not (paid)
+    assert never_stopped({"trial": sampled.to_config()}) == sampled.importance_init
     ft = create_trial(params={"temperature": 2.0, "k": 2},
                       distributions={"temperature": FloatDistribution(0.5, 8.0), "k": IntDistribution(0, 4)},
                       value=0.1, user_attrs={"rtl.enqueued": "top-2-imp", "rtl.mask": "c,a", "rtl.effective_sources": "c"})

@@ -76,14 +76,14 @@ def controls_for(spec: SweepSpec, units: list[str]) -> list[tuple[str, int, dict
         src = spec.search.sources
         ranked = [(IMPORTANCE_TRIAL, spec.seeds[0], importance_trial_params(spec, units))
                   ] if src.importance_trial else []
-        if src.importance_trial and src.importance_init:  # its pretraining fine-tuned at both ends of the lr range
-            ranked += [(f"{IMPORTANCE_TRIAL}-lr-{end}", spec.seeds[0], importance_lr_params(spec, lr))
-                       for end, lr in (("high", spec.search.lr.high), ("low", spec.search.lr.low))]
         top = src.importance_top
         k_top = min(top.k(len(units)), kmax) if top is not None else 0
         if top is not None and not (k_top == len(units) and top.temperature == src.importance_trial):  # no twin
             ranked.append((importance_label(k_top), spec.seeds[0],
                            importance_trial_params(spec, units, k_top, top.temperature)))
+        if src.importance_trial and src.importance_init:  # its pretraining fine-tuned at both ends of the lr range
+            ranked += [(f"{IMPORTANCE_TRIAL}-lr-{end}", spec.seeds[0], importance_lr_params(spec, lr))
+                       for end, lr in (("high", spec.search.lr.high), ("low", spec.search.lr.low))]
         ranked += [(f"top-{k}", spec.seeds[0], ranking_params(k, spec)) for k in range(1, min(3, kmax) + 1)
                    if k < len(units) or not c.uniform]
         out += ranked[:max(0, room)]

@@ -112,12 +112,14 @@ PRETRAIN = ("continue", "importance")  # the ranked space's `pretrain` categoric
 
 def _pretrain_choice(trial: Any, src: dict[str, Any], labeled: bool) -> str | None:
     """`pretrain` of a ranked trial: "importance" = fine-tune the importance trial's pretraining, "continue" =
-    the subset's continuation of the generalist; None when the space has no such choice. A labeled trial
-    (control / enqueued) has it fixed at enqueue time; one enqueued before the choice existed has no fixed
-    value and is not given one (its label decides how it pretrains)."""
+    the subset's continuation of the generalist; None when the space has no such choice. Enqueued trials
+    (controls, ranking trials) have it fixed; a trial that replays params stored before the choice existed
+    (an old sweep's orphan re-enqueued, its best trial confirmed) has fixed params without it and is not
+    given one: it continues the generalist as it did."""
     if not (src.get("importance_init") and src.get("importance_trial")):
         return None
-    if labeled and "pretrain" not in _fixed_params(trial):
+    fixed = _fixed_params(trial)
+    if (fixed or labeled) and "pretrain" not in fixed:
         return None
     return str(trial.suggest_categorical("pretrain", list(PRETRAIN)))
 

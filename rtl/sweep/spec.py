@@ -148,7 +148,7 @@ class Sources(_M):
     # sampled trials may fine-tune the importance trial's pretraining (`pretrain: importance | continue`, a
     # searched categorical), and two enqueued trials fine-tune it at search.lr's low and high ends: the
     # strongest init gets the search's fine-tune settings at no pretraining cost
-    importance_init: bool = False
+    importance_init: bool = True
     # each importance trial as the best of several candidates picked after a prefix (null: one pretraining)
     importance_candidates: ImportanceCandidates | None = None
     ranking: Ranking = Ranking()
