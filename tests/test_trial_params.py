@@ -296,6 +296,15 @@ def test_report_names_the_importance_trial_by_what_it_did() -> None:
                                                "rtl.candidate": cand})
     assert _kind(best) == f"importance, from scratch, best candidate: {cand}"
     assert _subset_name(best) == f"(every source, the best importance-weighted candidate from scratch, {cand})"
+    for label in ("top-all-imp-lr-high", None):  # enqueued at the lr range's high end, or sampled
+        ft = create_trial(params={"lr": 0.1, "pretrain": "importance"},
+                          distributions={"lr": FloatDistribution(0.003, 0.1, log=True),
+                                         "pretrain": CategoricalDistribution(["continue", "importance"])},
+                          value=0.1, user_attrs={"rtl.mask": "a,b,c", "rtl.effective_sources": "b"}
+                          | ({"rtl.enqueued": label} if label else {}))
+        assert _kind(ft) == f"{'ranking' if label else 'search'}: importance trial's pretraining, lr 0.1"
+        assert _subset_name(ft) == ("(every source, the importance trial's pretraining (importance-weighted from "
+                                    "scratch) fine-tuned at lr 0.1; 90 % of its images from b)")
     top = create_trial(value=0.2, user_attrs={"rtl.enqueued": "top-2", "rtl.mask": "a,b"})
     assert (_kind(top), _sources(top), _subset_name(top)) == ("ranking top-2", "a,b", "a,b")
     ctl = create_trial(value=0.3, user_attrs={"rtl.control": "uniform", "rtl.mask": "a,b,c"})

@@ -112,15 +112,18 @@ def summarize_target(results_dir: str, target: str) -> dict[str, Any]:
 def subset_name(t: Any) -> str:
     """How the verdict names a trial's sources: the mask, or for the importance trial what it really is."""
     label = t.user_attrs.get("rtl.enqueued")
-    if is_importance_trial(label) or t.params.get("pretrain") == "importance":  # or fine-tunes its pretraining
-        eff = t.user_attrs.get("rtl.effective_sources")
-        what = ("every source" if label in (IMPORTANCE_TRIAL, None, "") else
-                f"the ranking's top {t.params.get('k', '?')}")
+    eff = t.user_attrs.get("rtl.effective_sources")
+    tail = (f"; 90 % of its images from {eff}" if eff else "") + ")"
+    if t.params.get("pretrain") == "importance" and not is_importance_trial(label):
+        # sampled, or enqueued at an end of the lr range: a fine-tune of the importance trial's pretraining
+        return (f"(every source, the importance trial's pretraining (importance-weighted from scratch) fine-tuned "
+                f"at lr {t.params.get('lr', 0):.3g}" + tail)
+    if is_importance_trial(label):
+        what = "every source" if label == IMPORTANCE_TRIAL else f"the ranking's top {t.params.get('k', '?')}"
         cand = t.user_attrs.get("rtl.candidate")  # the best of several candidates (rtl.sweep.candidates)
         how = (f"the best importance-weighted candidate from scratch, {cand}" if cand else
-               f"importance-weighted at T={t.params.get('temperature', '?')} from scratch" if label else
-               "the importance trial's pretraining (importance-weighted from scratch)")
-        return f"({what}, {how}" + (f"; 90 % of its images from {eff}" if eff else "") + ")"
+               f"importance-weighted at T={t.params.get('temperature', '?')} from scratch")
+        return f"({what}, {how}" + tail
     return str(t.user_attrs.get("rtl.mask"))
 
 
