@@ -4,9 +4,11 @@ Issue "A source search that beats random search at a third of its pretraining co
 seed, target), three sweeps with the same trials per target, fine-tune schedule and seed, each with its
 own COLD pretraining cache (so each arm pays for everything it needs, ranking included):
 
-* `ranked`       -- the default: top-k of the target's ranking + swaps, controls scratch / generalist /
-                    all sources, enqueued top-1..3, subset pretraining continues the generalist in rungs,
-                    successive halving on a probe score (scheduler `rungs`);
+* `ranked`       -- the CURRENT default (so its rows mean what the code of their day shipped: session 5's
+                    rows predate `importance_init`, which the explicit `ranked_ii` arm names): top-k of
+                    the target's ranking + swaps, controls generalist / all sources, the enqueued importance
+                    trial (+ its pretraining fine-tuned at the lr ends), top-1..3, subset pretraining
+                    continues the generalist in rungs, successive halving on a probe score (`rungs`);
 * `random_bits`  -- one bit per source, Optuna RandomSampler, FIFO (no early stopping), controls off;
 * `tpe_asha_bits`-- one bit per source, TPE, ASHA over fine-tune epochs, controls off.
 
@@ -62,6 +64,8 @@ def make_spec(workdir: Path, corpus: Path, targets: list[str], arm: str, seed: i
 
     from rtl.sweep.spec import spec_from_dict
 
+    if arm in REPORT_ONLY:
+        raise SystemExit(f"arm {arm}: its code is gone (rows kept for the report only); see docs/measurements")
     d = yaml.safe_load((ROOT / "sweeps" / "demo.yaml").read_text())
     d.update(name=f"b-{arm}-s{seed}", workspace=str(workdir / "ws"), corpus=str(corpus), seeds=[seed],
              targets=[str(corpus.parent / f"data-{corpus.name.split('-', 1)[1]}" / "targets" / t) for t in targets])
@@ -116,6 +120,7 @@ def images_consumed(cache_dir: str) -> int:
 
 
 def best_of(results_dir: str, target: str) -> dict[str, Any]:
+    from rtl.artifacts.trial import fine_tunes_importance_pretraining
     from rtl.sweep.status import target_trials
 
     trials = target_trials(results_dir, target)
@@ -128,7 +133,7 @@ def best_of(results_dir: str, target: str) -> dict[str, Any]:
     return {"val": best.value, "test": best.user_attrs.get("rtl.test_error"),
             "mask": [] if mask in ("none", "generalist") else mask.split(","),
             "effective": effective_of(results_dir, best), "enqueued": best.user_attrs.get("rtl.enqueued", "") or (
-                "imp-init" if best.params.get("pretrain") == "importance" else ""),
+                "imp-init" if fine_tunes_importance_pretraining(best.params, None) else ""),
             "n_done": len(done),
             "n_pruned": sum(t.state.name == "PRUNED" for t in trials), "best_test_any": min(tests, default=None),
             "traj": traj}
@@ -226,6 +231,7 @@ def main() -> None:
     print(f"total {time.perf_counter() - t_all:.0f} s")
 
 
+REPORT_ONLY = ("ranked_v1", "ranked_ii_tpe")  # rows of earlier code: reported, never run again
 ARMS = ("ranked", "random_bits", "tpe_asha_bits", "ranked_v1", "ranked_imp", "ranked_full", "ranked_lean",
         "ranked_cand", "ranked_cand_t", "ranked_ii", "ranked_ii_tpe", "ranked_top")
 

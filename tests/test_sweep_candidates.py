@@ -126,6 +126,18 @@ def test_candidate_list_follows_the_ranking(tmp_path: Path) -> None:
                                           (["b", "a"], 0.5, 10)]
 
 
+def test_kendall_tau_b_of_the_fidelity_benchmark() -> None:
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from candidate_fidelity import kendall_tau_b
+
+    assert kendall_tau_b([0.1, 0.2, 0.3], [0.2, 0.4, 0.5]) == 1.0  # the cut orders them as the end does
+    assert kendall_tau_b([0.1, 0.2, 0.3], [0.5, 0.4, 0.2]) == -1.0
+    assert kendall_tau_b([0.2, 0.2, 0.2], [0.1, 0.2, 0.3]) is None  # a constant cut says nothing
+    assert abs(kendall_tau_b([0.1, 0.1, 0.3], [0.1, 0.2, 0.3]) - 2 / 6 ** 0.5) < 1e-12  # tau-b with a tie
+
+
 def test_candidates_need_two_pretraining_epochs(tmp_path: Path) -> None:
     spec = _spec(tmp_path, [{"temperature": 2.0}])
     d = spec.model_dump()

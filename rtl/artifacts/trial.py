@@ -50,6 +50,12 @@ def is_importance_trial(label: str | None) -> bool:
     return bool(label) and label.startswith("top-") and label.endswith("-imp")
 
 
+def fine_tunes_importance_pretraining(params: dict[str, Any], label: str | None) -> bool:
+    """An Optuna trial (its params, its `rtl.enqueued` label) that fine-tunes the importance trial's
+    pretraining without being it: sampled `pretrain: importance`, or enqueued at an end of the lr range."""
+    return params.get("pretrain") == "importance" and not is_importance_trial(label)
+
+
 class TrialParams(BaseModel):
     """One trial's configuration. `mask`: the source units pretrained on (None for scratch / ImageNet,
     [] for the generalist alone); `temperature`: importance weights at this temperature, None = off

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from rtl.artifacts.layout import REPORT_MD, report_dir
-from rtl.artifacts.trial import IMPORTANCE_TRIAL, is_importance_trial
+from rtl.artifacts.trial import IMPORTANCE_TRIAL, fine_tunes_importance_pretraining, is_importance_trial
 from rtl.report.verdict import plot_effects, source_effects
 from rtl.sweep.objective import Objective
 from rtl.sweep.spec import load_resolved
@@ -159,7 +159,7 @@ def _kind(t: Any) -> str:
         if cand:
             return f"importance, {top}from scratch, best candidate: {cand}"
         return f"importance, {top}from scratch (T={t.params.get('temperature', '?')})"
-    if t.params.get("pretrain") == "importance":  # fine-tunes the importance trial's pretraining (no pretraining)
+    if fine_tunes_importance_pretraining(t.params, label):  # no pretraining of its own
         return f"{'ranking' if label else 'search'}: importance trial's pretraining, lr {t.params.get('lr', 0):.3g}"
     return f"ranking {label}" if label else "search"
 

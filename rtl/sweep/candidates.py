@@ -71,6 +71,12 @@ def candidate_list(spec: SweepSpec, plan: PretrainPlan) -> list[tuple[list[str],
     return out
 
 
+def cut_epoch(spec: SweepSpec) -> int:
+    """The epoch after which the candidates are compared (the spec's schedule; its end without candidates)."""
+    c = spec.search.sources.importance_candidates
+    return c.cut_epoch(spec.budget.pretrain_epochs) if c is not None else spec.budget.pretrain_epochs
+
+
 def prefix_of(entry: Path) -> str | None:
     """The full entry's key when `entry` (a cache entry dir) is a candidate's cut; None otherwise."""
     p = Path(entry) / CUT_FILE
@@ -93,8 +99,7 @@ def best_candidate(spec: SweepSpec, plan: PretrainPlan, target: str, gen: Path, 
     from rtl.sweep.trial import _importance, _pretrain, _schedule
     from rtl.train.strategies import open_view
 
-    c = spec.search.sources.importance_candidates
-    cut = c.cut_epoch(spec.budget.pretrain_epochs) if c is not None else spec.budget.pretrain_epochs
+    cut = cut_epoch(spec)
     cache, runs = PretrainCache(spec.cache_dir()), Path(spec.cache_dir()) / "runs"
     version = open_view(spec.corpus_path()).version
     cands, entries, gen_sha = [], [], weights_sha(gen)
@@ -116,10 +121,8 @@ def best_candidate(spec: SweepSpec, plan: PretrainPlan, target: str, gen: Path, 
             _pretrain(spec, d / "ckpt", runs, seed, "weighted", mask, class_weights=str(d / "weights.json"),
                       stop_after_epoch=cut)
 
-        cut_dir = cache.get_or_create(cut_key, build_cut)
-        full_key = prefix_of(cut_dir) or cache_key(  # an entry always has cut.json; the fallback is defensive
-            temperature=temp, weights_digest=hashlib.sha256((cut_dir / "weights.json").read_bytes()).hexdigest()[:16],
-            **base)
+        cut_dir = cache.get_or_create(cut_key, build_cut)  # built atomically: cut.json is always there
+        full_key = json.loads((cut_dir / CUT_FILE).read_text())["full"]
         entries.append((cut_dir, full_key, seed, mask))
         cands.append(Candidate(temp, seed, len(mask), probe_error(str(cut_dir / "ckpt"), spec, target, seed)))
     best = min(range(len(cands)), key=lambda i: (cands[i].probe_error, i))

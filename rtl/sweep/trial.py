@@ -239,7 +239,7 @@ def _best_candidate(spec: SweepSpec, plan: PretrainPlan, target: str, gen: Path,
                     tags: dict[str, str]) -> tuple[str, str, str]:
     """rtl.sweep.candidates.best_candidate for the importance trial; the candidates' probe errors are the
     run's `candidate_probe_error` (step = index, logged once) and `rtl.candidates` tag. -> (init, key, weights)."""
-    from rtl.sweep.candidates import best_candidate
+    from rtl.sweep.candidates import best_candidate, cut_epoch
 
     entry, key, best, cands = best_candidate(spec, plan, target, gen)
     logged = {m.step for m in _retry(tracker.client.get_metric_history)(run_id, "candidate_probe_error")}
@@ -247,11 +247,9 @@ def _best_candidate(spec: SweepSpec, plan: PretrainPlan, target: str, gen: Path,
         if i not in logged and c.probe_error is not None:
             tracker.log_metrics(run_id, {"candidate_probe_error": c.probe_error}, step=i)
     tags["rtl.candidates"] = json.dumps([c.as_dict() for c in cands])
-    c = spec.search.sources.importance_candidates
-    cut = c.cut_epoch(spec.budget.pretrain_epochs) if c is not None else spec.budget.pretrain_epochs
     b = cands[best]
     tags["rtl.candidate"] = (f"{b.sources} source(s) at T={b.temperature:g}, seed {b.seed} (candidate {best + 1} "
-                             f"of {len(cands)}, picked after epoch {cut})")
+                             f"of {len(cands)}, picked after epoch {cut_epoch(spec)})")
     return str(entry / "ckpt"), key, str(entry / "weights.json")
 
 

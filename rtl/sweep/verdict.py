@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from rtl.artifacts.trial import IMPORTANCE_TRIAL, is_importance_trial
+from rtl.artifacts.trial import IMPORTANCE_TRIAL, fine_tunes_importance_pretraining, is_importance_trial
 from rtl.data.convention import load_dataset
 from rtl.deliver.metrics import objective_direction, objective_label
 from rtl.sweep.objective import Objective
@@ -114,8 +114,7 @@ def subset_name(t: Any) -> str:
     label = t.user_attrs.get("rtl.enqueued")
     eff = t.user_attrs.get("rtl.effective_sources")
     tail = (f"; 90 % of its images from {eff}" if eff else "") + ")"
-    if t.params.get("pretrain") == "importance" and not is_importance_trial(label):
-        # sampled, or enqueued at an end of the lr range: a fine-tune of the importance trial's pretraining
+    if fine_tunes_importance_pretraining(t.params, label):
         return (f"(every source, the importance trial's pretraining (importance-weighted from scratch) fine-tuned "
                 f"at lr {t.params.get('lr', 0):.3g}" + tail)
     if is_importance_trial(label):
