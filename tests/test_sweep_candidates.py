@@ -126,6 +126,40 @@ def test_candidate_list_follows_the_ranking(tmp_path: Path) -> None:
                                           (["b", "a"], 0.5, 10)]
 
 
+def test_drop_variants_leave_out_the_mass_leaders(tmp_path: Path) -> None:
+    """`drop: [i]` removes the i-th unit by the trial's own importance mass (not by ranking order): a
+    look-alike that takes most of the weighted batches can be left out; a variant left empty is skipped."""
+    import numpy as np
+
+    from rtl.artifacts.trial import IMPORTANCE_TRIAL, TrialParams
+    from rtl.select.importance import write_weights
+    from rtl.sweep.candidates import candidate_list, mass_leaders, needs_leaders
+    from rtl.sweep.trial import pretrain_plan
+
+    table = [{"id": i, "dataset": d, "label": lab, "domain": []}
+             for i, (d, lab) in enumerate([("a", "x"), ("a", "y"), ("b", "x"), ("c", "x")])]
+    mass = np.array([0.1, 0.1, 0.7, 0.1])  # b leads (0.7), then a (0.2), then c (0.1)
+    w = write_weights(tmp_path / "w.json", corpus_version="v", temperature=1.0, class_table=table,
+                      weights=mass, mass=mass)
+    leaders = mass_leaders(w, "datasets", ["c", "a", "b"])
+    assert leaders == ["b", "a", "c"]
+    spec = _spec(tmp_path, [{"drop": [1]}, {"drop": [2], "temperature": 2.0}, {"drop": [1, 2]}, {"top": 1, "drop": [3]}])
+    assert needs_leaders(spec) and not needs_leaders(_spec(tmp_path / "x", [{"top": 1}]))
+    plan = pretrain_plan(spec, TrialParams(number=0, seed=3, enqueued=IMPORTANCE_TRIAL, mask=["c", "a", "b"], k=3,
+                                           temperature=1.0, lr=0.01))
+    # own; without b; without a at T 2; without b and a; top 1 (c) without c -> empty, skipped
+    assert candidate_list(spec, plan, leaders) == [(["c", "a", "b"], 1.0, 3), (["c", "a"], 1.0, 4),
+                                                   (["c", "b"], 2.0, 5), (["c"], 1.0, 6)]
+    with pytest.raises(ValueError):
+        candidate_list(spec, plan)  # the leaders must be known first
+
+
+@pytest.mark.parametrize("drop", [[0], [1, 1], []])
+def test_drop_must_name_distinct_leaders(tmp_path: Path, drop: list[int]) -> None:
+    with pytest.raises(ConfigError):
+        _spec(tmp_path, [{"drop": drop}])
+
+
 def test_kendall_tau_b_of_the_fidelity_benchmark() -> None:
     import sys
 

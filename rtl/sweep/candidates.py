@@ -58,16 +58,40 @@ class Candidate:
         return {k: v for k, v in self.__dict__.items() if v is not None}
 
 
-def candidate_list(spec: SweepSpec, plan: PretrainPlan) -> list[tuple[list[str], float, int]]:
+def needs_leaders(spec: SweepSpec) -> bool:
+    """Whether a variant drops mass leaders (then the trial's own weights must be known first)."""
+    c = spec.search.sources.importance_candidates
+    return c is not None and any(v.drop for v in c.variants)
+
+
+def mass_leaders(weights: Path, by: str, mask: list[str]) -> list[str]:
+    """The mask's units by decreasing importance mass in `weights` (a weights.json), ties in mask order."""
+    from rtl.artifacts.weights import read_weights
+
+    wf = read_weights(weights)
+    mass = wf.datasets if by == "datasets" else wf.domains
+    return sorted(mask, key=lambda u: (-float(mass.get(u, 0.0)), mask.index(u)))
+
+
+def candidate_list(spec: SweepSpec, plan: PretrainPlan,
+                   leaders: list[str] | None = None) -> list[tuple[list[str], float, int]]:
     """(mask, temperature, seed) of each candidate: the trial's own first, then each variant of the spec
-    (the first `top` units of the trial's mask -- it is in ranking order -- at its temperature), seeds
-    counting up. A variant that repeats an earlier (mask, temperature) still differs by its seed."""
+    (the first `top` units of the trial's mask -- it is in ranking order -- without the `drop` mass leaders
+    of `leaders` (the trial's own weights' units by mass: `mass_leaders`), at its temperature), seeds
+    counting up. A variant that repeats an earlier (mask, temperature) still differs by its seed; one that
+    would leave no unit is skipped (its seed is not reused)."""
     assert plan.temperature is not None, "candidates are importance-weighted"
     c = spec.search.sources.importance_candidates
     out = [(list(plan.mask), float(plan.temperature), plan.seed)]
     for i, v in enumerate(c.variants if c is not None else []):
         mask = list(plan.mask[:v.top]) if v.top else list(plan.mask)
-        out.append((mask, float(plan.temperature if v.temperature is None else v.temperature), plan.seed + i + 1))
+        if v.drop:
+            if leaders is None:
+                raise ValueError("candidate_list: a `drop` variant needs the trial's mass leaders")
+            gone = {leaders[j - 1] for j in v.drop if j <= len(leaders)}
+            mask = [u for u in mask if u not in gone]
+        if mask:
+            out.append((mask, float(plan.temperature if v.temperature is None else v.temperature), plan.seed + i + 1))
     return out
 
 
@@ -103,7 +127,11 @@ def best_candidate(spec: SweepSpec, plan: PretrainPlan, target: str, gen: Path, 
     cache, runs = PretrainCache(spec.cache_dir()), Path(spec.cache_dir()) / "runs"
     version = open_view(spec.corpus_path()).version
     cands, entries, gen_sha = [], [], weights_sha(gen)
-    for mask, temp, seed in candidate_list(spec, plan):
+    leaders = None
+    if needs_leaders(spec):  # the trial's own weights rank its units by mass (one inference on the target)
+        leaders = mass_leaders(_importance(spec, gen, target, list(plan.mask), float(plan.temperature)),
+                               spec.search.sources.by, list(plan.mask))
+    for mask, temp, seed in candidate_list(spec, plan, leaders):
         base = dict(corpus_version=version, mask=mask, backbone=spec.backbone, schedule=_schedule(spec), seed=seed)
         # the weights depend on the target and the generalist: both are in the key (not the weights' digest,
         # so a resumed trial finds its cut even if a recomputation differed in the last bit)

@@ -534,8 +534,7 @@ def _candidates_line(spec: SweepSpec) -> str:
     if c is None or spec.search.sources.importance_trial is None:
         return ""
     t0 = spec.search.sources.importance_trial
-    what = ["its own"] + [f"{f'top {v.top}' if v.top else 'same mask'} at T={v.temperature or t0:g}"
-                          for v in c.variants]
+    what = ["its own"] + [v.describe(t0) for v in c.variants]
     e = spec.budget.pretrain_epochs
     return (f"best of {len(what)} candidates ({'; '.join(what)}), picked by probe after epoch "
             f"{c.cut_epoch(e)} of {e}")

@@ -106,11 +106,27 @@ class ImportanceTop(_M):
 
 class CandidateVariant(_M):
     """One more candidate of an importance trial: the first `top` units of the trial's mask (its mask is in
-    ranking order: every source, or the ranking's top-k), null = the whole mask; `temperature` null = the
-    trial's own."""
+    ranking order: every source, or the ranking's top-k), null = the whole mask; `drop` (1-based) removes
+    the units that take the most importance mass under the trial's own weights -- [1] the leader, [2] the
+    runner-up, [1, 2] both -- so a look-alike that takes most of the weighted batches without teaching the
+    target's labels can be left out; `temperature` null = the trial's own."""
 
     top: int | None = Field(None, ge=1)
+    drop: list[int] | None = Field(None, min_length=1)
     temperature: float | None = Field(None, gt=0)
+
+    @field_validator("drop")
+    @classmethod
+    def _drop(cls, v: list[int] | None) -> list[int] | None:
+        if v is not None and (any(int(i) < 1 for i in v) or len(set(v)) != len(v)):
+            raise ValueError(f"drop: distinct mass-leader positions >= 1 (1 = the leader), got {v}")
+        return v
+
+    def describe(self, t0: float) -> str:
+        what = f"top {self.top}" if self.top else "same mask"
+        if self.drop:
+            what += " without mass leader" + ("s " if len(self.drop) > 1 else " ") + "+".join(map(str, self.drop))
+        return f"{what} at T={self.temperature or t0:g}"
 
 
 class ImportanceCandidates(_M):
