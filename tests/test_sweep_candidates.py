@@ -90,6 +90,26 @@ def test_each_target_gets_its_own_candidates(tmp_path: Path) -> None:
     assert len(list(Path(spec.cache_dir()).glob("cut-*"))) == 4
 
 
+def test_a_drop_candidate_leaves_out_the_targets_own_mass_leader(tmp_path: Path) -> None:
+    """End to end: the leader is read from the trial's own weights on this target, and its cut is trained
+    on the mask without it."""
+    from rtl.artifacts.trial import IMPORTANCE_TRIAL, TrialParams
+    from rtl.sweep.candidates import best_candidate, mass_leaders
+    from rtl.sweep.subset import generalist
+    from rtl.sweep.trial import _importance, pretrain_plan
+
+    spec = _spec(tmp_path, [{"drop": [1]}])
+    gen, _ = generalist(spec, ["a", "b"])
+    plan = pretrain_plan(spec, TrialParams(number=0, enqueued=IMPORTANCE_TRIAL, mask=["a", "b"], k=2,
+                                           temperature=1.0, lr=0.01))
+    target = str(tmp_path / "targets" / "tgt")
+    leader = mass_leaders(_importance(spec, gen, target, ["a", "b"], 1.0), "datasets", ["a", "b"])[0]
+    _, _, _, cands = best_candidate(spec, plan, target, gen)
+    assert [c.sources for c in cands] == [2, 1]
+    masks = [json.loads((c / "cut.json").read_text())["mask"] for c in Path(spec.cache_dir()).glob("cut-*")]
+    assert sorted(masks, key=len) == [sorted({"a", "b"} - {leader}), ["a", "b"]]
+
+
 def test_compute_counter_skips_a_cut_inside_its_full_run(tmp_path: Path) -> None:
     import sys
 

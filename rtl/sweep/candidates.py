@@ -9,7 +9,11 @@ weighted pretrainings per target over random masks and keeps the best by val, th
 target, so here the candidates share one budget the way successive halving does (Jamieson & Talwalkar
 2016; the fidelity is pretraining epochs, as the issue asks): every candidate -- the trial's own
 mask, temperature and seed first, then each of `search.sources.importance_candidates.variants` (the first
-`top` units of the trial's mask, which is in ranking order, and/or another temperature), seed + 1, + 2 --
+`top` units of the trial's mask, which is in ranking order; the mask without its `drop` mass leaders --
+the units its own weights give the most mass, look-alikes included (session 7: leaving the hard family's
+harmful look-alikes out of the importance trial -- by ground truth, a diagnostic -- removed 3 of the 4
+largest losses to random search on draw 5 seed 1; docs/measurements/search.md); another temperature),
+seed + 1, + 2 --
 is pretrained for the first `cut_epoch` epochs of the generalist's schedule and scored by the target
 probe (rtl.sweep.subset.probe_error, the rung score of the continuations); only the lowest probe error is
 trained to the end. "To the end" continues the same run: the cut is `PretrainConfig.stop_after_epoch`,
