@@ -223,6 +223,11 @@ def test_dry_run_says_how_the_importance_trial_pretrains(tmp_path: Path, no_side
     out = capsys.readouterr().out
     assert ("1 of them importance-weighted from scratch, each the best of 3 candidates (its own; top 3 at "
             "T=1; same mask at T=2), picked by probe after epoch 1 of 2") in out
+    _edit(path, search={"sources": {"space": "ranked", "importance_candidates": {
+        "variants": [{"drop": [1]}, {"drop": [1, 2], "temperature": 2.0}]}}})
+    assert main(["sweep", "run", str(path), "--dry-run"]) == 0
+    assert ("best of 3 candidates (its own; same mask without mass leader 1 at T=1; same mask without mass "
+            "leaders 1+2 at T=2)") in capsys.readouterr().out
 
 
 def _start_that_fails_at_ray(path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
