@@ -38,6 +38,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -133,8 +134,11 @@ def best_candidate(spec: SweepSpec, plan: PretrainPlan, target: str, gen: Path, 
     cands, entries, gen_sha = [], [], weights_sha(gen)
     leaders = None
     if needs_leaders(spec):  # the trial's own weights rank its units by mass (one inference on the target)
-        leaders = mass_leaders(_importance(spec, gen, target, list(plan.mask), float(plan.temperature)),
-                               spec.search.sources.by, list(plan.mask))
+        own = _importance(spec, gen, target, list(plan.mask), float(plan.temperature))
+        try:
+            leaders = mass_leaders(own, spec.search.sources.by, list(plan.mask))
+        finally:
+            shutil.rmtree(own.parent, ignore_errors=True)  # a temporary rtl-weights-* dir
     for mask, temp, seed in candidate_list(spec, plan, leaders):
         base = dict(corpus_version=version, mask=mask, backbone=spec.backbone, schedule=_schedule(spec), seed=seed)
         # the weights depend on the target and the generalist: both are in the key (not the weights' digest,
@@ -145,8 +149,10 @@ def best_candidate(spec: SweepSpec, plan: PretrainPlan, target: str, gen: Path, 
 
         def build_cut(d: Path, temp: float = temp, seed: int = seed, base: dict = base, mask: list = mask) -> None:
             weights = _importance(spec, gen, target, mask, temp)
-            (d / "weights.json").write_bytes(weights.read_bytes())
-            digest = hashlib.sha256(weights.read_bytes()).hexdigest()[:16]
+            data = weights.read_bytes()
+            shutil.rmtree(weights.parent, ignore_errors=True)  # a temporary rtl-weights-* dir
+            (d / "weights.json").write_bytes(data)
+            digest = hashlib.sha256(data).hexdigest()[:16]
             full_key = cache_key(temperature=temp, weights_digest=digest, **base)
             (d / CUT_FILE).write_text(json.dumps({"full": full_key, "epoch": cut, "temperature": temp,
                                                   "seed": seed, "mask": sorted(mask)}))
