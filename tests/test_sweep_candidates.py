@@ -163,7 +163,7 @@ def test_drop_variants_leave_out_the_mass_leaders(tmp_path: Path) -> None:
                       weights=mass, mass=mass)
     leaders = mass_leaders(w, "datasets", ["c", "a", "b"])
     assert leaders == ["b", "a", "c"]
-    spec = _spec(tmp_path, [{"drop": [1]}, {"drop": [2], "temperature": 2.0}, {"drop": [1, 2]}, {"top": 1, "drop": [3]}])
+    spec = _spec(tmp_path, [{"drop": 1}, {"drop": [2], "temperature": 2.0}, {"drop": [1, 2]}, {"top": 1, "drop": [3]}])
     assert needs_leaders(spec) and not needs_leaders(_spec(tmp_path / "x", [{"top": 1}]))
     plan = pretrain_plan(spec, TrialParams(number=0, seed=3, enqueued=IMPORTANCE_TRIAL, mask=["c", "a", "b"], k=3,
                                            temperature=1.0, lr=0.01))
@@ -174,7 +174,7 @@ def test_drop_variants_leave_out_the_mass_leaders(tmp_path: Path) -> None:
         candidate_list(spec, plan)  # the leaders must be known first
 
 
-@pytest.mark.parametrize("drop", [[0], [1, 1], []])
+@pytest.mark.parametrize("drop", [[0], [1, 1], [], 0, True, "one"])
 def test_drop_must_name_distinct_leaders(tmp_path: Path, drop: list[int]) -> None:
     with pytest.raises(ConfigError):
         _spec(tmp_path, [{"drop": drop}])

@@ -108,12 +108,17 @@ class CandidateVariant(_M):
     """One more candidate of an importance trial: the first `top` units of the trial's mask (its mask is in
     ranking order: every source, or the ranking's top-k), null = the whole mask; `drop` (1-based) removes
     the units that take the most importance mass under the trial's own weights -- [1] the leader, [2] the
-    runner-up, [1, 2] both -- so a look-alike that takes most of the weighted batches without teaching the
+    runner-up, [1, 2] both; a position past the mask's size drops nothing -- so a look-alike that takes most of the weighted batches without teaching the
     target's labels can be left out; `temperature` null = the trial's own."""
 
     top: int | None = Field(None, ge=1)
     drop: list[int] | None = Field(None, min_length=1)
     temperature: float | None = Field(None, gt=0)
+
+    @field_validator("drop", mode="before")
+    @classmethod
+    def _one_drop(cls, v: object) -> object:
+        return [v] if isinstance(v, int) and not isinstance(v, bool) else v  # `drop: 1` = `drop: [1]`
 
     @field_validator("drop")
     @classmethod
