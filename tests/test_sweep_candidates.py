@@ -161,7 +161,7 @@ def test_drop_variants_leave_out_the_mass_leaders(tmp_path: Path) -> None:
     mass = np.array([0.1, 0.1, 0.7, 0.1])  # b leads (0.7), then a (0.2), then c (0.1)
     w = write_weights(tmp_path / "w.json", corpus_version="v", temperature=1.0, class_table=table,
                       weights=mass, mass=mass)
-    leaders = mass_leaders(w, "datasets", ["c", "a", "b"])
+    leaders = mass_leaders(w.read_bytes(), "datasets", ["c", "a", "b"])
     assert leaders == ["b", "a", "c"]
     spec = _spec(tmp_path, [{"drop": 1}, {"drop": [2], "temperature": 2.0}, {"drop": [1, 2]}, {"top": 1, "drop": [3]}])
     assert needs_leaders(spec) and not needs_leaders(_spec(tmp_path / "x", [{"top": 1}]))

@@ -38,7 +38,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -69,12 +68,10 @@ def needs_leaders(spec: SweepSpec) -> bool:
     return c is not None and any(v.drop for v in c.variants)
 
 
-def mass_leaders(weights: Path, by: str, mask: list[str]) -> list[str]:
-    """The mask's units by decreasing importance mass in `weights` (a weights.json), ties in mask order."""
-    from rtl.artifacts.weights import read_weights
-
-    wf = read_weights(weights)
-    mass = wf.datasets if by == "datasets" else wf.domains
+def mass_leaders(weights: bytes, by: str, mask: list[str]) -> list[str]:
+    """The mask's units by decreasing importance mass in `weights` (a weights.json document as written by
+    rtl.select.importance.write_weights: its `datasets` / `domains` masses), ties in mask order."""
+    mass = json.loads(weights).get(by) or {}
     return sorted(mask, key=lambda u: (-float(mass.get(u, 0.0)), mask.index(u)))
 
 
@@ -134,11 +131,8 @@ def best_candidate(spec: SweepSpec, plan: PretrainPlan, target: str, gen: Path, 
     cands, entries, gen_sha = [], [], weights_sha(gen)
     leaders = None
     if needs_leaders(spec):  # the trial's own weights rank its units by mass (one inference on the target)
-        own = _importance(spec, gen, target, list(plan.mask), float(plan.temperature))
-        try:
-            leaders = mass_leaders(own, spec.search.sources.by, list(plan.mask))
-        finally:
-            shutil.rmtree(own.parent, ignore_errors=True)  # a temporary rtl-weights-* dir
+        leaders = mass_leaders(_importance(spec, gen, target, list(plan.mask), float(plan.temperature)),
+                               spec.search.sources.by, list(plan.mask))
     for mask, temp, seed in candidate_list(spec, plan, leaders):
         base = dict(corpus_version=version, mask=mask, backbone=spec.backbone, schedule=_schedule(spec), seed=seed)
         # the weights depend on the target and the generalist: both are in the key (not the weights' digest,
@@ -149,10 +143,8 @@ def best_candidate(spec: SweepSpec, plan: PretrainPlan, target: str, gen: Path, 
 
         def build_cut(d: Path, temp: float = temp, seed: int = seed, base: dict = base, mask: list = mask) -> None:
             weights = _importance(spec, gen, target, mask, temp)
-            data = weights.read_bytes()
-            shutil.rmtree(weights.parent, ignore_errors=True)  # a temporary rtl-weights-* dir
-            (d / "weights.json").write_bytes(data)
-            digest = hashlib.sha256(data).hexdigest()[:16]
+            (d / "weights.json").write_bytes(weights)
+            digest = hashlib.sha256(weights).hexdigest()[:16]
             full_key = cache_key(temperature=temp, weights_digest=digest, **base)
             (d / CUT_FILE).write_text(json.dumps({"full": full_key, "epoch": cut, "temperature": temp,
                                                   "seed": seed, "mask": sorted(mask)}))

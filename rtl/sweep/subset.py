@@ -56,9 +56,9 @@ def fidelities(spec: SweepSpec) -> list[int]:
 
 
 def rung_checkpoints(spec: SweepSpec, gen_ckpt: Path, mask: list[str], seed: int,
-                     weights: Path | None = None) -> Iterator[tuple[Path, str]]:
+                     weights: bytes | None = None) -> Iterator[tuple[Path, str]]:
     """(checkpoint, key) of the generalist continued on `mask` through each rung in turn, each built on the
-    previous one; class-weighted when `weights` (a weights.json) is given. Lazy: a trial stopped after
+    previous one; class-weighted when `weights` (a weights.json document's bytes) is given. Lazy: a trial stopped after
     rung r never builds rung r+1. The generalist's weights and meta are read once per subset."""
     from rtl.sweep.trial import _view_args
     from rtl.train.pretrain import PretrainConfig, pretrain_local, run_pretrain
@@ -67,7 +67,7 @@ def rung_checkpoints(spec: SweepSpec, gen_ckpt: Path, mask: list[str], seed: int
     images = rung_images(spec, meta)
     lr = float((meta.get("config") or {}).get("lr", 0.1)) * 0.3  # continued pretraining: a lower lr
     gen_digest = weights_sha(gen_ckpt)
-    weights_digest = hashlib.sha256(weights.read_bytes()).hexdigest()[:16] if weights else None
+    weights_digest = hashlib.sha256(weights).hexdigest()[:16] if weights else None
     cache, r, prev = PretrainCache(spec.cache_dir()), spec.resources, gen_ckpt
     for rung in range(len(images)):
         payload = {"continue": gen_digest, "mask": sorted(mask), "seed": int(seed), "images": images[:rung + 1],
@@ -77,7 +77,7 @@ def rung_checkpoints(spec: SweepSpec, gen_ckpt: Path, mask: list[str], seed: int
 
         def build(tmp: Path, rung: int = rung, prev: Path = prev) -> None:
             if weights is not None:
-                (tmp / "weights.json").write_bytes(weights.read_bytes())
+                (tmp / "weights.json").write_bytes(weights)
             cfg = PretrainConfig(
                 corpus=spec.corpus_path(), strategy="weighted" if weights else "subset", model=spec.backbone,
                 out=str(tmp / "ckpt"), epochs=1, samples_per_epoch=images[rung] - (images[rung - 1] if rung else 0),

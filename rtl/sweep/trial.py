@@ -37,7 +37,6 @@ import json
 import logging
 import math
 import os
-import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -166,17 +165,14 @@ def prepare_init(spec: SweepSpec, plan: PretrainPlan | dict[str, Any], target: s
     if plan.strategy != "weighted" or plan.temperature is None:
         return _linked(str(gen_ckpt), key, mask, None, tracker, tags)
     weights = _importance(spec, gen_ckpt, target, mask, plan.temperature)
-    digest = hashlib.sha256(weights.read_bytes()).hexdigest()[:16]
+    digest = hashlib.sha256(weights).hexdigest()[:16]
     key = cache_key(temperature=plan.temperature, weights_digest=digest, **base)
 
     def build(d: Path) -> None:
-        (d / "weights.json").write_bytes(weights.read_bytes())
+        (d / "weights.json").write_bytes(weights)
         _pretrain(spec, d / "ckpt", runs, seed, "weighted", mask, class_weights=str(d / "weights.json"))
 
-    try:
-        spec_dir = cache.get_or_create(key, build)
-    finally:
-        shutil.rmtree(weights.parent, ignore_errors=True)
+    spec_dir = cache.get_or_create(key, build)
     tags.update({"rtl.cache_key": key, "rtl.generalist_cache_key": tags["rtl.cache_key"],
                  "rtl.weights_path": str(spec_dir / "weights.json")})
     return _linked(str(spec_dir / "ckpt"), key, mask, plan.temperature, tracker, tags)
@@ -226,10 +222,8 @@ def ranked_init(spec: SweepSpec, plan: PretrainPlan, target: str, tracker: Track
             tracker.log_metrics(run_id, {"rung_probe_error": score}, step=r + 1)
         _report({"val_error": score, "objective_loss": score, "fidelity": fids[r], "rung": r + 1, "epoch": 0,
                  "finished": False}, {"rung": r + 1})
-    if weights is not None:
-        shutil.rmtree(weights.parent, ignore_errors=True)  # every rung is built: the cache holds its copy
-        if (Path(init).parent / "weights.json").exists():
-            tags["rtl.weights_path"] = str(Path(init).parent / "weights.json")
+    if weights is not None and (Path(init).parent / "weights.json").exists():
+        tags["rtl.weights_path"] = str(Path(init).parent / "weights.json")
     extra: dict[str, Any] = {}
     if report:
         extra = {"result": {"fidelity": fids[-1]}, "state": {"rung": len(fids)},
@@ -292,21 +286,10 @@ def _linked(ckpt: str, key: str, mask: list[str], temp: float | None, tracker: T
     return ckpt, tags
 
 
-_WEIGHTS_TMP: tempfile.TemporaryDirectory | None = None
-
-
-def _weights_tmp() -> str:
-    """One temporary folder per process for weights.json files on their way into the cache: removed at
-    exit, so a caller that could not remove its own file (an exception, a stopped trial) leaves nothing
-    behind (each call used to leave an rtl-weights-* folder in /tmp: thousands after a benchmark)."""
-    global _WEIGHTS_TMP
-    if _WEIGHTS_TMP is None or not Path(_WEIGHTS_TMP.name).is_dir():
-        _WEIGHTS_TMP = tempfile.TemporaryDirectory(prefix="rtl-weights-")
-    return _WEIGHTS_TMP.name
-
-
-def _importance(spec: SweepSpec, generalist: Path, target: str, mask: list[str], temperature: float) -> Path:
-    """weights.json for the masked view: w(y) = P_t(y) / P_s(y) at `temperature` (Ngiam et al. 2018)."""
+def _importance(spec: SweepSpec, generalist: Path, target: str, mask: list[str], temperature: float) -> bytes:
+    """The weights.json document (bytes) for the masked view: w(y) = P_t(y) / P_s(y) at `temperature`
+    (Ngiam et al. 2018). Bytes, not a file: the callers put them into a cache entry (each call used to leave
+    an rtl-weights-* folder in /tmp: thousands after a benchmark)."""
     import numpy as np
 
     from rtl.select.importance import class_mass, importance_weights, write_weights
@@ -319,9 +302,9 @@ def _importance(spec: SweepSpec, generalist: Path, target: str, mask: list[str],
     for k, n in view.class_counts().items():
         prior[int(k)] = n
     w = importance_weights(inf.logits, prior, temperature)  # (K,)
-    out = Path(tempfile.mkdtemp(dir=_weights_tmp())) / "weights.json"  # callers remove its folder when done
-    return write_weights(out, corpus_version=view.version, temperature=temperature,
-                         class_table=view.manifest["classes"], weights=w, mass=class_mass(w, prior))
+    with tempfile.TemporaryDirectory(prefix="rtl-weights-") as d:  # write_weights: the one writer of the format
+        return write_weights(Path(d) / "weights.json", corpus_version=view.version, temperature=temperature,
+                             class_table=view.manifest["classes"], weights=w, mass=class_mass(w, prior)).read_bytes()
 
 
 FIT_STATE = "fit_state.pt"
