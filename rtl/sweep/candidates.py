@@ -129,10 +129,17 @@ def best_candidate(spec: SweepSpec, plan: PretrainPlan, target: str, gen: Path, 
     cache, runs = PretrainCache(spec.cache_dir()), Path(spec.cache_dir()) / "runs"
     version = open_view(spec.corpus_path()).version
     cands, entries, gen_sha = [], [], weights_sha(gen)
+    computed: dict[tuple[tuple[str, ...], float], bytes] = {}
+
+    def weights_of(mask: list[str], temp: float) -> bytes:  # once per (mask, T): the leaders reuse candidate 0's
+        if (tuple(mask), temp) not in computed:
+            computed[tuple(mask), temp] = _importance(spec, gen, target, mask, temp)
+        return computed[tuple(mask), temp]
+
     leaders = None
     if needs_leaders(spec):  # the trial's own weights rank its units by mass (one inference on the target)
-        leaders = mass_leaders(_importance(spec, gen, target, list(plan.mask), float(plan.temperature)),
-                               spec.search.sources.by, list(plan.mask))
+        leaders = mass_leaders(weights_of(list(plan.mask), float(plan.temperature)), spec.search.sources.by,
+                               list(plan.mask))
     for mask, temp, seed in candidate_list(spec, plan, leaders):
         base = dict(corpus_version=version, mask=mask, backbone=spec.backbone, schedule=_schedule(spec), seed=seed)
         # the weights depend on the target and the generalist: both are in the key (not the weights' digest,
@@ -142,7 +149,7 @@ def best_candidate(spec: SweepSpec, plan: PretrainPlan, target: str, gen: Path, 
         cut_key = "cut-" + hashlib.sha256(json.dumps(cut_payload, sort_keys=True).encode()).hexdigest()[:40]
 
         def build_cut(d: Path, temp: float = temp, seed: int = seed, base: dict = base, mask: list = mask) -> None:
-            weights = _importance(spec, gen, target, mask, temp)
+            weights = weights_of(mask, temp)
             (d / "weights.json").write_bytes(weights)
             digest = hashlib.sha256(weights).hexdigest()[:16]
             full_key = cache_key(temperature=temp, weights_digest=digest, **base)
