@@ -94,11 +94,12 @@ def make_spec(workdir: Path, corpus: Path, targets: list[str], arm: str, seed: i
             d["budget"]["subset_fraction"] = 0.1
             d["search"]["sources"]["importance_candidates"] = {"variants": [{"temperature": 0.5},
                                                                             {"temperature": 2.0}], "cut": 0.5}
-        if arm in ("ranked_drop1", "ranked_drop12"):  # session 7: + candidates without the importance mass
-            d["budget"]["subset_fraction"] = 0.1     # leader (and the runner-up), picked at epoch 1 of 2
-            d["search"]["sources"]["importance_init"] = True
-            drops = [{"drop": [1]}] + ([{"drop": [2]}] if arm == "ranked_drop12" else [])
-            d["search"]["sources"]["importance_candidates"] = {"variants": drops, "cut": 0.5}
+        if arm in ("ranked_drop1", "ranked_drop12", "ranked_drop12q"):  # session 7: + candidates without the
+            d["budget"]["subset_fraction"] = 0.1  # importance mass leader (and the runner-up), picked at epoch 1
+            d["search"]["sources"]["importance_init"] = True  # of 2; session 8 (q): after a quarter (1 of 4 halves)
+            drops = [{"drop": [1]}] + ([{"drop": [2]}] if arm != "ranked_drop1" else [])
+            d["search"]["sources"]["importance_candidates"] = {"variants": drops,
+                                                               "cut": 0.25 if arm == "ranked_drop12q" else 0.5}
         if arm == "ranked_lean":  # continuations get 1/10 of the generalist's images, not 1/4 (compute arithmetic:
             d["budget"]["subset_fraction"] = 0.1  # generalist + experts + importance trials ~ 23 % of random's)
     else:
@@ -238,7 +239,8 @@ def main() -> None:
 
 REPORT_ONLY = ("ranked_v1", "ranked_ii_tpe")  # rows of earlier code: reported, never run again
 ARMS = ("ranked", "random_bits", "tpe_asha_bits", "ranked_v1", "ranked_imp", "ranked_full", "ranked_lean",
-        "ranked_cand", "ranked_cand_t", "ranked_ii", "ranked_ii_tpe", "ranked_top", "ranked_drop1", "ranked_drop12")
+        "ranked_cand", "ranked_cand_t", "ranked_ii", "ranked_ii_tpe", "ranked_top", "ranked_drop1", "ranked_drop12",
+        "ranked_drop12q")
 
 
 def report(rows: list[dict[str, Any]]) -> None:

@@ -67,6 +67,34 @@ def test_best_candidate_cuts_then_continues_the_winner(tmp_path: Path) -> None:
     assert again[1] == key and again[2] == best and sorted(p.name for p in cache.iterdir()) == before
 
 
+def test_a_cut_inside_an_epoch_splits_the_schedule_not_the_budget(tmp_path: Path) -> None:
+    """cut 0.25 of 2 epochs: each candidate runs the first of 4 half-size epochs; the winner's full run has
+    the same images and the same per-step learning-rate schedule as an unsplit one (warm-up over the same
+    steps, peak at the same step, cosine to 0 at the last), and continues its cut."""
+    from rtl.artifacts.trial import IMPORTANCE_TRIAL, TrialParams
+    from rtl.sweep.candidates import best_candidate, epochs_of, prefix_of
+    from rtl.sweep.subset import generalist
+    from rtl.sweep.trial import pretrain_plan
+
+    d = _spec(tmp_path, [{"top": 1}]).model_dump()
+    d["search"]["sources"]["importance_candidates"]["cut"] = 0.25
+    spec = spec_from_dict(d, "quarter")
+    assert epochs_of(spec) == 4
+    gen, _ = generalist(spec, ["a", "b"])
+    plan = pretrain_plan(spec, TrialParams(number=0, enqueued=IMPORTANCE_TRIAL, mask=["a", "b"], k=2,
+                                           temperature=1.0, lr=0.01))
+    entry, key, _, _ = best_candidate(spec, plan, str(tmp_path / "targets" / "tgt"), gen)
+    cuts = sorted(Path(spec.cache_dir()).glob("cut-*"))
+    assert len(cuts) == 2 and all([h["images"] for h in _history(c)] == [16] for c in cuts)  # a quarter each
+    full = _history(entry)
+    unsplit = _history(gen.parent)  # the generalist: the same schedule unsplit (2 epochs of 32)
+    assert [h["images"] for h in full] == [16] * 4 and sum(h["images"] for h in unsplit) == 64
+    assert full[1]["lr"] == pytest.approx(unsplit[0]["lr"])  # warm-up ends at the same step
+    assert full[-1]["lr"] == pytest.approx(unsplit[-1]["lr"], abs=1e-12)
+    winner_cut = [c for c in cuts if prefix_of(c) == key]
+    assert len(winner_cut) == 1 and full[0]["train_loss"] == _history(winner_cut[0])[0]["train_loss"]
+
+
 def test_each_target_gets_its_own_candidates(tmp_path: Path) -> None:
     """Importance weights are the target's: two targets never share a cut (a cut keyed without the target
     once gave every target of a sweep the first target's weights)."""

@@ -228,6 +228,10 @@ def test_dry_run_says_how_the_importance_trial_pretrains(tmp_path: Path, no_side
     assert main(["sweep", "run", str(path), "--dry-run"]) == 0
     assert ("best of 3 candidates (its own; same mask without mass leader 1 at T=1; same mask without mass "
             "leaders 1+2 at T=2)") in capsys.readouterr().out
+    _edit(path, search={"sources": {"space": "ranked", "importance_candidates": {"variants": [{"drop": [1]}],
+                                                                                 "cut": 0.25}}})
+    assert main(["sweep", "run", str(path), "--dry-run"]) == 0  # a quarter of 2 epochs: 1 of 4 half epochs
+    assert "picked by probe after epoch 1 of 4 (each of the 2 epochs split in 2)" in capsys.readouterr().out
 
 
 def _start_that_fails_at_ray(path: Path, monkeypatch: pytest.MonkeyPatch) -> str:

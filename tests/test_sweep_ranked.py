@@ -73,7 +73,7 @@ def test_ranked_sweep_rungs_and_resume(tmp_path: Path, ray_session) -> None:
     assert eff and set(eff) <= {"a", "b"}
     # it pretrained the better of two candidates (both sources seed 0, the ranking's first seed 1), compared
     # after epoch 1 of 2
-    assert imp[0].user_attrs["rtl.candidate"].endswith("of 2, picked after epoch 1)")
+    assert imp[0].user_attrs["rtl.candidate"].endswith("of 2, picked after epoch 1 of 2)")
     imp_run = tracker.find_runs({"rtl.kind": "trial", "rtl.trial_id": imp[0].user_attrs["rtl.tune_trial_id"]})
     assert len(imp_run) == 1 and json.loads(imp_run[0].data.tags["rtl.candidates"])[1]["sources"] == 1
     assert {m.step for m in tracker.client.get_metric_history(imp_run[0].info.run_id, "candidate_probe_error")} == {0, 1}

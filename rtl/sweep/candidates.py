@@ -14,7 +14,9 @@ the units its own weights give the most mass, look-alikes included (session 7: l
 harmful look-alikes out of the importance trial -- by ground truth, a diagnostic -- removed 3 of the 4
 largest losses to random search on draw 5 seed 1; docs/measurements/search.md); another temperature),
 seed + 1, + 2 --
-is pretrained for the first `cut_epoch` epochs of the generalist's schedule and scored by the target
+is pretrained for the first `cut_epoch` epochs of the generalist's schedule (split into `split` shorter
+epochs each when the cut is shorter than one: same images, same per-step learning-rate schedule; then
+candidate 0's full entry is no longer the one an uncut sweep builds) and scored by the target
 probe (rtl.sweep.subset.probe_error, the rung score of the continuations); only the lowest probe error is
 trained to the end. "To the end" continues the same run: the cut is `PretrainConfig.stop_after_epoch`,
 which is not part of the run name, so the full pretraining resumes from the cut's optimizer and
@@ -97,8 +99,21 @@ def candidate_list(spec: SweepSpec, plan: PretrainPlan,
     return out
 
 
+def split(spec: SweepSpec) -> int:
+    """Into how many shorter epochs the candidates split each epoch of the schedule (1: none; a cut of 0.25
+    of 2 epochs = the first of 4 half-size epochs: same images, same per-step learning-rate schedule)."""
+    c = spec.search.sources.importance_candidates
+    return c.split(spec.budget.pretrain_epochs) if c is not None else 1
+
+
+def epochs_of(spec: SweepSpec) -> int:
+    """Epochs of a candidate's (split) schedule."""
+    return spec.budget.pretrain_epochs * split(spec)
+
+
 def cut_epoch(spec: SweepSpec) -> int:
-    """The epoch after which the candidates are compared (the spec's schedule; its end without candidates)."""
+    """The epoch (of the split schedule) after which the candidates are compared (the schedule's end
+    without candidates)."""
     c = spec.search.sources.importance_candidates
     return c.cut_epoch(spec.budget.pretrain_epochs) if c is not None else spec.budget.pretrain_epochs
 
@@ -125,7 +140,7 @@ def best_candidate(spec: SweepSpec, plan: PretrainPlan, target: str, gen: Path, 
     from rtl.sweep.trial import _importance, _pretrain, _schedule
     from rtl.train.strategies import open_view
 
-    cut = cut_epoch(spec)
+    cut, parts = cut_epoch(spec), split(spec)
     cache, runs = PretrainCache(spec.cache_dir()), Path(spec.cache_dir()) / "runs"
     version = open_view(spec.corpus_path()).version
     cands, entries, gen_sha = [], [], weights_sha(gen)
@@ -141,7 +156,7 @@ def best_candidate(spec: SweepSpec, plan: PretrainPlan, target: str, gen: Path, 
         leaders = mass_leaders(weights_of(list(plan.mask), float(plan.temperature)), spec.search.sources.by,
                                list(plan.mask))
     for mask, temp, seed in candidate_list(spec, plan, leaders):
-        base = dict(corpus_version=version, mask=mask, backbone=spec.backbone, schedule=_schedule(spec), seed=seed)
+        base = dict(corpus_version=version, mask=mask, backbone=spec.backbone, schedule=_schedule(spec, parts), seed=seed)
         # the weights depend on the target and the generalist: both are in the key (not the weights' digest,
         # so a resumed trial finds its cut even if a recomputation differed in the last bit)
         cut_payload = {"weighted_cut": cache_key(temperature=temp, **base), "epoch": cut,
@@ -156,7 +171,7 @@ def best_candidate(spec: SweepSpec, plan: PretrainPlan, target: str, gen: Path, 
             (d / CUT_FILE).write_text(json.dumps({"full": full_key, "epoch": cut, "temperature": temp,
                                                   "seed": seed, "mask": sorted(mask)}))
             _pretrain(spec, d / "ckpt", runs, seed, "weighted", mask, class_weights=str(d / "weights.json"),
-                      stop_after_epoch=cut)
+                      stop_after_epoch=cut, split=parts)
 
         cut_dir = cache.get_or_create(cut_key, build_cut)  # built atomically: cut.json is always there
         full_key = json.loads((cut_dir / CUT_FILE).read_text())["full"]
@@ -169,7 +184,8 @@ def best_candidate(spec: SweepSpec, plan: PretrainPlan, target: str, gen: Path, 
 
         def build_full(d: Path) -> None:
             (d / "weights.json").write_bytes((cut_dir / "weights.json").read_bytes())
-            _pretrain(spec, d / "ckpt", runs, seed, "weighted", mask, class_weights=str(d / "weights.json"))
+            _pretrain(spec, d / "ckpt", runs, seed, "weighted", mask, class_weights=str(d / "weights.json"),
+                      split=parts)
 
         return cache.get_or_create(full_key, build_full)
 

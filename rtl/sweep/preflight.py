@@ -536,5 +536,6 @@ def _candidates_line(spec: SweepSpec) -> str:
     t0 = spec.search.sources.importance_trial
     what = ["its own"] + [v.describe(t0) for v in c.variants]
     e = spec.budget.pretrain_epochs
+    n = e * c.split(e)
     return (f"best of {len(what)} candidates ({'; '.join(what)}), picked by probe after epoch "
-            f"{c.cut_epoch(e)} of {e}")
+            f"{c.cut_epoch(e)} of {n}" + (f" (each of the {e} epochs split in {c.split(e)})" if n > e else ""))

@@ -137,17 +137,27 @@ class CandidateVariant(_M):
 class ImportanceCandidates(_M):
     """The importance trial as the best of several from-scratch weighted pretrainings, picked early: the
     trial's own (mask, temperature) first, then each of `variants` (seed + 1, + 2, ...), each pretrained for
-    the first `cut` of the schedule's epochs and scored by the target probe; only the best is pretrained to
+    the first `cut` of the schedule and scored by the target probe; only the best is pretrained to
     the end (it continues the same run: same learning-rate schedule, nothing repeated).
-    Cost: n x cut + (1 - cut) pretrainings per importance trial instead of 1 (rtl.sweep.candidates)."""
+    Cost: n x cut + (1 - cut) pretrainings per importance trial instead of 1 (rtl.sweep.candidates).
+    A cut shorter than one of the schedule's epochs (0.25 of 2 epochs) splits each epoch into `split`
+    shorter ones of the same images and warm-up (the per-step schedule is unchanged), so the cut falls on an
+    epoch boundary: 0.25 of 2 epochs = epoch 1 of 4 half-size epochs."""
 
     variants: list[CandidateVariant] = Field(
         default_factory=lambda: [CandidateVariant(top=3), CandidateVariant(temperature=2.0)], min_length=1)
     cut: float = Field(0.5, gt=0, lt=1)
 
+    def split(self, epochs: int) -> int:
+        """Into how many shorter epochs each of the schedule's `epochs` is split (1: none) so that the cut
+        is at least one epoch."""
+        return max(1, math.ceil(1 / (self.cut * epochs) - 1e-9))
+
     def cut_epoch(self, epochs: int) -> int:
-        """The epoch after which the candidates are compared (at least 1, before the last)."""
-        return min(epochs - 1, max(1, int(round(self.cut * epochs))))
+        """The epoch (of the split schedule) after which the candidates are compared (at least 1, before the
+        last)."""
+        n = epochs * self.split(epochs)
+        return min(n - 1, max(1, int(round(self.cut * n))))
 
 
 class Sources(_M):

@@ -86,12 +86,23 @@ def _view_args(spec: SweepSpec, mask: list[str]) -> dict[str, list[str] | None]:
 
 
 def _pretrain(spec: SweepSpec, out: Path, storage: Path, seed: int, strategy: str, mask: list[str],
-              class_weights: str | None = None, stop_after_epoch: int | None = None) -> None:
+              class_weights: str | None = None, stop_after_epoch: int | None = None, split: int = 1) -> None:
+    """`split` > 1: each epoch of the schedule runs as `split` shorter ones (same images, same per-step
+    learning-rate schedule, warm-up scaled), so a candidate's cut can fall inside one (rtl.sweep.candidates)."""
     from rtl.train.pretrain import PretrainConfig, pretrain_local, run_pretrain
 
     r = spec.resources
+    n = samples_per_epoch(spec)
+    extra: dict[str, Any] = {}
+    if split > 1:
+        if n is None:  # "epochs" budget: an epoch is the subset's own size
+            from rtl.train.strategies import open_view
+
+            n = len(open_view(spec.corpus_path(), **_view_args(spec, mask)))
+        n = -(-n // split)
+        extra["warmup_epochs"] = PretrainConfig.model_fields["warmup_epochs"].default * split
     cfg = PretrainConfig(corpus=spec.corpus_path(), strategy=strategy, model=spec.backbone, out=str(out),
-                         epochs=spec.budget.pretrain_epochs, samples_per_epoch=samples_per_epoch(spec),
+                         epochs=spec.budget.pretrain_epochs * split, samples_per_epoch=n, **extra,
                          batch_size=spec.budget.batch_size * r.train_workers,
                          workers=r.train_workers, cpus_per_worker=max(1, int(r.cpus)), use_gpu=r.gpus > 0,
                          class_weights=class_weights, storage_path=str(storage), seed=seed,
@@ -110,10 +121,11 @@ def samples_per_epoch(spec: SweepSpec) -> int | None:
     return len(open_view(spec.corpus_path(), **_view_args(spec, units_of(spec))))
 
 
-def _schedule(spec: SweepSpec) -> dict[str, Any]:
+def _schedule(spec: SweepSpec, split: int = 1) -> dict[str, Any]:
+    """The pretraining schedule's part of a cache key; `split` only when > 1 (keys of unsplit runs unchanged)."""
     return {"epochs": spec.budget.pretrain_epochs, "batch_size": spec.budget.batch_size,
             "sides": [spec.image.min_side, spec.image.max_side], "budget": spec.budget.pretrain_budget,
-            "samples_per_epoch": samples_per_epoch(spec)}
+            "samples_per_epoch": samples_per_epoch(spec)} | ({"split": split} if split > 1 else {})
 
 
 def pretrain_plan(spec: SweepSpec, t: TrialParams | dict[str, Any]) -> PretrainPlan:
@@ -239,7 +251,7 @@ def _best_candidate(spec: SweepSpec, plan: PretrainPlan, target: str, gen: Path,
                     tags: dict[str, str]) -> tuple[str, str, str]:
     """rtl.sweep.candidates.best_candidate for the importance trial; the candidates' probe errors are the
     run's `candidate_probe_error` (step = index, logged once) and `rtl.candidates` tag. -> (init, key, weights)."""
-    from rtl.sweep.candidates import best_candidate, cut_epoch
+    from rtl.sweep.candidates import best_candidate, cut_epoch, epochs_of
 
     entry, key, best, cands = best_candidate(spec, plan, target, gen)
     logged = {m.step for m in _retry(tracker.client.get_metric_history)(run_id, "candidate_probe_error")}
@@ -249,7 +261,7 @@ def _best_candidate(spec: SweepSpec, plan: PretrainPlan, target: str, gen: Path,
     tags["rtl.candidates"] = json.dumps([c.as_dict() for c in cands])
     b = cands[best]
     tags["rtl.candidate"] = (f"{b.sources} source(s) at T={b.temperature:g}, seed {b.seed} (candidate {best + 1} "
-                             f"of {len(cands)}, picked after epoch {cut_epoch(spec)})")
+                             f"of {len(cands)}, picked after epoch {cut_epoch(spec)} of {epochs_of(spec)})")
     return str(entry / "ckpt"), key, str(entry / "weights.json")
 
 
