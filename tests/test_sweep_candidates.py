@@ -220,12 +220,16 @@ def test_kendall_tau_b_of_the_fidelity_benchmark() -> None:
     assert abs(kendall_tau_b([0.1, 0.1, 0.3], [0.1, 0.2, 0.3]) - 2 / 6 ** 0.5) < 1e-12  # tau-b with a tie
 
 
-def test_candidates_need_two_pretraining_epochs(tmp_path: Path) -> None:
-    spec = _spec(tmp_path, [{"temperature": 2.0}])
-    d = spec.model_dump()
+def test_one_pretraining_epoch_is_split_for_the_cut(tmp_path: Path) -> None:
+    """A schedule of one epoch still has a cut before its end: the epoch runs as shorter ones."""
+    from rtl.sweep.candidates import cut_epoch, epochs_of
+
+    d = _spec(tmp_path, [{"temperature": 2.0}]).model_dump()
     d["budget"]["pretrain_epochs"] = 1
-    with pytest.raises(ConfigError, match="pretrain_epochs >= 2"):
-        spec_from_dict(d, "x")
+    spec = spec_from_dict(d, "x")
+    assert (cut_epoch(spec), epochs_of(spec)) == (1, 2)
+    d["search"]["sources"]["importance_candidates"]["cut"] = 0.25
+    assert (cut_epoch(spec_from_dict(d, "x")), epochs_of(spec_from_dict(d, "x"))) == (1, 4)
     d["budget"]["pretrain_epochs"] = 2
     d["search"]["sources"]["importance_candidates"]["variants"] = [{"temperature": 0.0}]
     with pytest.raises(ConfigError, match="temperature"):

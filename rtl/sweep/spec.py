@@ -358,9 +358,6 @@ class SweepSpec(_M):
             raise ValueError("scheduler rungs needs search.sources.space: ranked")
         if self.search.sources.space != "ranked":
             self.controls.generalist = False
-        if self.search.sources.importance_candidates is not None and self.budget.pretrain_epochs < 2:
-            raise ValueError("search.sources.importance_candidates needs budget.pretrain_epochs >= 2 (the "
-                             "candidates are compared after a whole epoch, before the last)")
         return self
 
     @field_validator("workspace")
