@@ -217,12 +217,20 @@ def test_dry_run_says_how_the_importance_trial_pretrains(tmp_path: Path, no_side
                                                         capsys: pytest.CaptureFixture[str]) -> None:
     """With importance candidates the plan says what one importance trial costs: n cuts and one full run."""
     path = _spec(tmp_path / "ws", trials=6)
-    _edit(path, search={"sources": {"space": "ranked", "importance_candidates": {}}},
-          budget={"pretrain_epochs": 2})
+    _edit(path, search={"sources": {"space": "ranked"}}, budget={"pretrain_epochs": 2})
     assert main(["sweep", "run", str(path), "--dry-run"]) == 0
-    out = capsys.readouterr().out
-    assert ("1 of them importance-weighted from scratch, each the best of 3 candidates (its own; top 3 at "
-            "T=1; same mask at T=2), picked by probe after epoch 1 of 2") in out
+    out = capsys.readouterr().out  # the default: drop the mass leader / the runner-up, a quarter in
+    assert ("1 of them importance-weighted from scratch, each the best of 3 candidates (its own; same mask "
+            "without mass leader 1 at T=1; same mask without mass leader 2 at T=1), picked by probe after "
+            "epoch 1 of 4 (each of the 2 epochs split in 2)") in out
+    _edit(path, search={"sources": {"space": "ranked", "importance_candidates": {
+        "variants": [{"top": 3}, {"temperature": 2.0}], "cut": 0.5}}})
+    assert main(["sweep", "run", str(path), "--dry-run"]) == 0
+    assert ("each the best of 3 candidates (its own; top 3 at T=1; same mask at T=2), picked by probe after "
+            "epoch 1 of 2") in capsys.readouterr().out
+    _edit(path, search={"sources": {"space": "ranked", "importance_candidates": None}})
+    assert main(["sweep", "run", str(path), "--dry-run"]) == 0
+    assert "candidates" not in capsys.readouterr().out  # null: one pretraining
     _edit(path, search={"sources": {"space": "ranked", "importance_candidates": {
         "variants": [{"drop": [1]}, {"drop": [1, 2], "temperature": 2.0}]}}})
     assert main(["sweep", "run", str(path), "--dry-run"]) == 0

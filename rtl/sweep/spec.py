@@ -144,9 +144,12 @@ class ImportanceCandidates(_M):
     shorter ones of the same images and warm-up (the per-step schedule is unchanged), so the cut falls on an
     epoch boundary: 0.25 of 2 epochs = epoch 1 of 4 half-size epochs."""
 
+    # default (session 8): its own, without its importance-mass leader, without the runner-up, compared after
+    # a quarter of the schedule -- better than one pretraining on 13 of 24 benchmark pairs and worse on 7
+    # (p = 0.02), at 1.36x its images (docs/measurements/search.md)
     variants: list[CandidateVariant] = Field(
-        default_factory=lambda: [CandidateVariant(top=3), CandidateVariant(temperature=2.0)], min_length=1)
-    cut: float = Field(0.5, gt=0, lt=1)
+        default_factory=lambda: [CandidateVariant(drop=[1]), CandidateVariant(drop=[2])], min_length=1)
+    cut: float = Field(0.25, gt=0, lt=1)
 
     def split(self, epochs: int) -> int:
         """Into how many shorter epochs each of the schedule's `epochs` is split (1: none) so that the cut
@@ -181,7 +184,7 @@ class Sources(_M):
     # strongest init gets the search's fine-tune settings at no pretraining cost
     importance_init: bool = True
     # each importance trial as the best of several candidates picked after a prefix (null: one pretraining)
-    importance_candidates: ImportanceCandidates | None = None
+    importance_candidates: ImportanceCandidates | None = Field(default_factory=ImportanceCandidates)
     ranking: Ranking = Ranking()
 
     @model_validator(mode="after")
