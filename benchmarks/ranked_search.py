@@ -5,9 +5,10 @@ seed, target), three sweeps with the same trials per target, fine-tune schedule 
 own COLD pretraining cache (so each arm pays for everything it needs, ranking included):
 
 * `ranked`       -- the CURRENT default (so its rows mean what the code of their day shipped: session 5's
-                    rows predate `importance_init`, which the explicit `ranked_ii` arm names): top-k of
+                    rows predate `importance_init`, which the explicit `ranked_ii` arm names; since
+                    session 8 it is `ranked_drop12q`): top-k of
                     the target's ranking + swaps, controls generalist / all sources, the enqueued importance
-                    trial (+ its pretraining fine-tuned at the lr ends), top-1..3, subset pretraining
+                    trial (the best of 3 candidates; + its pretraining fine-tuned at the lr ends), top-1..3, subset pretraining
                     continues the generalist in rungs, successive halving on a probe score (`rungs`);
 * `random_bits`  -- one bit per source, Optuna RandomSampler, FIFO (no early stopping), controls off;
 * `tpe_asha_bits`-- one bit per source, TPE, ASHA over fine-tune epochs, controls off.
@@ -74,6 +75,8 @@ def make_spec(workdir: Path, corpus: Path, targets: list[str], arm: str, seed: i
     d["storage"] = {"cache": str(workdir / "caches" / f"{arm}-s{seed}")}
     if arm.startswith("ranked"):
         d["search"]["sources"] = {"by": "datasets", "space": "ranked"}
+        if arm != "ranked":  # named arms keep their meaning when the default changes: one importance
+            d["search"]["sources"]["importance_candidates"] = None  # pretraining unless they set candidates
         d["scheduler"] = {"name": "rungs", "reduction_factor": 3}
         # ranked_imp: + the importance control (Ngiam et al. 2018: every source, importance-weighted)
         d["controls"] = {"scratch": False, "generalist": True, "uniform": True, "importance": arm == "ranked_imp",
