@@ -112,7 +112,8 @@ def test_resume_after_two_kills_of_the_whole_sweep(tmp_path: Path, first, second
     trials = [t for t in _trials(rd) if counted(t)]
     states = [t.state.name for t in trials]
     assert sorted(states) == sorted(s for s in states if s in ("COMPLETE", "PRUNED")), states  # none RUNNING/WAITING
-    assert len(trials) == n, states
+    assert len(trials) == n, [(t.number, t.state.name, t.user_attrs.get("rtl.enqueued"), t.user_attrs.get("rtl.control"),
+                               t.user_attrs.get("rtl.tune_trial_id"), t.params) for t in _trials(rd)]
     assert not [t for t in _trials(rd) if t.state.name in ("RUNNING", "WAITING")]
     controls = sorted(t.user_attrs.get("rtl.control", "") for t in trials)
     assert controls.count("scratch") == 1 and controls.count("uniform") == 1

@@ -52,6 +52,15 @@ def test_kill_and_resume(tmp_path: Path) -> None:
         p.wait()
     assert len(finished) < N
     first = finished[0].user_attrs["rtl.tune_trial_id"]
+    # the kill can land while Ray re-syncs the experiment dir, which truncates what it was rewriting: the
+    # worst case, every such file at once (a 0-byte tuner.pkl once made every resume die in Tuner.restore)
+    # (rtl's copy of tuner.pkl gone too: resume writes tuner.pkl anew; the copy is tests/test_sweep_kill_files.py's)
+    exp = Path(spec.results_dir) / "ray_results" / "tgt"
+    (exp / "tuner.pkl").write_bytes(b"")
+    (exp / ".rtl-tuner.pkl").unlink()
+    states = sorted(exp.glob("experiment_state-*.json"))
+    if states:
+        states[-1].write_text(states[-1].read_text()[:20])
 
     r = subprocess.run(_rtl("sweep", "resume", spec.results_dir), capture_output=True, text=True, env=_env(),
                        timeout=300, start_new_session=True)
@@ -59,6 +68,7 @@ def test_kill_and_resume(tmp_path: Path) -> None:
 
     trials = target_trials(spec.results_dir, "tgt")  # orphans of the killed driver excluded
     done = [t for t in trials if t.state.name in ("COMPLETE", "PRUNED")]
+    assert len(done) == N, ([(t.number, t.state.name, t.user_attrs) for t in trials], r.stdout[-3000:])
     assert len(done) == N and all(t.state.name == "COMPLETE" for t in done)
     assert len({t.user_attrs["rtl.tune_trial_id"] for t in done}) == N
     controls = sorted(t.user_attrs.get("rtl.control", "") for t in done)

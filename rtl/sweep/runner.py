@@ -35,8 +35,10 @@ from rtl.sweep.search import (
     define_space,
     importance_lr_params,
     importance_trial_params,
+    keep_tuner_copy,
     objective_of,
     ranking_params,
+    repair_experiment_files,
     repair_lagging_checkpoints,
 )
 from rtl.sweep.spec import SweepSpec, join, load_resolved, save_resolved
@@ -207,8 +209,9 @@ def _reconcile(spec: SweepSpec, target: str) -> None:
 
     known: dict[str, Any] = {}
     for exp in target_experiments(spec, target):
-        if not os.path.isdir(exp):
-            continue
+        if not os.path.isdir(exp) or not any(n.startswith("experiment_state-") and n.endswith(".json")
+                                             for n in os.listdir(exp)):
+            continue  # no state: Tune restarts it afresh and resumes none of its trials
         trials = tune_trials(exp)
         if trials is None:  # state unreadable: declaring orphans could drop live trials; skip, say so
             return
@@ -240,7 +243,7 @@ def _tuner(spec: SweepSpec, target: str, exp_path: str, num_samples: int, units:
         storage_url=spec.optuna_url_template(), study_name=study_name(spec, target), space=spec.search.model_dump(),
         units=units, sampler=spec.searcher.name, seed=spec.seeds[0], n_startup_trials=spec.searcher.n_startup_trials,
         controls=controls_for(spec, units), base=_base_config(spec, target))
-    return tune.Tuner(
+    tuner = tune.Tuner(
         _trainable(spec),
         param_space=dict(searcher.base),
         tune_config=tune.TuneConfig(search_alg=searcher, scheduler=_scheduler(spec), num_samples=num_samples,
@@ -252,6 +255,8 @@ def _tuner(spec: SweepSpec, target: str, exp_path: str, num_samples: int, units:
             callbacks=_callbacks(spec.results_dir, target), failure_config=tune.FailureConfig(max_failures=1),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1)),
     )
+    keep_tuner_copy(exp_path)  # Tuner() wrote tuner.pkl: a later kill mid-sync cannot take it away
+    return tuner
 
 
 def _shortfall(spec: SweepSpec, target: str) -> int:
@@ -269,9 +274,14 @@ def _run_target(spec: SweepSpec, target: str, units: list[str]) -> list[str]:
     experiment, so the study always ends with exactly `trials_per_target` trials and no WAITING one."""
     from ray import tune
 
+    lost = {p for p in target_experiments(spec, target) if repair_experiment_files(p)[1]}
     _reconcile(spec, target)
     errored: list[str] = []
     for k, exp_path in enumerate(target_experiments(spec, target) + [None] * MAX_TOPUPS):
+        if exp_path in lost:  # tuner.pkl truncated by a kill and no copy of it: written anew (the same
+            # trainable and configs; a top-up's sample count is today's shortfall)
+            _tuner(spec, target, exp_path, spec.budget.trials_per_target if k == 0 else _shortfall(spec, target),
+                   units)
         if exp_path is None:
             n = _shortfall(spec, target)
             if n <= 0:
@@ -349,6 +359,8 @@ def _run_confirm(spec: SweepSpec, target: str, units: list[str]) -> list[str]:
         return []
     exp_path = confirm_experiment(spec, target, best.number)
     trainable = _trainable(spec)
+    if repair_experiment_files(exp_path)[1]:  # tuner.pkl truncated before rtl copied it: start it again
+        os.remove(join(exp_path, "tuner.pkl"))
     if tune.Tuner.can_restore(exp_path):
         repair_lagging_checkpoints(exp_path)
         tuner = tune.Tuner.restore(exp_path, trainable=trainable, resume_unfinished=True, resume_errored=True,
@@ -371,6 +383,7 @@ def _run_confirm(spec: SweepSpec, target: str, units: list[str]) -> list[str]:
                 failure_config=tune.FailureConfig(max_failures=1),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1)),
         )
+        keep_tuner_copy(exp_path)
     return _errored(tuner.fit())
 
 

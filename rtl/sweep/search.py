@@ -32,9 +32,11 @@ categorical picks one unit that is always on, then one 0/1 categorical `src.<uni
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import math
 import os
+import re
 import time
 from typing import Any
 
@@ -435,6 +437,87 @@ def tune_trials(experiment_path: str | None) -> list[Any] | None:
     except Exception as e:  # no state yet / moved results dir: skip reconciliation, but say so
         log.warning("cannot read Tune state at %s (%s): orphan check skipped", experiment_path, e)
         return None
+
+
+TUNER_PKL = "tuner.pkl"
+TUNER_COPY = ".rtl-tuner.pkl"  # rtl's copy of a complete tuner.pkl (Ray writes it once, then only re-syncs it)
+
+
+def _pickle_complete(path: str) -> bool:
+    """A pickle file that was written to its end (protocol >= 2 ends with the STOP opcode). Not a load:
+    Ray's tuner.pkl holds the trainable and the searcher, whose unpickling is not side-effect free."""
+    try:
+        with open(path, "rb") as f:
+            if f.seek(0, os.SEEK_END) == 0:
+                return False
+            f.seek(-1, os.SEEK_END)
+            return f.read(1) == b"."
+    except OSError:
+        return False
+
+
+def _state_complete(path: str) -> bool:
+    """A snapshot file read to its end: JSON, or a pickle (Ray names some pickles `.json`)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(1)
+            if head == b"\x80":
+                return _pickle_complete(path)
+            json.loads(head + f.read())
+        return True
+    except (OSError, ValueError):
+        return False
+
+
+def keep_tuner_copy(experiment_path: str) -> None:
+    """Right after a fresh Tuner wrote `tuner.pkl`: keep a copy (tmp + rename), so a later SIGKILL while Ray
+    re-syncs the experiment dir (it rewrites every file of it) cannot leave the experiment unrestorable."""
+    import shutil
+
+    src, dst = os.path.join(experiment_path, TUNER_PKL), os.path.join(experiment_path, TUNER_COPY)
+    if _pickle_complete(src) and not _pickle_complete(dst):
+        shutil.copyfile(src, dst + ".tmp")
+        os.replace(dst + ".tmp", dst)
+
+
+def repair_experiment_files(experiment_path: str) -> tuple[list[str], bool]:
+    """Before an experiment is read or restored: undo what a SIGKILL during Ray's sync of the experiment
+    dir truncated (seen: a 0-byte tuner.pkl, after which `Tuner.restore` raised EOFError on every resume).
+
+    tuner.pkl truncated -> put rtl's copy back (`keep_tuner_copy`); an experiment state snapshot
+    (experiment_state-<ts>.json, search_gen_state-<ts>.json, searcher-state-<ts>.pkl) with an unreadable
+    file -> the whole snapshot renamed `*.truncated`, so Ray restores the previous one (what it lost is a
+    few seconds of Tune's view; rtl's reconciliation re-enqueues trials Optuna still holds as running).
+    -> (what was repaired, whether tuner.pkl is still unusable: then the caller writes it anew)."""
+    import shutil
+
+    fixed: list[str] = []
+    if not os.path.isdir(experiment_path):
+        return fixed, False
+    pkl, copy = os.path.join(experiment_path, TUNER_PKL), os.path.join(experiment_path, TUNER_COPY)
+    lost = False
+    if os.path.exists(pkl) and not _pickle_complete(pkl):
+        if _pickle_complete(copy):
+            shutil.copyfile(copy, pkl + ".tmp")
+            os.replace(pkl + ".tmp", pkl)
+            fixed.append(pkl)
+        else:
+            lost = True
+    snapshots: dict[str, list[str]] = {}
+    for name in os.listdir(experiment_path):
+        m = re.fullmatch(r"(experiment_state|search_gen_state|searcher-state)-(.+)\.(json|pkl)", name)
+        if m:
+            snapshots.setdefault(m.group(2), []).append(name)
+    for names in snapshots.values():
+        paths = [os.path.join(experiment_path, n) for n in names]
+        if all(_state_complete(p) for p in paths):
+            continue
+        for p in paths:
+            os.replace(p, p + ".truncated")
+            fixed.append(p)
+    for p in fixed:
+        log.warning("a killed driver left %s incomplete: repaired before resuming", p)
+    return fixed, lost
 
 
 def repair_lagging_checkpoints(experiment_path: str) -> list[str]:
