@@ -156,7 +156,8 @@ def best_candidate(spec: SweepSpec, plan: PretrainPlan, target: str, gen: Path, 
         leaders = mass_leaders(weights_of(list(plan.mask), float(plan.temperature)), spec.search.sources.by,
                                list(plan.mask))
     for mask, temp, seed in candidate_list(spec, plan, leaders):
-        base = dict(corpus_version=version, mask=mask, backbone=spec.backbone, schedule=_schedule(spec, parts), seed=seed)
+        base = dict(corpus_version=version, mask=mask, backbone=spec.backbone, schedule=_schedule(spec, parts),
+                    seed=seed)
         # the weights depend on the target and the generalist: both are in the key (not the weights' digest,
         # so a resumed trial finds its cut even if a recomputation differed in the last bit)
         cut_payload = {"weighted_cut": cache_key(temperature=temp, **base), "epoch": cut,

@@ -469,15 +469,20 @@ def _state_complete(path: str) -> bool:
         return False
 
 
-def keep_tuner_copy(experiment_path: str) -> None:
-    """Right after a fresh Tuner wrote `tuner.pkl`: keep a copy (tmp + rename), so a later SIGKILL while Ray
-    re-syncs the experiment dir (it rewrites every file of it) cannot leave the experiment unrestorable."""
+def _copy_whole(src: str, dst: str) -> None:
+    """Copy so that `dst` is never seen half-written (tmp + rename)."""
     import shutil
 
+    shutil.copyfile(src, dst + ".tmp")
+    os.replace(dst + ".tmp", dst)
+
+
+def keep_tuner_copy(experiment_path: str) -> None:
+    """Right after a fresh Tuner wrote `tuner.pkl`: keep a copy, so a later SIGKILL while Ray re-syncs the
+    experiment dir (it rewrites every file of it) cannot leave the experiment unrestorable."""
     src, dst = os.path.join(experiment_path, TUNER_PKL), os.path.join(experiment_path, TUNER_COPY)
     if _pickle_complete(src) and not _pickle_complete(dst):
-        shutil.copyfile(src, dst + ".tmp")
-        os.replace(dst + ".tmp", dst)
+        _copy_whole(src, dst)
 
 
 def repair_experiment_files(experiment_path: str) -> tuple[list[str], bool]:
@@ -489,8 +494,6 @@ def repair_experiment_files(experiment_path: str) -> tuple[list[str], bool]:
     file -> the whole snapshot renamed `*.truncated`, so Ray restores the previous one (what it lost is a
     few seconds of Tune's view; rtl's reconciliation re-enqueues trials Optuna still holds as running).
     -> (what was repaired, whether tuner.pkl is still unusable: then the caller writes it anew)."""
-    import shutil
-
     fixed: list[str] = []
     if not os.path.isdir(experiment_path):
         return fixed, False
@@ -498,8 +501,7 @@ def repair_experiment_files(experiment_path: str) -> tuple[list[str], bool]:
     lost = False
     if os.path.exists(pkl) and not _pickle_complete(pkl):
         if _pickle_complete(copy):
-            shutil.copyfile(copy, pkl + ".tmp")
-            os.replace(pkl + ".tmp", pkl)
+            _copy_whole(copy, pkl)
             fixed.append(pkl)
         else:
             lost = True

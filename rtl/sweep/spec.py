@@ -145,8 +145,8 @@ class ImportanceCandidates(_M):
     epoch boundary: 0.25 of 2 epochs = epoch 1 of 4 half-size epochs."""
 
     # default (session 8): its own, without its importance-mass leader, without the runner-up, compared after
-    # a quarter of the schedule -- better than one pretraining on 13 of 24 benchmark pairs and worse on 7
-    # (p = 0.02), at 1.36x its images (docs/measurements/search.md)
+    # a quarter of the schedule -- better than one pretraining on 26 of 56 benchmark pairs and worse on 19
+    # (p = 0.027), at 1.34x its images (docs/measurements/search.md)
     variants: list[CandidateVariant] = Field(
         default_factory=lambda: [CandidateVariant(drop=[1]), CandidateVariant(drop=[2])], min_length=1)
     cut: float = Field(0.25, gt=0, lt=1)
