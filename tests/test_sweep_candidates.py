@@ -234,3 +234,33 @@ def test_one_pretraining_epoch_is_split_for_the_cut(tmp_path: Path) -> None:
     d["search"]["sources"]["importance_candidates"]["variants"] = [{"temperature": 0.0}]
     with pytest.raises(ConfigError, match="temperature"):
         spec_from_dict(d, "x")
+
+
+def test_names_variants_keep_the_sources_with_the_targets_class_names(tmp_path: Path) -> None:
+    """`names: 1` keeps the units whose classes hold every class name of the target (case, "-", "_" and
+    spaces ignored); with `drop`, the leader is counted among those units; no match -> skipped."""
+    from rtl.artifacts.trial import IMPORTANCE_TRIAL, TrialParams
+    from rtl.sweep.candidates import candidate_list, name_shares, needs_names
+    from rtl.sweep.trial import pretrain_plan
+
+    manifest = {"classes": [{"dataset": d, "label": lab, "domain": [dom]} for d, lab, dom in [
+        ("a", "OK", "film"), ("a", "Scratch-Line", "film"), ("b", "ok", "film"), ("b", "scratch_line", "film"),
+        ("c", "ok", "pcb"), ("c", "short", "pcb"), ("d", "scratch line", "pcb")]]}
+    shares = name_shares(manifest, ["ok", "scratch line"], "datasets")
+    assert shares == {"a": 1.0, "b": 1.0, "c": 0.5, "d": 0.5}
+    assert name_shares(manifest, ["ok", "scratch line"], "domains") == {"film": 1.0, "pcb": 1.0}
+    spec = _spec(tmp_path, [{"names": 1.0}, {"names": 1.0, "drop": [1]}, {"names": 0.5, "top": 2},
+                            {"drop": [1]}])
+    assert needs_names(spec) and not needs_names(_spec(tmp_path / "x", [{"drop": [1]}]))
+    plan = pretrain_plan(spec, TrialParams(number=0, seed=3, enqueued=IMPORTANCE_TRIAL, mask=["c", "a", "b", "d"],
+                                           k=4, temperature=1.0, lr=0.01))
+    leaders = ["c", "b", "a", "d"]  # c takes the most mass; among the name matches, b leads
+    assert candidate_list(spec, plan, leaders, shares) == [
+        (["c", "a", "b", "d"], 1.0, 3), (["a", "b"], 1.0, 4), (["a"], 1.0, 5), (["c", "a"], 1.0, 6),
+        (["a", "b", "d"], 1.0, 7)]
+    none = {"a": 0.0, "b": 0.0, "c": 0.0, "d": 0.0}  # no source shares the target's names: variants skipped
+    assert candidate_list(spec, plan, leaders, none) == [(["c", "a", "b", "d"], 1.0, 3), (["a", "b", "d"], 1.0, 7)]
+    with pytest.raises(ValueError):
+        candidate_list(spec, plan, leaders)  # the shares must be known first
+    with pytest.raises(ConfigError):
+        _spec(tmp_path / "y", [{"names": 1.5}])

@@ -77,11 +77,33 @@ def mass_leaders(weights: bytes, by: str, mask: list[str]) -> list[str]:
     return sorted(mask, key=lambda u: (-float(mass.get(u, 0.0)), mask.index(u)))
 
 
-def candidate_list(spec: SweepSpec, plan: PretrainPlan,
-                   leaders: list[str] | None = None) -> list[tuple[list[str], float, int]]:
+def needs_names(spec: SweepSpec) -> bool:
+    """Whether a variant keeps only the units that share the target's class names."""
+    c = spec.search.sources.importance_candidates
+    return c is not None and any(v.names for v in c.variants)
+
+
+def normal_name(label: str) -> str:
+    """A class name compared across datasets: case, spaces, "-" and "_" ignored ("Scratch-line" = "scratch line")."""
+    return " ".join(label.casefold().replace("-", " ").replace("_", " ").split())
+
+
+def name_shares(manifest: dict[str, Any], target_classes: list[str], by: str) -> dict[str, float]:
+    """unit (dataset or domain tag) -> share of the target's class names that the unit's classes also have."""
+    want = {normal_name(c) for c in target_classes}
+    have: dict[str, set[str]] = {}
+    for c in manifest["classes"]:
+        for u in ([c["dataset"]] if by == "datasets" else list(c.get("domain") or [])):
+            have.setdefault(u, set()).add(normal_name(str(c["label"])))
+    return {u: len(want & names) / len(want) for u, names in have.items()} if want else {}
+
+
+def candidate_list(spec: SweepSpec, plan: PretrainPlan, leaders: list[str] | None = None,
+                   shares: dict[str, float] | None = None) -> list[tuple[list[str], float, int]]:
     """(mask, temperature, seed) of each candidate: the trial's own first, then each variant of the spec
     (the first `top` units of the trial's mask -- it is in ranking order -- without the `drop` mass leaders
-    of `leaders` (the trial's own weights' units by mass: `mass_leaders`), at its temperature), seeds
+    of `leaders` (the trial's own weights' units by mass: `mass_leaders`), keeping only the units whose
+    `shares` of the target's class names reach `names` (`name_shares`), at its temperature), seeds
     counting up. A variant that repeats an earlier (mask, temperature) still differs by its seed; one that
     would leave no unit is skipped (its seed is not reused)."""
     assert plan.temperature is not None, "candidates are importance-weighted"
@@ -89,10 +111,15 @@ def candidate_list(spec: SweepSpec, plan: PretrainPlan,
     out = [(list(plan.mask), float(plan.temperature), plan.seed)]
     for i, v in enumerate(c.variants if c is not None else []):
         mask = list(plan.mask[:v.top]) if v.top else list(plan.mask)
-        if v.drop:
+        if v.names:
+            if shares is None:
+                raise ValueError("candidate_list: a `names` variant needs the units' shares of the target's names")
+            mask = [u for u in mask if shares.get(u, 0.0) >= v.names - 1e-9]
+        if v.drop and mask:
             if leaders is None:
                 raise ValueError("candidate_list: a `drop` variant needs the trial's mass leaders")
-            gone = {leaders[j - 1] for j in v.drop if j <= len(leaders)}
+            order = [u for u in leaders if u in mask] if v.names else leaders  # names: leaders among the matches
+            gone = {order[j - 1] for j in v.drop if j <= len(order)}
             mask = [u for u in mask if u not in gone]
         if mask:
             out.append((mask, float(plan.temperature if v.temperature is None else v.temperature), plan.seed + i + 1))
@@ -155,7 +182,13 @@ def best_candidate(spec: SweepSpec, plan: PretrainPlan, target: str, gen: Path, 
     if needs_leaders(spec):  # the trial's own weights rank its units by mass (one inference on the target)
         leaders = mass_leaders(weights_of(list(plan.mask), float(plan.temperature)), spec.search.sources.by,
                                list(plan.mask))
-    for mask, temp, seed in candidate_list(spec, plan, leaders):
+    shares = None
+    if needs_names(spec):
+        from rtl.data.convention import load_dataset
+
+        shares = name_shares(open_view(spec.corpus_path()).manifest, load_dataset(target).classes(),
+                             spec.search.sources.by)
+    for mask, temp, seed in candidate_list(spec, plan, leaders, shares):
         base = dict(corpus_version=version, mask=mask, backbone=spec.backbone, schedule=_schedule(spec, parts),
                     seed=seed)
         # the weights depend on the target and the generalist: both are in the key (not the weights' digest,

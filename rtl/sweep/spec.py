@@ -114,6 +114,11 @@ class CandidateVariant(_M):
     top: int | None = Field(None, ge=1)
     drop: list[int] | None = Field(None, min_length=1)
     temperature: float | None = Field(None, gt=0)
+    # keep only the units whose class names hold at least this share of the target's class names (case,
+    # spaces, "-" and "_" ignored); the importance mass goes by the world an image shows, the names by what
+    # its labels mean (session 9: the hard family's look-alikes take the mass). With `drop`, the leaders are
+    # counted among the matching units. No unit matches -> the variant is skipped.
+    names: float | None = Field(None, gt=0, le=1)
 
     @field_validator("drop", mode="before")
     @classmethod
@@ -129,6 +134,8 @@ class CandidateVariant(_M):
 
     def describe(self, t0: float) -> str:
         what = f"top {self.top}" if self.top else "same mask"
+        if self.names:
+            what += f" with >= {self.names:.0%} of the target's class names"
         if self.drop:
             what += " without mass leader" + ("s " if len(self.drop) > 1 else " ") + "+".join(map(str, self.drop))
         return f"{what} at T={self.temperature or t0:g}"
