@@ -130,9 +130,12 @@ def main() -> None:
            args.pair)
 
 
+RELATED = ("related", "related_i")  # the related set, uniform and importance-weighted
+
+
 def summarise(rows: list[dict[str, Any]], arm_rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Per (seed, target): the sampled subsets by test error, the related set's rank among them (1 = best;
-    ties with the best count as best), the proxy oracle of the arms' rows, and each arm's regret against
+    """Per (seed, target): the sampled subsets by test error, the related set's rank among them (its better
+    form, uniform or weighted, by test; 1 = best; ties with the best count as best), the proxy oracle of the arms' rows, and each arm's regret against
     min(proxy oracle, sampled oracle)."""
     by: dict[tuple[int, str], list[dict[str, Any]]] = {}
     for r in rows:
@@ -140,7 +143,7 @@ def summarise(rows: list[dict[str, Any]], arm_rows: list[dict[str, Any]]) -> dic
     pairs, regrets = [], {}
     for (seed, t), rs in sorted(by.items()):
         rs = sorted(rs, key=lambda r: (r["test"], r["val"]))
-        rel = next((r for r in rs if r["subset"] == "related"), None)
+        rel = next((r for r in rs if r["subset"] in RELATED), None)  # the better of uniform / weighted
         here = {a["arm"]: a for a in arm_rows if a["seed"] == seed and a["target"] == t}
         proxy = min((h["best_test_any"] for h in here.values() if h.get("best_test_any") is not None), default=None)
         oracle = min([rs[0]["test"]] + ([proxy] if proxy is not None else []))
@@ -162,7 +165,7 @@ def report(rows: list[dict[str, Any]], arm_rows: list[dict[str, Any]], pair: lis
     for p in s["pairs"]:
         rel = p["related"]
         print(f"| {p['seed']} | {p['target']} | {p['best']['test']:.3f} | {p['best']['subset']} | "
-              + (f"{rel['test']:.3f}, {p['related_rank']} of {p['n']}" if rel else "-")
+              + (f"{rel['test']:.3f} ({rel['subset']}), {p['related_rank']} of {p['n']}" if rel else "-")
               + (f" | {p['all_i']:.3f} | " if p["all_i"] is not None else " | - | ")
               + (f"{p['proxy']:.3f}" if p["proxy"] is not None else "-") + " | "
               + ", ".join(f"{a} {v:.3f}" for a, v in sorted(p["arms"].items())) + " |")

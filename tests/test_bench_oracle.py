@@ -28,8 +28,9 @@ def _o(seed: int, target: str, subset: str, test: float, val: float = 0.5) -> di
 def test_regret_uses_the_better_oracle_and_ranks_the_related_set() -> None:
     from oracle_sample import summarise
 
-    rows = [_o(0, "t", "related", 0.1), _o(0, "t", "all", 0.3), _o(0, "t", "all_i", 0.2),
-            _o(0, "u", "related", 0.4), _o(0, "u", "all", 0.2), _o(0, "u", "all_i", 0.4)]
+    rows = [_o(0, "t", "related", 0.1), _o(0, "t", "related_i", 0.3), _o(0, "t", "all", 0.3),
+            _o(0, "t", "all_i", 0.2), _o(0, "u", "related", 0.4), _o(0, "u", "related_i", 0.45),
+            _o(0, "u", "all", 0.2), _o(0, "u", "all_i", 0.4)]
     arms = [{"seed": 0, "target": "t", "arm": "x", "test": 0.3, "best_test_any": 0.25},
             {"seed": 0, "target": "t", "arm": "y", "test": 0.25, "best_test_any": 0.25},
             {"seed": 0, "target": "u", "arm": "x", "test": 0.2, "best_test_any": 0.15}]
@@ -37,5 +38,6 @@ def test_regret_uses_the_better_oracle_and_ranks_the_related_set() -> None:
     t, u = s["pairs"]
     assert (t["oracle"], t["related_rank"]) == (0.1, 1)  # sampled beats the proxy on t
     assert (u["oracle"], u["related_rank"]) == (0.15, 2)  # the proxy beats the sample on u
+    assert (t["related"]["subset"], u["related"]["subset"]) == ("related", "related")  # the better form
     assert round(s["regrets"]["x"][(0, "t")], 9) == 0.2 and round(s["regrets"]["y"][(0, "t")], 9) == 0.15
     assert round(s["regrets"]["x"][(0, "u")], 9) == 0.05 and (0, "u") not in s["regrets"]["y"]
