@@ -140,7 +140,7 @@ def best_of(results_dir: str, target: str) -> dict[str, Any]:
     trials = target_trials(results_dir, target)
     done = [t for t in trials if t.state.name == "COMPLETE"]
     best = min(done, key=lambda t: (t.value, t.number))
-    mask = best.user_attrs.get("rtl.mask", "none")
+    mask = best.user_attrs.get("rtl.candidate_mask") or best.user_attrs.get("rtl.mask", "none")
     tests = [t.user_attrs["rtl.test_error"] for t in done if t.user_attrs.get("rtl.test_error") is not None]
     # val trajectory in trial order: trials needed to reach another arm's best val
     traj = [(t.number, t.value) for t in sorted(done, key=lambda t: t.number)]

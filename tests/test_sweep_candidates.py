@@ -264,3 +264,35 @@ def test_names_variants_keep_the_sources_with_the_targets_class_names(tmp_path: 
         candidate_list(spec, plan, leaders)  # the shares must be known first
     with pytest.raises(ConfigError):
         _spec(tmp_path / "y", [{"names": 1.5}])
+
+
+def test_a_variants_pick_is_reported_with_its_own_sources(tmp_path: Path) -> None:
+    """A candidate whose units differ from the trial's mask records them in its full entry (`mask.json`):
+    reports and the per-source effects name what the pick pretrained on, not "every source"."""
+    from types import SimpleNamespace
+
+    from rtl.artifacts.trial import IMPORTANCE_TRIAL, TrialParams
+    from rtl.report.verdict import trial_mask
+    from rtl.sweep.candidates import CUT_FILE, best_candidate, pretrained_mask
+    from rtl.sweep.subset import generalist
+    from rtl.sweep.trial import pretrain_plan
+    from rtl.sweep.verdict import subset_name
+
+    spec = _spec(tmp_path, [{"drop": [1]}])
+    gen, _ = generalist(spec, ["a", "b"])
+    plan = pretrain_plan(spec, TrialParams(number=0, enqueued=IMPORTANCE_TRIAL, mask=["a", "b"], k=2,
+                                           temperature=1.0, lr=0.01))
+    best_candidate(spec, plan, str(tmp_path / "targets" / "tgt"), gen, complete_all=True)
+    cache = Path(spec.cache_dir())
+    seen = {}
+    for cut in cache.glob("cut-*"):
+        c = json.loads((cut / CUT_FILE).read_text())
+        seen[len(c["mask"])] = pretrained_mask(str(cache / c["full"] / "weights.json"))
+        assert seen[len(c["mask"])] == ("" if len(c["mask"]) == 2 else ",".join(c["mask"]))
+    assert sorted(seen) == [1, 2] and seen[1] in ("a", "b")
+    assert pretrained_mask(None) == "" and pretrained_mask(str(tmp_path / "nowhere" / "weights.json")) == ""
+    t = SimpleNamespace(params={"temperature": 1.0}, user_attrs={
+        "rtl.enqueued": IMPORTANCE_TRIAL, "rtl.mask": "a,b", "rtl.candidate_mask": seen[1],
+        "rtl.candidate": "1 source(s) at T=1"})
+    assert subset_name(t).startswith(f"(1 source ({seen[1]}), the importance trial's pretraining")
+    assert trial_mask(t) == [seen[1]]

@@ -20,7 +20,7 @@ from rtl.sweep.verdict import subset_verdict  # noqa: F401 - re-exported (it liv
 
 def trial_mask(t: Any) -> list[str] | None:
     """Sources of a finished Optuna trial (None for scratch / ImageNet inits: no source decision)."""
-    m = t.user_attrs.get("rtl.mask", "none")
+    m = t.user_attrs.get("rtl.candidate_mask") or t.user_attrs.get("rtl.mask", "none")  # a candidate's own units
     if m == "generalist":
         return []
     if m in ("none", ""):

@@ -50,6 +50,17 @@ from rtl.artifacts.trial import PretrainPlan
 from rtl.sweep.spec import SweepSpec
 
 CUT_FILE = "cut.json"
+MASK_FILE = "mask.json"  # in a candidate's full entry: the units it pretrained on (a variant's, not the trial's)
+
+
+def pretrained_mask(weights_path: str | None) -> str:
+    """Comma-joined units of the candidate whose weights file this is ("" for any other pretraining, or an
+    entry built before the file existed): the reports name what the pick pretrained on, not the trial's mask."""
+    p = Path(weights_path).parent / MASK_FILE if weights_path else None
+    try:
+        return ",".join(json.loads(p.read_text())["mask"]) if p and p.is_file() else ""
+    except (OSError, ValueError, KeyError, TypeError):
+        return ""
 
 
 @dataclass(frozen=True)
@@ -218,6 +229,8 @@ def best_candidate(spec: SweepSpec, plan: PretrainPlan, target: str, gen: Path, 
 
         def build_full(d: Path) -> None:
             (d / "weights.json").write_bytes((cut_dir / "weights.json").read_bytes())
+            if sorted(mask) != sorted(plan.mask):  # a variant's own units: what the pick pretrained on
+                (d / MASK_FILE).write_text(json.dumps({"mask": sorted(mask)}))
             _pretrain(spec, d / "ckpt", runs, seed, "weighted", mask, class_weights=str(d / "weights.json"),
                       split=parts)
 

@@ -325,6 +325,8 @@ class OptunaAskTell(Searcher):
             attrs["rtl.rung"] = int(result["rung"])  # stopped after this pretraining rung
         if result and isinstance(result.get("effective_sources"), str) and result["effective_sources"]:
             attrs["rtl.effective_sources"] = result["effective_sources"]  # where a weighted pretraining drew from
+        if result and isinstance(result.get("candidate_mask"), str) and result["candidate_mask"]:
+            attrs["rtl.candidate_mask"] = result["candidate_mask"]  # the units the picked candidate pretrained on
         if result and isinstance(result.get("candidate"), str) and result["candidate"]:
             attrs["rtl.candidate"] = result["candidate"]  # which importance candidate was pretrained to the end
         if result and state == TrialState.COMPLETE:  # the report reads these (val error next to the objective)

@@ -434,6 +434,11 @@ def run_trial(config: dict[str, Any]) -> None:
     eff = effective_sources(tags.get("rtl.weights_path"), spec.search.sources.by)
     if eff:
         tags = tags | {"rtl.effective_sources": eff}
+    from rtl.sweep.candidates import pretrained_mask
+
+    cand_mask = pretrained_mask(tags.get("rtl.weights_path"))
+    if cand_mask:
+        tags = tags | {"rtl.candidate_mask": cand_mask}
     obj, val_metrics = objective_hooks(spec)
     starts = int(_retry(tracker.client.get_run)(run_id).data.tags.get("rtl.finetune_starts", 0)) + 1
     tracker.set_tags(run_id, tags | {"rtl.finetune_starts": starts})  # > 1: resumed (or re-run) fine-tuning
@@ -471,7 +476,7 @@ def run_trial(config: dict[str, Any]) -> None:
                        val_metrics=val_metrics)
     final = {"val_error": float(res.val_error), "test_error": res.test_error, "epoch": len(res.history),
              "finished": True, "best_epoch": res.best_epoch} | obj.final(res) | rung.get("final", {}) | (
-                 {"effective_sources": eff} if eff else {}) | (
+                 {"effective_sources": eff} if eff else {}) | ({"candidate_mask": cand_mask} if cand_mask else {}) | (
                  {"candidate": tags["rtl.candidate"]} if tags.get("rtl.candidate") else {})
     _log_artifacts(tracker, run_id, res, tags.get("rtl.weights_path"))
     from rtl.sweep.deliver import save_trial_model  # model folder + inspection metrics (issue 11)

@@ -113,7 +113,14 @@ def subset_name(t: Any) -> str:
     """How the verdict names a trial's sources: the mask, or for the importance trial what it really is."""
     label = t.user_attrs.get("rtl.enqueued")
     eff = t.user_attrs.get("rtl.effective_sources")
+    cmask = t.user_attrs.get("rtl.candidate_mask")  # the units the picked importance candidate pretrained on
     tail = (f"; 90 % of its images from {eff}" if eff else "") + ")"
+    if cmask and (fine_tunes_importance_pretraining(t.params, label) or is_importance_trial(label)):
+        n = len(cmask.split(","))
+        what = (f"{n} source{'s' if n > 1 else ''} ({cmask}), the importance trial's pretraining (the best "
+                f"importance-weighted candidate from scratch)")
+        return (f"({what}" + (f" fine-tuned at lr {t.params.get('lr', 0):.3g}" if not is_importance_trial(label)
+                              else "") + tail)
     if fine_tunes_importance_pretraining(t.params, label):
         return (f"(every source, the importance trial's pretraining (importance-weighted from scratch) fine-tuned "
                 f"at lr {t.params.get('lr', 0):.3g}" + tail)
