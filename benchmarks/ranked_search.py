@@ -140,7 +140,8 @@ def best_of(results_dir: str, target: str) -> dict[str, Any]:
     trials = target_trials(results_dir, target)
     done = [t for t in trials if t.state.name == "COMPLETE"]
     best = min(done, key=lambda t: (t.value, t.number))
-    mask = best.user_attrs.get("rtl.candidate_mask") or best.user_attrs.get("rtl.mask", "none")
+    mask = (best.user_attrs.get("rtl.candidate_mask") or candidate_mask_of(results_dir, best)
+            or best.user_attrs.get("rtl.mask", "none"))
     tests = [t.user_attrs["rtl.test_error"] for t in done if t.user_attrs.get("rtl.test_error") is not None]
     # val trajectory in trial order: trials needed to reach another arm's best val
     traj = [(t.number, t.value) for t in sorted(done, key=lambda t: t.number)]
@@ -153,19 +154,42 @@ def best_of(results_dir: str, target: str) -> dict[str, Any]:
             "traj": traj}
 
 
+def _weights_path(results_dir: str, best: Any) -> str | None:
+    from rtl.sweep.spec import load_resolved
+    from rtl.sweep.trial import tracker_for
+
+    tid = best.user_attrs.get("rtl.tune_trial_id")
+    runs = tracker_for(load_resolved(results_dir)).find_runs({"rtl.kind": "trial", "rtl.trial_id": tid}) if tid else []
+    return next((r.data.tags["rtl.weights_path"] for r in runs if r.data.tags.get("rtl.weights_path")), None)
+
+
+def candidate_mask_of(results_dir: str, best: Any) -> str:
+    """Sweeps run before `rtl.candidate_mask` existed: the units of the importance candidate whose full
+    pretraining the best trial fine-tuned, read from that candidate's cut (cut.json names its full entry);
+    "" when it is not a candidate's or its units are the trial's own."""
+    if "rtl.candidate_mask" in best.user_attrs or not best.user_attrs.get("rtl.effective_sources"):
+        return ""
+    wp = _weights_path(results_dir, best)
+    if not wp:
+        return ""
+    entry = Path(wp).parent
+    for cut in entry.parent.glob("cut-*/cut.json"):
+        c = json.loads(cut.read_text())
+        if c.get("full") == entry.name:
+            own = best.user_attrs.get("rtl.mask", "")
+            return "" if sorted(own.split(",")) == sorted(c["mask"]) else ",".join(c["mask"])
+    return ""
+
+
 def effective_of(results_dir: str, best: Any) -> list[str] | None:
     """Sources a weighted best trial drew 90 % of its pretraining images from (rtl.sweep.trial.
     effective_sources): its `rtl.effective_sources` attr, else (sweeps run before the attr existed) its
     MLflow run's weights file. None: the trial used no importance weights."""
     eff = best.user_attrs.get("rtl.effective_sources")
     if not eff:
-        from rtl.sweep.spec import load_resolved
-        from rtl.sweep.trial import effective_sources, tracker_for
+        from rtl.sweep.trial import effective_sources
 
-        tid = best.user_attrs.get("rtl.tune_trial_id")
-        runs = tracker_for(load_resolved(results_dir)).find_runs({"rtl.kind": "trial", "rtl.trial_id": tid}) if tid else []
-        eff = next((effective_sources(r.data.tags.get("rtl.weights_path")) for r in runs
-                    if r.data.tags.get("rtl.weights_path")), "")
+        eff = effective_sources(_weights_path(results_dir, best))
     return eff.split(",") if eff else None
 
 
@@ -190,8 +214,9 @@ def main() -> None:
                          "it is not run again, and the report covers every row in it (run arms in pieces)")
     ap.add_argument("--report-only", action="store_true")
     ap.add_argument("--rescan", action="store_true",
-                    help="recompute each row's best trial (effective sources, enqueued label) from its results "
-                         "dir before the report (rows written by an older version of this script)")
+                    help="recompute each row's best trial (its sources, effective sources, enqueued label) from "
+                         "its results dir before the report, and rewrite --rows (rows of an older version of this "
+                         "script)")
     args = ap.parse_args()
 
     from rtl.sweep.runner import run_sweep
@@ -211,8 +236,11 @@ def main() -> None:
             rd = workdir / "ws" / f"b-{r['arm']}-s{r['seed']}"
             if (rd / "spec.json").exists():
                 b = best_of(str(rd), r["target"])
-                r.update(effective=b["effective"], enqueued=b["enqueued"],
-                         jaccard_effective=jaccard(b["effective"] or r["mask"], r["related"]))
+                r.update(effective=b["effective"], enqueued=b["enqueued"], mask=b["mask"],
+                         jaccard=jaccard(b["mask"], r["related"]),
+                         jaccard_effective=jaccard(b["effective"] or b["mask"], r["related"]))
+        if rows_file:  # the rows file holds what the report shows
+            rows_file.write_text("".join(json.dumps(r) + "\n" for r in rows))
     t_all = time.perf_counter()
     for seed in args.seeds:
         for arm in args.arms:
