@@ -135,7 +135,8 @@ class CandidateVariant(_M):
     def describe(self, t0: float) -> str:
         what = f"top {self.top}" if self.top else "same mask"
         if self.names:
-            what += f" with >= {self.names:.0%} of the target's class names"
+            held = "all" if self.names >= 1 else f">= {self.names:.0%}"
+            what = (f"{what}, " if self.top else "") + f"sources holding {held} of the target's class names"
         if self.drop:
             what += " without mass leader" + ("s " if len(self.drop) > 1 else " ") + "+".join(map(str, self.drop))
         return f"{what} at T={self.temperature or t0:g}"
