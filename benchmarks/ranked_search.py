@@ -103,11 +103,12 @@ def make_spec(workdir: Path, corpus: Path, targets: list[str], arm: str, seed: i
             drops = [{"drop": [1]}] + ([{"drop": [2]}] if arm != "ranked_drop1" else [])
             d["search"]["sources"]["importance_candidates"] = {"variants": drops,
                                                                "cut": 0.25 if arm == "ranked_drop12q" else 0.5}
-        if arm == "ranked_names":  # session 9: the candidates keep the sources with the target's class names
-            d["budget"]["subset_fraction"] = 0.1  # (all of them; then without their mass leader), after a quarter
-            d["search"]["sources"]["importance_init"] = True
-            d["search"]["sources"]["importance_candidates"] = {"variants": [{"names": 1.0},
-                                                                            {"names": 1.0, "drop": [1]}], "cut": 0.25}
+        if arm in ("ranked_names", "ranked_names4"):  # session 9: candidates keep the sources with the target's
+            d["budget"]["subset_fraction"] = 0.1  # class names (all of them; then without their mass leader),
+            d["search"]["sources"]["importance_init"] = True  # after a quarter; names4: + the default's drop [1]
+            names = [{"names": 1.0}, {"names": 1.0, "drop": [1]}]
+            d["search"]["sources"]["importance_candidates"] = {
+                "variants": ([{"drop": [1]}] if arm == "ranked_names4" else []) + names, "cut": 0.25}
         if arm == "ranked_lean":  # continuations get 1/10 of the generalist's images, not 1/4 (compute arithmetic:
             d["budget"]["subset_fraction"] = 0.1  # generalist + experts + importance trials ~ 23 % of random's)
     else:
@@ -276,7 +277,7 @@ def main() -> None:
 REPORT_ONLY = ("ranked_v1", "ranked_ii_tpe")  # rows of earlier code: reported, never run again
 ARMS = ("ranked", "random_bits", "tpe_asha_bits", "ranked_v1", "ranked_imp", "ranked_full", "ranked_lean",
         "ranked_cand", "ranked_cand_t", "ranked_ii", "ranked_ii_tpe", "ranked_top", "ranked_drop1", "ranked_drop12",
-        "ranked_drop12q", "ranked_names")
+        "ranked_drop12q", "ranked_names", "ranked_names4")
 
 
 def report(rows: list[dict[str, Any]]) -> None:
