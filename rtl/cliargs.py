@@ -161,6 +161,15 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
         shown = ",".join(map(str, action.default)) if isinstance(action.default, (list, tuple)) else action.default
         return f"{text} (default: {str(shown).replace('%', '%%')})"
 
+    def _split_lines(self, text: str, width: int) -> list[str]:
+        """Wrap at spaces only: argparse also breaks after hyphens, which cut a default path such as
+        `/tmp/ci-clone/sweeps/demo.yaml` in two (a copied path then has a space in it)."""
+        import re
+        import textwrap
+
+        return textwrap.wrap(re.sub(r"\s+", " ", text).strip(), width, break_on_hyphens=False,
+                             break_long_words=False) or [""]
+
 
 class RtlParser(argparse.ArgumentParser):
     """argparse with rtl's help formatter, one-line errors (`rtl: error: ...`, exit 2), options added on first

@@ -253,3 +253,14 @@ def test_pretrain_config_checks_are_one_line_rtl_errors(tmp_path) -> None:
     cfg = PretrainConfig(corpus=tmp_path / "c", datasets=("a",), out="o")  # Path and tuple still accepted
     assert cfg.corpus == str(tmp_path / "c") and cfg.datasets == ["a"] and Path(cfg.out).is_absolute()
     assert PretrainConfig(**cfg.model_dump()) == cfg  # what Ray Train workers rebuild from
+
+
+def test_help_never_breaks_a_default_path_at_a_hyphen() -> None:
+    """A default path with hyphens (a checkout in /tmp/ci-clone) is shown whole, so it can be copied."""
+    from rtl.cliargs import RtlParser
+
+    p = RtlParser(prog="rtl x")
+    p.add_argument("--spec", default="/tmp/some-long-checkout-name-with-hyphens/sweeps/demo-family.yaml",
+                   help="sweep spec to run, a rather long help line so that the default must wrap onto the next")
+    text = p.format_help()
+    assert "/tmp/some-long-checkout-name-with-hyphens/sweeps/demo-family.yaml)" in text
