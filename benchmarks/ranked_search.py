@@ -30,6 +30,7 @@ Prints a table and `ratio images ranked/random` and `median regret ranked vs ran
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import statistics
@@ -135,14 +136,13 @@ def images_consumed(cache_dir: str) -> int:
 
 
 def best_of(results_dir: str, target: str) -> dict[str, Any]:
-    from rtl.artifacts.trial import fine_tunes_importance_pretraining
+    from rtl.artifacts.trial import fine_tunes_importance_pretraining, pretrained_sources
     from rtl.sweep.status import target_trials
 
     trials = target_trials(results_dir, target)
     done = [t for t in trials if t.state.name == "COMPLETE"]
     best = min(done, key=lambda t: (t.value, t.number))
-    mask = (best.user_attrs.get("rtl.candidate_mask") or candidate_mask_of(results_dir, best)
-            or best.user_attrs.get("rtl.mask", "none"))
+    mask = candidate_mask_of(results_dir, best) or pretrained_sources(best.user_attrs, "none")
     tests = [t.user_attrs["rtl.test_error"] for t in done if t.user_attrs.get("rtl.test_error") is not None]
     # val trajectory in trial order: trials needed to reach another arm's best val
     traj = [(t.number, t.value) for t in sorted(done, key=lambda t: t.number)]
@@ -156,10 +156,16 @@ def best_of(results_dir: str, target: str) -> dict[str, Any]:
 
 
 def _weights_path(results_dir: str, best: Any) -> str | None:
+    """The weights file the trial's MLflow run links (one lookup per trial: the sources and the effective
+    sources of a row both need it)."""
+    return _run_weights_path(results_dir, best.user_attrs.get("rtl.tune_trial_id"))
+
+
+@functools.cache
+def _run_weights_path(results_dir: str, tid: str | None) -> str | None:
     from rtl.sweep.spec import load_resolved
     from rtl.sweep.trial import tracker_for
 
-    tid = best.user_attrs.get("rtl.tune_trial_id")
     runs = tracker_for(load_resolved(results_dir)).find_runs({"rtl.kind": "trial", "rtl.trial_id": tid}) if tid else []
     return next((r.data.tags["rtl.weights_path"] for r in runs if r.data.tags.get("rtl.weights_path")), None)
 

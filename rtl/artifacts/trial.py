@@ -56,6 +56,12 @@ def fine_tunes_importance_pretraining(params: dict[str, Any], label: str | None)
     return params.get("pretrain") == "importance" and not is_importance_trial(label)
 
 
+def pretrained_sources(user_attrs: dict[str, Any], default: str = "-") -> str:
+    """The comma-joined units a finished trial's pretraining used, as reports name them: a picked importance
+    candidate's own units (`rtl.candidate_mask`, when a variant changed them) over the trial's mask (`rtl.mask`)."""
+    return user_attrs.get("rtl.candidate_mask") or user_attrs.get("rtl.mask", default)
+
+
 class TrialParams(BaseModel):
     """One trial's configuration. `mask`: the source units pretrained on (None for scratch / ImageNet,
     [] for the generalist alone); `temperature`: importance weights at this temperature, None = off

@@ -22,7 +22,12 @@ from typing import Any
 import numpy as np
 
 from rtl.artifacts.layout import REPORT_MD, report_dir
-from rtl.artifacts.trial import IMPORTANCE_TRIAL, fine_tunes_importance_pretraining, is_importance_trial
+from rtl.artifacts.trial import (
+    IMPORTANCE_TRIAL,
+    fine_tunes_importance_pretraining,
+    is_importance_trial,
+    pretrained_sources,
+)
 from rtl.report.verdict import plot_effects, source_effects
 from rtl.sweep.objective import Objective
 from rtl.sweep.spec import load_resolved
@@ -166,8 +171,7 @@ def _kind(t: Any) -> str:
 
 def _sources(t: Any) -> str:
     """The trial's mask; with importance weights, also the sources its pretraining drew 90 % of images from."""
-    mask = t.user_attrs.get("rtl.candidate_mask") or t.user_attrs.get("rtl.mask", "-")  # a candidate's own units
-    eff = t.user_attrs.get("rtl.effective_sources")
+    mask, eff = pretrained_sources(t.user_attrs), t.user_attrs.get("rtl.effective_sources")
     return f"{mask} (90 % of the weighted images: {eff})" if eff and eff != mask else mask
 
 
@@ -236,7 +240,7 @@ def write_report(results_dir: str, *, log_mlflow: bool = True) -> str:
             md += ["No searched trial completed yet.", ""]
         else:
             p = b.params
-            md += [f"Best searched trial #{b.number}: sources **{b.user_attrs.get('rtl.candidate_mask') or b.user_attrs.get('rtl.mask')}**, temperature "
+            md += [f"Best searched trial #{b.number}: sources **{pretrained_sources(b.user_attrs, None)}**, temperature "
                    f"{('{:.3g}'.format(p['temperature'])) if 'temperature' in p else 'off'}, lr {p['lr']:.3g}, freeze depth {p.get('freeze_depth', 0)}, "
                    f"regulariser {p.get('regularizer', 'none')}"
                    + (f" ({p['reg_strength']:.3g})" if "reg_strength" in p else "") + ".", ""]

@@ -15,12 +15,13 @@ from typing import Any
 
 import numpy as np
 
+from rtl.artifacts.trial import pretrained_sources
 from rtl.sweep.verdict import subset_verdict  # noqa: F401 - re-exported (it lives in the sweep layer)
 
 
 def trial_mask(t: Any) -> list[str] | None:
     """Sources of a finished Optuna trial (None for scratch / ImageNet inits: no source decision)."""
-    m = t.user_attrs.get("rtl.candidate_mask") or t.user_attrs.get("rtl.mask", "none")  # a candidate's own units
+    m = pretrained_sources(t.user_attrs, "none")
     if m == "generalist":
         return []
     if m in ("none", ""):
