@@ -33,6 +33,7 @@ from rtl.select.transferability import as_matrix
 
 __all__ = [
     "probe_score",
+    "cv_probe_loss",
     "transfer_probe_score",
     "feature_distance",
     "image_stats",
@@ -165,6 +166,42 @@ def probe_score(
         w = _fit_logreg(a, yc, n_classes, c)
         pred = np.argmax(np.hstack([b, np.ones((b.shape[0], 1))]) @ w, axis=1)
     return float(np.mean(pred == ec))
+
+
+def cv_probe_loss(x: np.ndarray, y: Sequence | np.ndarray, *, folds: int = 4, c: float = 1.0) -> float:
+    """Mean held-out log-loss (nats) of a logistic probe on frozen features, by stratified `folds`-fold
+    cross-validation over (x, y): every image is scored once by a probe that never saw it. Deterministic
+    (folds dealt per class in a fixed shuffled order). Lower = features that separate the labels better.
+
+    Why not a val error: on 24-32 val images an error moves in steps of 3-4 points, which is the size of the
+    differences it must rank (rtl.sweep.specialists); a log-loss over train + val uses every labelled image
+    and is continuous. x (N, D); labels any hashable (N,); a class with fewer images than `folds` is scored
+    on the folds it appears in."""
+    xm = as_matrix(x, "probe features")
+    yy = _labels_1d(y, xm.shape[0], "probe labels")
+    _, yc = np.unique(yy, return_inverse=True)
+    yc = yc.reshape(-1)
+    k = int(yc.max()) + 1 if yc.size else 0
+    if k < 2:
+        raise RtlError(f"cv probe needs >= 2 classes, got {k}")
+    rng = np.random.default_rng(0)
+    fold = np.zeros(len(yc), dtype=np.int64)
+    for cls in range(k):
+        idx = np.flatnonzero(yc == cls)
+        rng.shuffle(idx)
+        fold[idx] = np.arange(len(idx)) % folds
+    losses: list[np.ndarray] = []
+    for f in range(folds):
+        tr, te = fold != f, fold == f
+        if not te.any():
+            continue
+        a, b = _cl2n(xm[tr], xm[te], True)
+        w = _fit_logreg(a, yc[tr], k, c)
+        z = np.hstack([b, np.ones((b.shape[0], 1))]) @ w  # (M, K)
+        z = z - z.max(axis=1, keepdims=True)
+        logp = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+        losses.append(-logp[np.arange(b.shape[0]), yc[te]])
+    return float(np.concatenate(losses).mean())
 
 
 def transfer_probe_score(

@@ -47,6 +47,7 @@ from typing import Any
 from rtl.artifacts.cache import PretrainCache, cache_key
 from rtl.artifacts.checkpoint import weights_sha
 from rtl.artifacts.trial import PretrainPlan
+from rtl.sweep import specialists
 from rtl.sweep.spec import SweepSpec
 
 CUT_FILE = "cut.json"
@@ -110,11 +111,13 @@ def name_shares(manifest: dict[str, Any], target_classes: list[str], by: str) ->
 
 
 def candidate_list(spec: SweepSpec, plan: PretrainPlan, leaders: list[str] | None = None,
-                   shares: dict[str, float] | None = None) -> list[tuple[list[str], float, int]]:
+                   shares: dict[str, float] | None = None,
+                   chosen: list[str] | None = None) -> list[tuple[list[str], float, int]]:
     """(mask, temperature, seed) of each candidate: the trial's own first, then each variant of the spec
     (the first `top` units of the trial's mask -- it is in ranking order -- without the `drop` mass leaders
     of `leaders` (the trial's own weights' units by mass: `mass_leaders`), keeping only the units whose
-    `shares` of the target's class names reach `names` (`name_shares`), at its temperature), seeds
+    `shares` of the target's class names reach `names` (`name_shares`); a `specialists` variant: the units
+    of the mask in `chosen` (rtl.sweep.specialists.choose), at its temperature), seeds
     counting up. A variant that repeats an earlier (mask, temperature) still differs by its seed; one that
     would leave no unit is skipped (its seed is not reused)."""
     assert plan.temperature is not None, "candidates are importance-weighted"
@@ -122,6 +125,10 @@ def candidate_list(spec: SweepSpec, plan: PretrainPlan, leaders: list[str] | Non
     out = [(list(plan.mask), float(plan.temperature), plan.seed)]
     for i, v in enumerate(c.variants if c is not None else []):
         mask = list(plan.mask[:v.top]) if v.top else list(plan.mask)
+        if v.specialists:
+            if chosen is None:
+                raise ValueError("candidate_list: a `specialists` variant needs the specialists' chosen units")
+            mask = [u for u in mask if u in set(chosen)]
         if v.names:
             if shares is None:
                 raise ValueError("candidate_list: a `names` variant needs the units' shares of the target's names")
@@ -199,7 +206,13 @@ def best_candidate(spec: SweepSpec, plan: PretrainPlan, target: str, gen: Path, 
 
         shares = name_shares(open_view(spec.corpus_path()).manifest, load_dataset(target).classes(),
                              spec.search.sources.by)
-    for mask, temp, seed in candidate_list(spec, plan, leaders, shares):
+    chosen, spec_scores = None, None
+    fraction = specialists.fraction_of(spec)
+    if fraction is not None:  # one short from-scratch pretraining per unit (shared by all targets), probed here
+        c = spec.search.sources.importance_candidates
+        spec_scores = specialists.scores(spec, list(plan.mask), target, plan.seed, fraction)
+        chosen = specialists.choose(spec_scores, c.specialist_max_k)
+    for mask, temp, seed in candidate_list(spec, plan, leaders, shares, chosen):
         base = dict(corpus_version=version, mask=mask, backbone=spec.backbone, schedule=_schedule(spec, parts),
                     seed=seed)
         # the weights depend on the target and the generalist: both are in the key (not the weights' digest,
@@ -215,6 +228,8 @@ def best_candidate(spec: SweepSpec, plan: PretrainPlan, target: str, gen: Path, 
             full_key = cache_key(temperature=temp, weights_digest=digest, **base)
             (d / CUT_FILE).write_text(json.dumps({"full": full_key, "epoch": cut, "temperature": temp,
                                                   "seed": seed, "mask": sorted(mask)}))
+            if spec_scores is not None:  # what the specialists said, beside every cut of this trial
+                (d / specialists.SCORES_FILE).write_text(json.dumps({"probe_loss": spec_scores, "chosen": chosen}))
             _pretrain(spec, d / "ckpt", runs, seed, "weighted", mask, class_weights=str(d / "weights.json"),
                       stop_after_epoch=cut, split=parts)
 

@@ -119,6 +119,17 @@ class CandidateVariant(_M):
     # its labels mean (session 9: the hard family's look-alikes take the mass). With `drop`, the leaders are
     # counted among the matching units. No unit matches -> the variant is skipped.
     names: float | None = Field(None, gt=0, le=1)
+    # keep only the units whose *specialists* (a short from-scratch pretraining on that unit alone) give the
+    # best target probe -- those before the largest gap of the sorted probe losses (rtl.sweep.specialists):
+    # what a source's labels teach, not what its images look like (session 10). Not combined with
+    # top / drop / names.
+    specialists: bool = False
+
+    @model_validator(mode="after")
+    def _specialists_alone(self) -> CandidateVariant:
+        if self.specialists and (self.top or self.drop or self.names):
+            raise ValueError("a `specialists` variant chooses its own units: not combined with top, drop or names")
+        return self
 
     @field_validator("drop", mode="before")
     @classmethod
@@ -133,6 +144,8 @@ class CandidateVariant(_M):
         return v
 
     def describe(self, t0: float) -> str:
+        if self.specialists:
+            return f"the sources whose specialists probe best at T={self.temperature or t0:g}"
         what = f"top {self.top}" if self.top else "same mask"
         if self.names:
             held = "all" if self.names >= 1 else f">= {self.names:.0%}"
@@ -158,6 +171,11 @@ class ImportanceCandidates(_M):
     variants: list[CandidateVariant] = Field(
         default_factory=lambda: [CandidateVariant(drop=[1]), CandidateVariant(drop=[2])], min_length=1)
     cut: float = Field(0.25, gt=0, lt=1)
+    # `specialists` variants: each unit's specialist gets this share of the generalist's pretraining images
+    # (the same for every unit; built once per sweep and seed, shared by all targets), and the chosen set is
+    # cut from the best `specialist_max_k` + 1 (rtl.sweep.specialists)
+    specialist_fraction: float = Field(0.25, gt=0, le=1)
+    specialist_max_k: int = Field(4, ge=1)
 
     def split(self, epochs: int) -> int:
         """Into how many shorter epochs each of the schedule's `epochs` is split (1: none) so that the cut

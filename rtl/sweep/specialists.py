@@ -1,0 +1,113 @@
+"""Specialists: a short from-scratch pretraining on each unit alone, probed on the target (issue 10).
+
+Why: the importance weights of the generalist (Ngiam et al. 2018) follow the *world* an image shows (its
+background, palette, imaging), not its defects: on the hard synthetic family they put most of the mass on
+same-background look-alikes whose labels teach nothing the target needs (session 9: 0.99 of target_stripes'
+mass on an unrelated look-alike), and the experts continued from the generalist inherit its features
+(false "none"). A model trained from scratch on one source alone has only that source's labels to learn
+from, so what its frozen features separate is what that source's labels mean: a logistic probe on them
+separates the target's classes well when the source's defects are the target's (related), badly when its
+labels follow a shortcut the target lacks (harmful) or other defects (look-alikes). Measured before this
+was built (draws 5 and 6, 16 targets with a related source): the related sources were the best-probed
+units on every one (docs/measurements/search.md, session 10).
+
+Cost: every unit gets the same `fraction` of the generalist's pretraining images (equal compute whatever
+its size), from scratch, the sweep's schedule; specialists do not depend on the target, so one set serves
+every target and trial of a sweep (content-addressed cache entries, one lock per key: concurrent trials
+build each once). The probe score is the cross-validated log-loss of a logistic probe on the target's
+train + val images (rtl.select.signals.cv_probe_loss) -- never its test split.
+
+The chosen set (`choose`): the units before the largest gap in the sorted scores among the best
+`max_k` + 1, so "one clearly best source" gives one and "two about as good, then a drop" gives two.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from rtl.artifacts.cache import PretrainCache
+from rtl.sweep.spec import SweepSpec
+
+SCORES_FILE = "specialists.json"  # in a candidate's cut entry: every unit's probe loss and the chosen set
+
+
+def fraction_of(spec: SweepSpec) -> float | None:
+    """The specialists' share of the generalist's images when a candidate variant asks for them, else None."""
+    c = spec.search.sources.importance_candidates
+    return c.specialist_fraction if c is not None and any(v.specialists for v in c.variants) else None
+
+
+def _images_per_epoch(spec: SweepSpec, fraction: float) -> int:
+    from rtl.sweep.trial import samples_per_epoch
+    from rtl.train.strategies import open_view
+
+    n = samples_per_epoch(spec)
+    if n is None:  # "epochs" budget: the generalist's epoch = the whole searchable corpus
+        n = len(open_view(spec.corpus_path()))
+    return max(spec.budget.batch_size, int(round(n * fraction)))
+
+
+def specialist_key(spec: SweepSpec, unit: str, seed: int, fraction: float) -> str:
+    from rtl.sweep.trial import _schedule
+    from rtl.train.strategies import open_view
+
+    payload = {"specialist": unit, "by": spec.search.sources.by, "fraction": float(fraction), "seed": int(seed),
+               "corpus_version": open_view(spec.corpus_path()).version, "backbone": spec.backbone,
+               "schedule": _schedule(spec)}
+    return "spec-" + hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:40]
+
+
+def build(spec: SweepSpec, unit: str, seed: int, fraction: float) -> Path:
+    """The specialist of `unit` (cached): -> its checkpoint dir."""
+    from rtl.sweep.trial import _view_args
+    from rtl.train.pretrain import PretrainConfig, pretrain_local, run_pretrain
+
+    cache, runs = PretrainCache(spec.cache_dir()), Path(spec.cache_dir()) / "runs"
+    r = spec.resources
+
+    def build_fn(d: Path) -> None:
+        cfg = PretrainConfig(corpus=spec.corpus_path(), strategy="subset", model=spec.backbone, out=str(d / "ckpt"),
+                             epochs=spec.budget.pretrain_epochs, samples_per_epoch=_images_per_epoch(spec, fraction),
+                             batch_size=spec.budget.batch_size * r.train_workers, workers=r.train_workers,
+                             cpus_per_worker=max(1, int(r.cpus)), use_gpu=r.gpus > 0, storage_path=str(runs),
+                             seed=seed, min_side=spec.image.min_side, max_side=spec.image.max_side,
+                             **_view_args(spec, [unit]))
+        (run_pretrain if r.train_workers > 1 else pretrain_local)(cfg)
+        (d / "specialist.json").write_text(json.dumps({"unit": unit, "fraction": fraction, "seed": seed}))
+
+    return cache.get_or_create(specialist_key(spec, unit, seed, fraction), build_fn) / "ckpt"
+
+
+def probe_loss(ckpt: Path, spec: SweepSpec, target: str) -> float:
+    """Cross-validated log-loss of a logistic probe on `ckpt`'s frozen features of the target's train + val."""
+    import numpy as np
+
+    from rtl.select.signals import cv_probe_loss
+    from rtl.sweep.subset import _target_splits
+    from rtl.train.checkpoint import load_checkpoint
+    from rtl.train.probe import extract_features
+
+    model, _ = load_checkpoint(str(ckpt))
+    tr, va = _target_splits(target, int(getattr(model, "in_channels", 3)), (spec.image.min_side, spec.image.max_side))
+    x1, y1 = extract_features(model, tr, batch_size=spec.budget.batch_size)
+    x2, y2 = extract_features(model, va, batch_size=spec.budget.batch_size)
+    return cv_probe_loss(np.vstack([x1, x2]), np.concatenate([np.asarray(y1), np.asarray(y2)]))
+
+
+def scores(spec: SweepSpec, units: list[str], target: str, seed: int, fraction: float) -> dict[str, float]:
+    """unit -> probe loss of its specialist on `target` (each specialist built once, cached)."""
+    return {u: probe_loss(build(spec, u, seed, fraction), spec, target) for u in units}
+
+
+def choose(scores: dict[str, float], max_k: int = 4) -> list[str]:
+    """The units before the largest gap of the sorted losses among the best `max_k` + 1 (ties: the smaller
+    set; in ascending loss order). One unit -> itself; none -> []."""
+    order = sorted(scores, key=lambda u: (scores[u], u))
+    if len(order) <= 1:
+        return order
+    head = order[:max_k + 1]
+    gaps = [scores[head[i + 1]] - scores[head[i]] for i in range(len(head) - 1)]
+    k = max(range(len(gaps)), key=lambda i: (gaps[i], -i)) + 1
+    return head[:k]
