@@ -215,6 +215,26 @@ def _verdict_md(spec: Any, target: str, s: dict[str, Any]) -> list[str]:
     return out
 
 
+def _specialists_md(results_dir: str, target: str) -> list[str]:
+    """What the specialists said (a short from-scratch pretraining per source, probed on the target), from
+    the importance trial that asked them (its `rtl.specialists` attribute); [] when none did."""
+    for t in target_trials(results_dir, target):
+        raw = t.user_attrs.get("rtl.specialists")
+        if not raw:
+            continue
+        try:
+            d = json.loads(raw)
+            losses = sorted(d["probe_loss"].items(), key=lambda kv: kv[1])
+            chosen = [str(u) for u in d["chosen"]]
+        except (ValueError, KeyError, TypeError, AttributeError):
+            continue
+        shown = ", ".join(f"{u} {float(v):.3f}" for u, v in losses[:max(len(chosen) + 3, 5)])
+        return ["", f"**Specialists** (each source alone, a short pretraining from scratch; target probe "
+                f"log-loss, lower = its labels teach more of this target's): chose **{', '.join(chosen)}** "
+                f"(before the largest gap); best probed: {shown}."]
+    return []
+
+
 def _effects_plot(spec: Any, results_dir: str, target: str, out: str) -> str | None:
     effects = source_effects(target_trials(results_dir, target), units_of(spec))
     return plot_effects(effects, os.path.join(out, f"source_effects_{target}.png"),
@@ -259,6 +279,7 @@ def write_report(results_dir: str, *, log_mlflow: bool = True) -> str:
             md += ["", f"Gain of the best searched configuration (improvement of mean test {obj.label} over seeds): "
                    + ", ".join(f"vs {k}: {v:+.3f}" for k, v in s["gains"].items())]
         md += _verdict_md(spec, target, s)
+        md += _specialists_md(results_dir, target)
         md += ["", *trials_table(results_dir, target)]
         files = _plots(out, s, _importance_mass(results_dir, target, b))
         eff = _effects_plot(spec, results_dir, target, out)

@@ -246,6 +246,8 @@ def best_candidate(spec: SweepSpec, plan: PretrainPlan, target: str, gen: Path, 
             (d / "weights.json").write_bytes((cut_dir / "weights.json").read_bytes())
             if sorted(mask) != sorted(plan.mask):  # a variant's own units: what the pick pretrained on
                 (d / MASK_FILE).write_text(json.dumps({"mask": sorted(mask)}))
+            if (cut_dir / specialists.SCORES_FILE).is_file():  # what the specialists said, for the run's tag
+                (d / specialists.SCORES_FILE).write_bytes((cut_dir / specialists.SCORES_FILE).read_bytes())
             _pretrain(spec, d / "ckpt", runs, seed, "weighted", mask, class_weights=str(d / "weights.json"),
                       split=parts)
 

@@ -329,6 +329,8 @@ class OptunaAskTell(Searcher):
             attrs["rtl.candidate_mask"] = result["candidate_mask"]  # the units the picked candidate pretrained on
         if result and isinstance(result.get("candidate"), str) and result["candidate"]:
             attrs["rtl.candidate"] = result["candidate"]  # which importance candidate was pretrained to the end
+        if result and isinstance(result.get("specialists"), str) and result["specialists"]:
+            attrs["rtl.specialists"] = result["specialists"]  # what the specialists said (rtl.sweep.specialists)
         if result and state == TrialState.COMPLETE:  # the report reads these (val error next to the objective)
             attrs |= {f"rtl.{k}": float(v) for k, v in result.items() if (k == "val_error" or k.startswith("test_"))
                       and isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}

@@ -259,10 +259,26 @@ def _best_candidate(spec: SweepSpec, plan: PretrainPlan, target: str, gen: Path,
         if i not in logged and c.probe_error is not None:
             tracker.log_metrics(run_id, {"candidate_probe_error": c.probe_error}, step=i)
     tags["rtl.candidates"] = json.dumps([c.as_dict() for c in cands])
+    said = specialists_said(entry)
+    if said:
+        tags["rtl.specialists"] = said
     b = cands[best]
     tags["rtl.candidate"] = (f"{b.sources} source(s) at T={b.temperature:g}, seed {b.seed} (candidate {best + 1} "
                              f"of {len(cands)}, picked after epoch {cut_epoch(spec)} of {epochs_of(spec)})")
     return str(entry / "ckpt"), key, str(entry / "weights.json")
+
+
+def specialists_said(entry: Path) -> str:
+    """The `rtl.specialists` tag of an importance trial whose candidates asked the specialists: JSON
+    {"chosen": [...], "probe_loss": {unit: loss}} (the 20 best-probed units, 3 decimals); "" otherwise."""
+    from rtl.sweep.specialists import SCORES_FILE
+
+    try:
+        d = json.loads((Path(entry) / SCORES_FILE).read_text())
+        best = sorted(d["probe_loss"].items(), key=lambda kv: kv[1])[:20]
+        return json.dumps({"chosen": list(d["chosen"]), "probe_loss": {u: round(float(v), 3) for u, v in best}})
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return ""
 
 
 EFFECTIVE_MASS = 0.9  # "effective sources": the fewest sources drawing this share of a weighted pretraining
@@ -477,7 +493,8 @@ def run_trial(config: dict[str, Any]) -> None:
     final = {"val_error": float(res.val_error), "test_error": res.test_error, "epoch": len(res.history),
              "finished": True, "best_epoch": res.best_epoch} | obj.final(res) | rung.get("final", {}) | (
                  {"effective_sources": eff} if eff else {}) | ({"candidate_mask": cand_mask} if cand_mask else {}) | (
-                 {"candidate": tags["rtl.candidate"]} if tags.get("rtl.candidate") else {})
+                 {"candidate": tags["rtl.candidate"]} if tags.get("rtl.candidate") else {}) | (
+                 {"specialists": tags["rtl.specialists"]} if tags.get("rtl.specialists") else {})
     _log_artifacts(tracker, run_id, res, tags.get("rtl.weights_path"))
     from rtl.sweep.deliver import save_trial_model  # model folder + inspection metrics (issue 11)
 

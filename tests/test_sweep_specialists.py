@@ -1,0 +1,137 @@
+"""Specialists (rtl.sweep.specialists): a short from-scratch pretraining on each source alone, probed on the
+target by a cross-validated log-loss; the importance trial's `specialists` candidate keeps the sources
+before the largest gap of those losses. No Ray: pretraining runs in-process (train_workers 1)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sweep_helpers import write_spec
+
+from rtl.errors import ConfigError, RtlError
+from rtl.sweep.spec import load_spec
+
+
+def _spec(tmp_path: Path, variants: list[dict], **cand):
+    return load_spec(write_spec(
+        tmp_path, name="spec",
+        search={"sources": {"space": "ranked", "importance_candidates": {"variants": variants, "cut": 0.5, **cand}},
+                "temperature": {"low": 0.5, "high": 4.0, "allow_off": True}, "lr": {"low": 0.01, "high": 0.1},
+                "freeze_depth": {"low": 0, "high": 1}},
+        budget={"pretrain_epochs": 2, "finetune_epochs": 1, "trials_per_target": 2, "max_concurrent": 1,
+                "batch_size": 8}))
+
+
+def test_cv_probe_loss_ranks_features_that_separate_the_labels_first() -> None:
+    from rtl.select.signals import cv_probe_loss
+
+    rng = np.random.default_rng(0)
+    y = np.repeat(["ok", "scratch", "dent"], 12)
+    code = np.unique(y, return_inverse=True)[1]
+    centres = rng.normal(size=(3, 16)) * 3
+    good = centres[code] + rng.normal(size=(36, 16))   # the labels' structure is in the features
+    weak = centres[code] * 0.3 + rng.normal(size=(36, 16))
+    noise = rng.normal(size=(36, 16))                   # none of it
+    losses = [cv_probe_loss(x, y) for x in (good, weak, noise)]
+    assert losses[0] < losses[1] < losses[2]
+    assert losses[2] > 0.8 * np.log(3)                  # chance level: ~log K nats
+    assert cv_probe_loss(good, y) == losses[0]          # deterministic
+    assert cv_probe_loss(good, list(y)) == losses[0]
+    with pytest.raises(RtlError, match="2 classes"):
+        cv_probe_loss(good, ["ok"] * 36)
+
+
+@pytest.mark.parametrize("scores, max_k, chosen", [
+    ({"a": 0.3, "b": 0.6, "c": 0.62, "d": 0.7, "e": 0.9}, 4, ["a"]),        # one clearly best
+    ({"a": 0.47, "b": 0.52, "c": 0.62, "d": 0.69, "e": 0.70}, 4, ["a", "b"]),  # two, then the drop
+    ({"b": 0.5, "a": 0.5, "c": 1.0}, 4, ["a", "b"]),                         # ties: name order
+    ({"a": 0.1, "b": 0.25, "c": 0.3, "d": 0.4, "e": 0.5, "f": 5.0}, 4, ["a"]),  # the gap past max_k + 1 unseen
+    ({"a": 0.4}, 4, ["a"]),
+    ({}, 4, []),
+    ({"a": 0.2, "b": 0.2, "c": 0.2}, 4, ["a"]),                              # no gap: the smaller set
+])
+def test_choose_keeps_the_sources_before_the_largest_gap(scores, max_k, chosen) -> None:
+    from rtl.sweep.specialists import choose
+
+    assert choose(scores, max_k) == chosen
+
+
+def test_a_specialists_variant_keeps_the_chosen_units_in_ranking_order(tmp_path: Path) -> None:
+    from rtl.artifacts.trial import IMPORTANCE_TRIAL, TrialParams
+    from rtl.sweep.candidates import candidate_list
+    from rtl.sweep.specialists import fraction_of
+    from rtl.sweep.trial import pretrain_plan
+
+    spec = _spec(tmp_path, [{"specialists": True}, {"specialists": True, "temperature": 2.0}],
+                 specialist_fraction=0.5)
+    assert fraction_of(spec) == 0.5 and fraction_of(_spec(tmp_path / "x", [{"drop": [1]}])) is None
+    plan = pretrain_plan(spec, TrialParams(number=0, seed=3, enqueued=IMPORTANCE_TRIAL, mask=["c", "a", "b"], k=3,
+                                           temperature=1.0, lr=0.01))
+    assert candidate_list(spec, plan, chosen=["b", "c"]) == [(["c", "a", "b"], 1.0, 3), (["c", "b"], 1.0, 4),
+                                                            (["c", "b"], 2.0, 5)]
+    with pytest.raises(ValueError):
+        candidate_list(spec, plan)  # the specialists must have spoken first
+    for bad in ({"specialists": True, "drop": [1]}, {"specialists": True, "names": 1.0},
+                {"specialists": True, "top": 2}):
+        with pytest.raises(ConfigError, match="specialists"):
+            _spec(tmp_path / "y", [bad])
+    with pytest.raises(ConfigError):
+        _spec(tmp_path / "z", [{"specialists": True}], specialist_fraction=0.0)
+
+
+def test_specialists_get_equal_compute_are_shared_by_targets_and_their_pick_is_a_candidate(tmp_path: Path) -> None:
+    """End to end on the tiny corpus: one specialist per source, each with the same images whatever the
+    source's size, from scratch, built once for two targets; the importance trial's candidates include the
+    chosen sources, and every cut of the trial records what the specialists said."""
+    from rtl.artifacts.trial import IMPORTANCE_TRIAL, TrialParams
+    from rtl.sweep import specialists
+    from rtl.sweep.candidates import best_candidate
+    from rtl.sweep.subset import generalist
+    from rtl.sweep.trial import pretrain_plan, specialists_said
+
+    spec = load_spec(write_spec(
+        tmp_path, name="spec2", targets=("tgt", "other"),
+        search={"sources": {"space": "ranked", "importance_candidates": {
+            "variants": [{"specialists": True}], "cut": 0.5, "specialist_fraction": 0.5}},
+            "temperature": {"low": 0.5, "high": 4.0, "allow_off": True}, "lr": {"low": 0.01, "high": 0.1},
+            "freeze_depth": {"low": 0, "high": 1}},
+        budget={"pretrain_epochs": 2, "finetune_epochs": 1, "trials_per_target": 2, "max_concurrent": 1,
+                "batch_size": 8}))
+    gen, _ = generalist(spec, ["a", "b"])
+    gen_images = [h["images"] for h in json.loads((gen / "meta.json").read_text())["history"]]
+    plan = pretrain_plan(spec, TrialParams(number=0, enqueued=IMPORTANCE_TRIAL, mask=["a", "b"], k=2,
+                                           temperature=1.0, lr=0.01))
+    cache = Path(spec.cache_dir())
+    for t in ("tgt", "other"):
+        entry, _, _, cands = best_candidate(spec, plan, str(tmp_path / "targets" / t), gen)
+        assert len(cands) == 2 and cands[1].sources in (1, 2)
+        said = json.loads(specialists_said(entry))  # the trial's `rtl.specialists` tag
+        assert said["chosen"] and set(said["probe_loss"]) == {"a", "b"}
+    specs = sorted(cache.glob("spec-*"))
+    assert len(specs) == 2  # one per source, shared by both targets
+    for d in specs:
+        meta = json.loads((d / "ckpt" / "meta.json").read_text())
+        assert [h["images"] for h in meta["history"]] == [g // 2 for g in gen_images]  # half the generalist's
+        assert meta["config"]["init_checkpoint"] is None and meta["config"]["datasets"] in (["a"], ["b"])
+    said = [json.loads((c / specialists.SCORES_FILE).read_text()) for c in cache.glob("cut-*")]
+    assert len(said) == 4 and all(sorted(s["probe_loss"]) == ["a", "b"] and s["chosen"] for s in said)
+    assert all(s["chosen"] == specialists.choose(s["probe_loss"]) for s in said)
+    assert specialists_said(tmp_path / "nowhere") == ""
+
+
+def test_the_report_says_what_the_specialists_chose(monkeypatch) -> None:
+    from types import SimpleNamespace
+
+    import rtl.report.sweep as rep
+
+    said = json.dumps({"chosen": ["weave_a", "weave_b"],
+                       "probe_loss": {"weave_a": 0.29, "weave_b": 0.54, "stripes_a": 1.04, "grid_c": 1.2}})
+    trials = [SimpleNamespace(user_attrs={}), SimpleNamespace(user_attrs={"rtl.specialists": said})]
+    monkeypatch.setattr(rep, "target_trials", lambda results_dir, target: trials)
+    text = "\n".join(rep._specialists_md("r", "t"))
+    assert "chose **weave_a, weave_b**" in text and "weave_a 0.290, weave_b 0.540, stripes_a 1.040" in text
+    trials[1].user_attrs["rtl.specialists"] = "{not json"  # a damaged attribute: no line, no traceback
+    assert rep._specialists_md("r", "t") == []
