@@ -537,5 +537,9 @@ def _candidates_line(spec: SweepSpec) -> str:
     what = ["its own"] + [v.describe(t0) for v in c.variants]
     e = spec.budget.pretrain_epochs
     n = e * c.split(e)
+    spec_cost = (f"; specialists: one per {spec.search.sources.by[:-1]}, from scratch on it alone, "
+                 f"{c.specialist_fraction:g} of the generalist's images each, shared by every target"
+                 if any(v.specialists for v in c.variants) else "")
     return (f"best of {len(what)} candidates ({'; '.join(what)}), picked by probe after epoch "
-            f"{c.cut_epoch(e)} of {n}" + (f" (each of the {e} epochs split in {c.split(e)})" if n > e else ""))
+            f"{c.cut_epoch(e)} of {n}" + (f" (each of the {e} epochs split in {c.split(e)})" if n > e else "")
+            + spec_cost)
