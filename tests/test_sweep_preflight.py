@@ -246,6 +246,11 @@ def test_dry_run_says_how_the_importance_trial_pretrains(tmp_path: Path, no_side
     assert ("best of 2 candidates (its own; the sources whose specialists probe best at T=1), picked by probe "
             "after epoch 1 of 4 (each of the 2 epochs split in 2); specialists: one per dataset, from scratch on it "
             "alone, 0.2 of the generalist's images each, shared by every target") in capsys.readouterr().out
+    _edit(path, search={"sources": {"space": "ranked", "importance_candidates": {"variants": [{"specialists": True}],
+                                                                                 "own": False}}})
+    assert main(["sweep", "run", str(path), "--dry-run"]) == 0
+    assert ("each the single pretraining on the sources whose specialists probe best at T=1 (on its own mask when "
+            "that leaves no unit); specialists: one per dataset") in capsys.readouterr().out
 
 
 def _start_that_fails_at_ray(path: Path, monkeypatch: pytest.MonkeyPatch) -> str:

@@ -74,6 +74,10 @@ def test_a_specialists_variant_keeps_the_chosen_units_in_ranking_order(tmp_path:
                                                             (["c", "b"], 2.0, 5)]
     with pytest.raises(ValueError):
         candidate_list(spec, plan)  # the specialists must have spoken first
+    alone = _spec(tmp_path / "own", [{"specialists": True}], own=False)  # the variant only: one pretraining
+    assert candidate_list(alone, plan, chosen=["b"]) == [(["b"], 1.0, 4)]
+    empty = _spec(tmp_path / "own2", [{"names": 1.0}], own=False)  # every variant skipped: its own after all
+    assert candidate_list(empty, plan, shares={"a": 0.0, "b": 0.0, "c": 0.0}) == [(["c", "a", "b"], 1.0, 3)]
     for bad in ({"specialists": True, "drop": [1]}, {"specialists": True, "names": 1.0},
                 {"specialists": True, "top": 2}):
         with pytest.raises(ConfigError, match="specialists"):

@@ -119,7 +119,8 @@ def candidate_list(spec: SweepSpec, plan: PretrainPlan, leaders: list[str] | Non
     `shares` of the target's class names reach `names` (`name_shares`); a `specialists` variant: the units
     of the mask in `chosen` (rtl.sweep.specialists.choose), at its temperature), seeds
     counting up. A variant that repeats an earlier (mask, temperature) still differs by its seed; one that
-    would leave no unit is skipped (its seed is not reused)."""
+    would leave no unit is skipped (its seed is not reused). `own: false` leaves the trial's own out unless
+    every variant was skipped."""
     assert plan.temperature is not None, "candidates are importance-weighted"
     c = spec.search.sources.importance_candidates
     out = [(list(plan.mask), float(plan.temperature), plan.seed)]
@@ -141,6 +142,8 @@ def candidate_list(spec: SweepSpec, plan: PretrainPlan, leaders: list[str] | Non
             mask = [u for u in mask if u not in gone]
         if mask:
             out.append((mask, float(plan.temperature if v.temperature is None else v.temperature), plan.seed + i + 1))
+    if c is not None and not c.own and len(out) > 1:  # `own: false`: the variants only (own = the fallback)
+        out = out[1:]
     return out
 
 

@@ -534,12 +534,14 @@ def _candidates_line(spec: SweepSpec) -> str:
     if c is None or spec.search.sources.importance_trial is None:
         return ""
     t0 = spec.search.sources.importance_trial
-    what = ["its own"] + [v.describe(t0) for v in c.variants]
+    what = (["its own"] if c.own else []) + [v.describe(t0) for v in c.variants]
     e = spec.budget.pretrain_epochs
     n = e * c.split(e)
     spec_cost = (f"; specialists: one per {spec.search.sources.by[:-1]}, from scratch on it alone, "
                  f"{c.specialist_fraction:g} of the generalist's images each, shared by every target"
                  if any(v.specialists for v in c.variants) else "")
+    if len(what) == 1:  # `own: false` with one variant: nothing is compared
+        return f"single pretraining on {what[0]} (on its own mask when that leaves no unit){spec_cost}"
     return (f"best of {len(what)} candidates ({'; '.join(what)}), picked by probe after epoch "
             f"{c.cut_epoch(e)} of {n}" + (f" (each of the {e} epochs split in {c.split(e)})" if n > e else "")
             + spec_cost)

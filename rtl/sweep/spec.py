@@ -176,6 +176,10 @@ class ImportanceCandidates(_M):
     # cut from the best `specialist_max_k` + 1 (rtl.sweep.specialists)
     specialist_fraction: float = Field(0.25, gt=0, le=1)
     specialist_max_k: int = Field(4, ge=1)
+    # false: the trial's own (mask, temperature) is not a candidate -- with one variant, the importance trial
+    # simply pretrains that variant (no cut is compared; 1 pretraining); the own one is the fallback only
+    # when every variant is skipped
+    own: bool = True
 
     def split(self, epochs: int) -> int:
         """Into how many shorter epochs each of the schedule's `epochs` is split (1: none) so that the cut
