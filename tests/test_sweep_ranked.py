@@ -26,7 +26,7 @@ def test_ranked_sweep_rungs_and_resume(tmp_path: Path, ray_session) -> None:
     spec = load_spec(write_spec(
         tmp_path, name="rk", trials=N, scheduler={"name": "rungs", "reduction_factor": 3},
         search={"sources": {"space": "ranked", "ranking": {"seeds": [0], "finetune_epochs": 1},
-                            "importance_candidates": {"variants": [{"top": 1}], "cut": 0.5}, "importance_init": True},
+                            "importance_candidates": {"variants": [{"top": 1}, {"specialists": True}], "cut": 0.5}, "importance_init": True},
                 "temperature": {"low": 0.5, "high": 4.0, "allow_off": True}, "lr": {"low": 0.01, "high": 0.1},
                 "freeze_depth": {"low": 0, "high": 1}},
         budget={"pretrain_epochs": 2, "finetune_epochs": 2, "trials_per_target": N, "max_concurrent": 1,
@@ -71,12 +71,15 @@ def test_ranked_sweep_rungs_and_resume(tmp_path: Path, ray_session) -> None:
     assert len(keys) == 1 and all(t.state.name == "COMPLETE" for t in lr_trials.values())
     eff = imp[0].user_attrs["rtl.effective_sources"].split(",")  # where 90 % of its images came from
     assert eff and set(eff) <= {"a", "b"}
-    # it pretrained the better of two candidates (both sources seed 0, the ranking's first seed 1), compared
-    # after epoch 1 of 2
-    assert imp[0].user_attrs["rtl.candidate"].endswith("of 2, picked after epoch 1 of 2)")
+    # it pretrained the best of three candidates (both sources seed 0, the ranking's first seed 1, the sources
+    # the specialists chose seed 2), compared after epoch 1 of 2
+    assert imp[0].user_attrs["rtl.candidate"].endswith("of 3, picked after epoch 1 of 2)")
+    said = json.loads(imp[0].user_attrs["rtl.specialists"])  # one from-scratch specialist per source
+    assert said["chosen"] and set(said["chosen"]) <= {"a", "b"} and set(said["probe_loss"]) == {"a", "b"}
+    assert len(list(Path(spec.cache_dir()).glob("spec-*"))) == 2
     imp_run = tracker.find_runs({"rtl.kind": "trial", "rtl.trial_id": imp[0].user_attrs["rtl.tune_trial_id"]})
     assert len(imp_run) == 1 and json.loads(imp_run[0].data.tags["rtl.candidates"])[1]["sources"] == 1
-    assert {m.step for m in tracker.client.get_metric_history(imp_run[0].info.run_id, "candidate_probe_error")} == {0, 1}
+    assert {m.step for m in tracker.client.get_metric_history(imp_run[0].info.run_id, "candidate_probe_error")} == {0, 1, 2}
     metas = {d.name: json.loads((d / "ckpt" / "meta.json").read_text()) for d in Path(spec.cache_dir()).iterdir()
              if (d / "ckpt" / "meta.json").exists()}
     weighted = [m for k, m in metas.items() if not k.startswith(("rung-", "cut-"))
@@ -85,7 +88,7 @@ def test_ranked_sweep_rungs_and_resume(tmp_path: Path, ray_session) -> None:
                 and sorted(m["config"].get("datasets") or []) == ["a", "b"] and len(m["history"]) == 2
                 and not m["config"].get("init_checkpoint")]
     assert len(weighted) == 1 and gen_meta, sorted(metas)  # only the picked candidate was pretrained to the end
-    assert sorted(len(m["history"]) for k, m in metas.items() if k.startswith("cut-")) == [1, 1]
+    assert sorted(len(m["history"]) for k, m in metas.items() if k.startswith("cut-")) == [1, 1, 1]
     assert not weighted[0]["config"].get("init_checkpoint")  # from scratch
     assert sum(h["images"] for h in weighted[0]["history"]) == sum(h["images"] for h in gen_meta[0]["history"])
 
@@ -106,4 +109,5 @@ def test_ranked_sweep_rungs_and_resume(tmp_path: Path, ray_session) -> None:
     assert os.path.getmtime(ranking) == mtime
     again = target_trials(results, "tgt")
     assert len(again) == N and [t.number for t in again] == [t.number for t in trials]
-    assert "| trial |" in Path(write_report(results, log_mlflow=False)).read_text()
+    text = Path(write_report(results, log_mlflow=False)).read_text()
+    assert "| trial |" in text and "**Specialists**" in text
