@@ -90,26 +90,27 @@ def make_spec(workdir: Path, corpus: Path, targets: list[str], arm: str, seed: i
         if arm == "ranked_cand":  # the importance trial = best of 3 candidates picked at epoch 1 of 2: every
             d["budget"]["subset_fraction"] = 0.1  # source at T 1, the ranking's top 3 at T 1, every source at T 2
             d["search"]["sources"]["importance_candidates"] = {"variants": [{"top": 3}, {"temperature": 2.0}],
-                                                               "cut": 0.5}
+                                                               "cut": 0.5, "own": True}
         if arm == "ranked_ii":  # sampled trials may fine-tune the importance trial's pretraining (pretrain: importance)
             d["budget"]["subset_fraction"] = 0.1
             d["search"]["sources"]["importance_init"] = True
         if arm == "ranked_cand_t":  # session 6's first try: temperatures only (T 1, 0.5, 2); seed 1 of draw 4
             d["budget"]["subset_fraction"] = 0.1
             d["search"]["sources"]["importance_candidates"] = {"variants": [{"temperature": 0.5},
-                                                                            {"temperature": 2.0}], "cut": 0.5}
+                                                                            {"temperature": 2.0}], "cut": 0.5, "own": True}
         if arm in ("ranked_drop1", "ranked_drop12", "ranked_drop12q"):  # session 7: + candidates without the
             d["budget"]["subset_fraction"] = 0.1  # importance mass leader (and the runner-up), picked at epoch 1
             d["search"]["sources"]["importance_init"] = True  # of 2; session 8 (q): after a quarter (1 of 4 halves)
             drops = [{"drop": [1]}] + ([{"drop": [2]}] if arm != "ranked_drop1" else [])
             d["search"]["sources"]["importance_candidates"] = {"variants": drops,
-                                                               "cut": 0.25 if arm == "ranked_drop12q" else 0.5}
+                                                               "cut": 0.25 if arm == "ranked_drop12q" else 0.5,
+                                                               "own": True}
         if arm in ("ranked_names", "ranked_names4"):  # session 9: candidates keep the sources with the target's
             d["budget"]["subset_fraction"] = 0.1  # class names (all of them; then without their mass leader),
             d["search"]["sources"]["importance_init"] = True  # after a quarter; names4: + the default's drop [1]
             names = [{"names": 1.0}, {"names": 1.0, "drop": [1]}]
             d["search"]["sources"]["importance_candidates"] = {
-                "variants": ([{"drop": [1]}] if arm == "ranked_names4" else []) + names, "cut": 0.25}
+                "variants": ([{"drop": [1]}] if arm == "ranked_names4" else []) + names, "cut": 0.25, "own": True}
         if arm in ("ranked_spec", "ranked_spec3", "ranked_speconly"):  # session 10: + a candidate on the sources
             d["budget"]["subset_fraction"] = 0.1  # whose from-scratch specialists probe best (rtl.sweep.specialists),
             d["search"]["sources"]["importance_init"] = True  # after a quarter; spec3: + the default's two drops;

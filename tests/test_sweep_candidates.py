@@ -18,7 +18,7 @@ from rtl.sweep.spec import load_spec, spec_from_dict
 def _spec(tmp_path: Path, variants: list[dict]):
     return load_spec(write_spec(
         tmp_path, name="cand",
-        search={"sources": {"space": "ranked", "importance_candidates": {"variants": variants, "cut": 0.5}},
+        search={"sources": {"space": "ranked", "importance_candidates": {"variants": variants, "cut": 0.5, "own": True}},
                 "temperature": {"low": 0.5, "high": 4.0, "allow_off": True}, "lr": {"low": 0.01, "high": 0.1},
                 "freeze_depth": {"low": 0, "high": 1}},
         budget={"pretrain_epochs": 2, "finetune_epochs": 1, "trials_per_target": 2, "max_concurrent": 1,
@@ -105,7 +105,8 @@ def test_each_target_gets_its_own_candidates(tmp_path: Path) -> None:
 
     spec = load_spec(write_spec(
         tmp_path, name="cand2", targets=("tgt", "other"),
-        search={"sources": {"space": "ranked", "importance_candidates": {"variants": [{"top": 1}], "cut": 0.5}},
+        search={"sources": {"space": "ranked", "importance_candidates": {"variants": [{"top": 1}], "cut": 0.5,
+                                                                             "own": True}},
                 "temperature": {"low": 0.5, "high": 4.0, "allow_off": True}, "lr": {"low": 0.01, "high": 0.1},
                 "freeze_depth": {"low": 0, "high": 1}},
         budget={"pretrain_epochs": 2, "finetune_epochs": 1, "trials_per_target": 2, "max_concurrent": 1,

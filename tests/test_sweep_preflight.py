@@ -219,12 +219,12 @@ def test_dry_run_says_how_the_importance_trial_pretrains(tmp_path: Path, no_side
     path = _spec(tmp_path / "ws", trials=6)
     _edit(path, search={"sources": {"space": "ranked"}}, budget={"pretrain_epochs": 2})
     assert main(["sweep", "run", str(path), "--dry-run"]) == 0
-    out = capsys.readouterr().out  # the default: drop the mass leader / the runner-up, a quarter in
-    assert ("1 of them importance-weighted from scratch, each the best of 3 candidates (its own; same mask "
-            "without mass leader 1 at T=1; same mask without mass leader 2 at T=1), picked by probe after "
-            "epoch 1 of 4 (each of the 2 epochs split in 2)") in out
+    out = capsys.readouterr().out  # the default: the specialists' chosen sources, one pretraining
+    assert ("1 of them importance-weighted from scratch, each the single pretraining on the sources whose "
+            "specialists probe best at T=1 (on its own mask when that leaves no unit); specialists: one per "
+            "dataset, from scratch on it alone, 0.25 of the generalist's images each, shared by every target") in out
     _edit(path, search={"sources": {"space": "ranked", "importance_candidates": {
-        "variants": [{"top": 3}, {"temperature": 2.0}], "cut": 0.5}}})
+        "variants": [{"top": 3}, {"temperature": 2.0}], "cut": 0.5, "own": True}}})
     assert main(["sweep", "run", str(path), "--dry-run"]) == 0
     assert ("each the best of 3 candidates (its own; top 3 at T=1; same mask at T=2), picked by probe after "
             "epoch 1 of 2") in capsys.readouterr().out
@@ -232,16 +232,17 @@ def test_dry_run_says_how_the_importance_trial_pretrains(tmp_path: Path, no_side
     assert main(["sweep", "run", str(path), "--dry-run"]) == 0
     assert "candidates" not in capsys.readouterr().out  # null: one pretraining
     _edit(path, search={"sources": {"space": "ranked", "importance_candidates": {
-        "variants": [{"drop": [1]}, {"drop": [1, 2], "temperature": 2.0}]}}})
+        "variants": [{"drop": [1]}, {"drop": [1, 2], "temperature": 2.0}], "own": True}}})
     assert main(["sweep", "run", str(path), "--dry-run"]) == 0
     assert ("best of 3 candidates (its own; same mask without mass leader 1 at T=1; same mask without mass "
             "leaders 1+2 at T=2)") in capsys.readouterr().out
     _edit(path, search={"sources": {"space": "ranked", "importance_candidates": {"variants": [{"drop": [1]}],
-                                                                                 "cut": 0.25}}})
+                                                                                 "cut": 0.25, "own": True}}})
     assert main(["sweep", "run", str(path), "--dry-run"]) == 0  # a quarter of 2 epochs: 1 of 4 half epochs
     assert "picked by probe after epoch 1 of 4 (each of the 2 epochs split in 2)" in capsys.readouterr().out
     _edit(path, search={"sources": {"space": "ranked", "importance_candidates": {"variants": [{"specialists": True}],
-                                                                                 "specialist_fraction": 0.2}}})
+                                                                                 "specialist_fraction": 0.2,
+                                                                                 "own": True}}})
     assert main(["sweep", "run", str(path), "--dry-run"]) == 0
     assert ("best of 2 candidates (its own; the sources whose specialists probe best at T=1), picked by probe "
             "after epoch 1 of 4 (each of the 2 epochs split in 2); specialists: one per dataset, from scratch on it "

@@ -18,7 +18,8 @@ from rtl.sweep.spec import load_spec
 def _spec(tmp_path: Path, variants: list[dict], **cand):
     return load_spec(write_spec(
         tmp_path, name="spec",
-        search={"sources": {"space": "ranked", "importance_candidates": {"variants": variants, "cut": 0.5, **cand}},
+        search={"sources": {"space": "ranked", "importance_candidates": {"variants": variants, "cut": 0.5,
+                                                                 **{"own": True, **cand}}},
                 "temperature": {"low": 0.5, "high": 4.0, "allow_off": True}, "lr": {"low": 0.01, "high": 0.1},
                 "freeze_depth": {"low": 0, "high": 1}},
         budget={"pretrain_epochs": 2, "finetune_epochs": 1, "trials_per_target": 2, "max_concurrent": 1,
@@ -99,7 +100,7 @@ def test_specialists_get_equal_compute_are_shared_by_targets_and_their_pick_is_a
     spec = load_spec(write_spec(
         tmp_path, name="spec2", targets=("tgt", "other"),
         search={"sources": {"space": "ranked", "importance_candidates": {
-            "variants": [{"specialists": True}], "cut": 0.5, "specialist_fraction": 0.5}},
+            "variants": [{"specialists": True}], "cut": 0.5, "specialist_fraction": 0.5, "own": True}},
             "temperature": {"low": 0.5, "high": 4.0, "allow_off": True}, "lr": {"low": 0.01, "high": 0.1},
             "freeze_depth": {"low": 0, "high": 1}},
         budget={"pretrain_epochs": 2, "finetune_epochs": 1, "trials_per_target": 2, "max_concurrent": 1,

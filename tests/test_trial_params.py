@@ -296,6 +296,13 @@ def test_report_names_the_importance_trial_by_what_it_did() -> None:
                                                "rtl.candidate": cand})
     assert _kind(best) == f"importance, from scratch, best candidate: {cand}"
     assert _subset_name(best) == f"(every source, the best importance-weighted candidate from scratch, {cand})"
+    one = "on the specialists' pick, 2 source(s) at T=1, seed 1"  # the default: one candidate, nothing compared
+    pick = create_trial(params={"temperature": 1.0}, distributions={"temperature": FloatDistribution(0.5, 8.0)},
+                        value=0.1, user_attrs={"rtl.enqueued": IMPORTANCE_TRIAL, "rtl.mask": "a,b,c",
+                                               "rtl.candidate": one, "rtl.candidate_mask": "a,c"})
+    assert _kind(pick) == f"importance, from scratch, {one}" and "best" not in _kind(pick)
+    assert _subset_name(pick) == ("(2 sources (a,c), the importance trial's pretraining (importance-weighted from "
+                                  "scratch on them))")
     for label in ("top-all-imp-lr-high", None):  # enqueued at the lr range's high end, or sampled
         ft = create_trial(params={"lr": 0.1, "pretrain": "importance"},
                           distributions={"lr": FloatDistribution(0.003, 0.1, log=True),

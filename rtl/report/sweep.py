@@ -161,8 +161,8 @@ def _kind(t: Any) -> str:
     if is_importance_trial(label):
         top = "" if label == IMPORTANCE_TRIAL else f"top-{t.params.get('k', '?')}, "
         cand = t.user_attrs.get("rtl.candidate")  # the best of several candidates (rtl.sweep.candidates)
-        if cand:
-            return f"importance, {top}from scratch, best candidate: {cand}"
+        if cand:  # several compared: "2 source(s) at T=1, seed 1 (candidate 2 of 3, ...)"; one: "on ..."
+            return f"importance, {top}from scratch, " + (cand if cand.startswith("on ") else f"best candidate: {cand}")
         return f"importance, {top}from scratch (T={t.params.get('temperature', '?')})"
     if fine_tunes_importance_pretraining(t.params, label):  # no pretraining of its own
         return f"{'ranking' if label else 'search'}: importance trial's pretraining, lr {t.params.get('lr', 0):.3g}"

@@ -156,30 +156,35 @@ class CandidateVariant(_M):
 
 
 class ImportanceCandidates(_M):
-    """The importance trial as the best of several from-scratch weighted pretrainings, picked early: the
-    trial's own (mask, temperature) first, then each of `variants` (seed + 1, + 2, ...), each pretrained for
-    the first `cut` of the schedule and scored by the target probe; only the best is pretrained to
-    the end (it continues the same run: same learning-rate schedule, nothing repeated).
+    """How the importance trial's from-scratch weighted pretraining is chosen. Default: one variant, the
+    sources whose specialists probe best (`own: false`): a single pretraining on them, nothing compared.
+    With several candidates -- the trial's own (mask, temperature) first when `own`, then each of
+    `variants` (seed + 1, + 2, ...) -- each is pretrained for the first `cut` of the schedule and scored by
+    the target probe; only the best is pretrained to the end (it continues the same run: same
+    learning-rate schedule, nothing repeated).
     Cost: n x cut + (1 - cut) pretrainings per importance trial instead of 1 (rtl.sweep.candidates).
     A cut shorter than one of the schedule's epochs (0.25 of 2 epochs) splits each epoch into `split`
     shorter ones of the same images and warm-up (the per-step schedule is unchanged), so the cut falls on an
     epoch boundary: 0.25 of 2 epochs = epoch 1 of 4 half-size epochs."""
 
-    # default (session 8): its own, without its importance-mass leader, without the runner-up, compared after
-    # a quarter of the schedule -- better than one pretraining on 26 of 56 benchmark pairs and worse on 19
-    # (p = 0.027), at 1.34x its images (docs/measurements/search.md)
+    # default (session 12): the specialists' chosen sources alone (`own: false`: one pretraining, no cut) --
+    # better than session 8's default (its own, without the importance-mass leader, without the runner-up,
+    # picked after a quarter) on 43 of 72 benchmark pairs and worse on 15 (draws 6, 7 and the unseen 8,
+    # p <= 0.005 on each), and better than random search over bits at 0.36x its images
+    # (docs/measurements/search.md, session 10); session 8's default: variants [{drop: [1]}, {drop: [2]}],
+    # own: true
     variants: list[CandidateVariant] = Field(
-        default_factory=lambda: [CandidateVariant(drop=[1]), CandidateVariant(drop=[2])], min_length=1)
+        default_factory=lambda: [CandidateVariant(specialists=True)], min_length=1)
     cut: float = Field(0.25, gt=0, lt=1)
     # `specialists` variants: each unit's specialist gets this share of the generalist's pretraining images
     # (the same for every unit; built once per sweep and seed, shared by all targets), and the chosen set is
     # cut from the best `specialist_max_k` + 1 (rtl.sweep.specialists)
     specialist_fraction: float = Field(0.25, gt=0, le=1)
     specialist_max_k: int = Field(4, ge=1)
-    # false: the trial's own (mask, temperature) is not a candidate -- with one variant, the importance trial
-    # simply pretrains that variant (no cut is compared; 1 pretraining); the own one is the fallback only
-    # when every variant is skipped
-    own: bool = True
+    # false (default): the trial's own (mask, temperature) is not a candidate -- with one variant, the
+    # importance trial simply pretrains that variant (no cut is compared; 1 pretraining); the own one is the
+    # fallback only when every variant is skipped
+    own: bool = False
 
     def split(self, epochs: int) -> int:
         """Into how many shorter epochs each of the schedule's `epochs` is split (1: none) so that the cut

@@ -263,8 +263,13 @@ def _best_candidate(spec: SweepSpec, plan: PretrainPlan, target: str, gen: Path,
     if said:
         tags["rtl.specialists"] = said
     b = cands[best]
-    tags["rtl.candidate"] = (f"{b.sources} source(s) at T={b.temperature:g}, seed {b.seed} (candidate {best + 1} "
-                             f"of {len(cands)}, picked after epoch {cut_epoch(spec)} of {epochs_of(spec)})")
+    if len(cands) == 1:  # nothing compared (`own: false`, one variant): say what chose its sources
+        who = "the specialists' pick" if said else "its one candidate"
+        tags["rtl.candidate"] = f"on {who}, {b.sources} source(s) at T={b.temperature:g}, seed {b.seed}"
+    else:
+        tags["rtl.candidate"] = (f"{b.sources} source(s) at T={b.temperature:g}, seed {b.seed} (candidate "
+                                 f"{best + 1} of {len(cands)}, picked after epoch {cut_epoch(spec)} of "
+                                 f"{epochs_of(spec)})")
     return str(entry / "ckpt"), key, str(entry / "weights.json")
 
 

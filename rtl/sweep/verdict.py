@@ -117,8 +117,8 @@ def subset_name(t: Any) -> str:
     tail = (f"; 90 % of its images from {eff}" if eff else "") + ")"
     if cmask and (fine_tunes_importance_pretraining(t.params, label) or is_importance_trial(label)):
         n = len(cmask.split(","))
-        what = (f"{n} source{'s' if n > 1 else ''} ({cmask}), the importance trial's pretraining (the best "
-                f"importance-weighted candidate from scratch)")
+        what = (f"{n} source{'s' if n > 1 else ''} ({cmask}), the importance trial's pretraining "
+                f"(importance-weighted from scratch on {'them' if n > 1 else 'it'})")
         return (f"({what}" + (f" fine-tuned at lr {t.params.get('lr', 0):.3g}" if not is_importance_trial(label)
                               else "") + tail)
     if fine_tunes_importance_pretraining(t.params, label):
@@ -127,7 +127,8 @@ def subset_name(t: Any) -> str:
     if is_importance_trial(label):
         what = "every source" if label == IMPORTANCE_TRIAL else f"the ranking's top {t.params.get('k', '?')}"
         cand = t.user_attrs.get("rtl.candidate")  # the best of several candidates (rtl.sweep.candidates)
-        how = (f"the best importance-weighted candidate from scratch, {cand}" if cand else
+        how = ((f"the best importance-weighted candidate from scratch, {cand}" if not cand.startswith("on ") else
+                f"importance-weighted from scratch {cand}") if cand else
                f"importance-weighted at T={t.params.get('temperature', '?')} from scratch")
         return f"({what}, {how}" + tail
     return str(t.user_attrs.get("rtl.mask"))
