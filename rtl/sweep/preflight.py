@@ -525,11 +525,12 @@ def preflight(spec: SweepSpec, *, address: str | None = None, warn: bool = True)
                 confirm_seeds=[s for s in dict.fromkeys(spec.seeds) if s != spec.seeds[0]],
                 resources=resources, optuna=optuna, tracking=tracking, cache_dir=cache,
                 started=os.path.isfile(spec_path(spec.results_dir)), warnings=warnings,
-                candidates=_candidates_line(spec))
+                candidates=_candidates_line(spec, len(units), len(targets)))
 
 
-def _candidates_line(spec: SweepSpec) -> str:
-    """How an importance trial pretrains when `search.sources.importance_candidates` is set (rtl.sweep.candidates)."""
+def _candidates_line(spec: SweepSpec, n_units: int = 0, n_targets: int = 1) -> str:
+    """How an importance trial pretrains when `search.sources.importance_candidates` is set (rtl.sweep.candidates);
+    with specialists, what they cost in generalist pretrainings and who shares it (`n_units` 0: unknown)."""
     c = spec.search.sources.importance_candidates
     if c is None or spec.search.sources.importance_trial is None:
         return ""
@@ -537,9 +538,13 @@ def _candidates_line(spec: SweepSpec) -> str:
     what = (["its own"] if c.own else []) + [v.describe(t0) for v in c.variants]
     e = spec.budget.pretrain_epochs
     n = e * c.split(e)
-    spec_cost = (f"; specialists: one per {spec.search.sources.by[:-1]}, from scratch on it alone, "
-                 f"{c.specialist_fraction:g} of the generalist's images each, shared by every target"
-                 if any(v.specialists for v in c.variants) else "")
+    spec_cost = ""
+    if any(v.specialists for v in c.variants):
+        total = n_units * c.specialist_fraction  # per sweep seed, whatever the number of targets
+        spec_cost = (f"; specialists: one per {spec.search.sources.by[:-1]}, from scratch on it alone, "
+                     f"{c.specialist_fraction:g} of the generalist's images each, shared by every target"
+                     + (f" ({n_units} x {c.specialist_fraction:g} = {total:.3g} generalist pretrainings per seed, "
+                        f"{total / max(1, n_targets):.2g} per target)" if n_units else ""))
     if len(what) == 1:  # `own: false` with one variant: nothing is compared
         return f"single pretraining on {what[0]} (on its own mask when that leaves no unit){spec_cost}"
     return (f"best of {len(what)} candidates ({'; '.join(what)}), picked by probe after epoch "
