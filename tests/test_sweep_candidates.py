@@ -95,6 +95,33 @@ def test_a_cut_inside_an_epoch_splits_the_schedule_not_the_budget(tmp_path: Path
     assert len(winner_cut) == 1 and full[0]["train_loss"] == _history(winner_cut[0])[0]["train_loss"]
 
 
+def test_length_shortens_every_epoch_of_the_importance_pretraining(tmp_path: Path) -> None:
+    """`length: 0.5`: the importance trial's pretraining has the same epochs as the generalist, each with half
+    its images (the cache key says so: a full-length entry is never reused for it), and its cut is the first
+    epoch of that shorter schedule; the dry run says it."""
+    from rtl.artifacts.trial import IMPORTANCE_TRIAL, TrialParams
+    from rtl.sweep.candidates import best_candidate
+    from rtl.sweep.subset import generalist
+    from rtl.sweep.trial import pretrain_plan
+
+    d = _spec(tmp_path, [{"top": 1}]).model_dump()
+    d["search"]["sources"]["importance_candidates"] |= {"own": False, "length": 0.5}
+    spec = spec_from_dict(d, "half")
+    gen, _ = generalist(spec, ["a", "b"])
+    plan = pretrain_plan(spec, TrialParams(number=0, enqueued=IMPORTANCE_TRIAL, mask=["a", "b"], k=2,
+                                           temperature=1.0, lr=0.01))
+    entry, key, _, cands = best_candidate(spec, plan, str(tmp_path / "targets" / "tgt"), gen)
+    full, generalist_images = _history(entry), [h["images"] for h in _history(gen.parent)]
+    assert len(cands) == 1 and len(full) == len(generalist_images) == 2
+    assert [h["images"] for h in full] == [g // 2 for g in generalist_images]  # 16 of 32 per epoch
+    d["search"]["sources"]["importance_candidates"]["length"] = 1.0
+    entry1, key1, _, _ = best_candidate(spec_from_dict(d, "whole"), plan, str(tmp_path / "targets" / "tgt"), gen)
+    assert key1 != key and [h["images"] for h in _history(entry1)] == generalist_images
+    with pytest.raises(ConfigError, match="length"):
+        d["search"]["sources"]["importance_candidates"]["length"] = 1.5
+        spec_from_dict(d, "x")
+
+
 def test_each_target_gets_its_own_candidates(tmp_path: Path) -> None:
     """Importance weights are the target's: two targets never share a cut (a cut keyed without the target
     once gave every target of a sweep the first target's weights)."""

@@ -189,6 +189,7 @@ def best_candidate(spec: SweepSpec, plan: PretrainPlan, target: str, gen: Path, 
     from rtl.train.strategies import open_view
 
     cut, parts = cut_epoch(spec), split(spec)
+    length = spec.search.sources.importance_candidates.length if spec.search.sources.importance_candidates else 1.0
     cache, runs = PretrainCache(spec.cache_dir()), Path(spec.cache_dir()) / "runs"
     version = open_view(spec.corpus_path()).version
     cands, entries, gen_sha = [], [], weights_sha(gen)
@@ -216,7 +217,7 @@ def best_candidate(spec: SweepSpec, plan: PretrainPlan, target: str, gen: Path, 
         spec_scores = specialists.scores(spec, list(plan.mask), target, plan.seed, fraction)
         chosen = specialists.choose(spec_scores, c.specialist_max_k)
     for mask, temp, seed in candidate_list(spec, plan, leaders, shares, chosen):
-        base = dict(corpus_version=version, mask=mask, backbone=spec.backbone, schedule=_schedule(spec, parts),
+        base = dict(corpus_version=version, mask=mask, backbone=spec.backbone, schedule=_schedule(spec, parts, length),
                     seed=seed)
         # the weights depend on the target and the generalist: both are in the key (not the weights' digest,
         # so a resumed trial finds its cut even if a recomputation differed in the last bit)
@@ -234,7 +235,7 @@ def best_candidate(spec: SweepSpec, plan: PretrainPlan, target: str, gen: Path, 
             if spec_scores is not None:  # what the specialists said, beside every cut of this trial
                 (d / specialists.SCORES_FILE).write_text(json.dumps({"probe_loss": spec_scores, "chosen": chosen}))
             _pretrain(spec, d / "ckpt", runs, seed, "weighted", mask, class_weights=str(d / "weights.json"),
-                      stop_after_epoch=cut, split=parts)
+                      stop_after_epoch=cut, split=parts, length=length)
 
         cut_dir = cache.get_or_create(cut_key, build_cut)  # built atomically: cut.json is always there
         full_key = json.loads((cut_dir / CUT_FILE).read_text())["full"]
@@ -252,7 +253,7 @@ def best_candidate(spec: SweepSpec, plan: PretrainPlan, target: str, gen: Path, 
             if (cut_dir / specialists.SCORES_FILE).is_file():  # what the specialists said, for the run's tag
                 (d / specialists.SCORES_FILE).write_bytes((cut_dir / specialists.SCORES_FILE).read_bytes())
             _pretrain(spec, d / "ckpt", runs, seed, "weighted", mask, class_weights=str(d / "weights.json"),
-                      split=parts)
+                      split=parts, length=length)
 
         return cache.get_or_create(full_key, build_full)
 

@@ -545,6 +545,8 @@ def _candidates_line(spec: SweepSpec, n_units: int = 0, n_targets: int = 1) -> s
                      f"{c.specialist_fraction:g} of the generalist's images each, shared by every target"
                      + (f" ({n_units} x {c.specialist_fraction:g} = {total:.3g} generalist pretrainings per seed, "
                         f"{total / max(1, n_targets):.2g} per target)" if n_units else ""))
+    if c.length < 1:
+        spec_cost = f"; {c.length:g} of the generalist's images" + spec_cost
     if len(what) == 1:  # `own: false` with one variant: nothing is compared
         return f"single pretraining on {what[0]} (on its own mask when that leaves no unit){spec_cost}"
     return (f"best of {len(what)} candidates ({'; '.join(what)}), picked by probe after epoch "

@@ -185,6 +185,10 @@ class ImportanceCandidates(_M):
     # importance trial simply pretrains that variant (no cut is compared; 1 pretraining); the own one is the
     # fallback only when every variant is skipped
     own: bool = False
+    # the importance trial's pretraining gets this share of the generalist's images (same epochs, each
+    # shorter; 1 = the generalist's full budget). The chosen sets are small (1-3 sources), so the full budget
+    # is many passes over them (session 12: docs/measurements/search.md)
+    length: float = Field(1.0, gt=0, le=1)
 
     def split(self, epochs: int) -> int:
         """Into how many shorter epochs each of the schedule's `epochs` is split (1: none) so that the cut

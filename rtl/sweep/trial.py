@@ -86,19 +86,23 @@ def _view_args(spec: SweepSpec, mask: list[str]) -> dict[str, list[str] | None]:
 
 
 def _pretrain(spec: SweepSpec, out: Path, storage: Path, seed: int, strategy: str, mask: list[str],
-              class_weights: str | None = None, stop_after_epoch: int | None = None, split: int = 1) -> None:
+              class_weights: str | None = None, stop_after_epoch: int | None = None, split: int = 1,
+              length: float = 1.0) -> None:
     """`split` > 1: each epoch of the schedule runs as `split` shorter ones (same images, same per-step
-    learning-rate schedule, warm-up scaled), so a candidate's cut can fall inside one (rtl.sweep.candidates)."""
+    learning-rate schedule, warm-up scaled), so a candidate's cut can fall inside one (rtl.sweep.candidates).
+    `length` < 1: every epoch has that share of its images (the same epochs, each shorter)."""
     from rtl.train.pretrain import PretrainConfig, pretrain_local, run_pretrain
 
     r = spec.resources
     n = samples_per_epoch(spec)
     extra: dict[str, Any] = {}
-    if split > 1:
-        if n is None:  # "epochs" budget: an epoch is the subset's own size
-            from rtl.train.strategies import open_view
+    if (split > 1 or length < 1) and n is None:  # "epochs" budget: an epoch is the subset's own size
+        from rtl.train.strategies import open_view
 
-            n = len(open_view(spec.corpus_path(), **_view_args(spec, mask)))
+        n = len(open_view(spec.corpus_path(), **_view_args(spec, mask)))
+    if length < 1:
+        n = max(spec.budget.batch_size, int(round(n * length)))
+    if split > 1:
         n = -(-n // split)
         extra["warmup_epochs"] = PretrainConfig.model_fields["warmup_epochs"].default * split
     cfg = PretrainConfig(corpus=spec.corpus_path(), strategy=strategy, model=spec.backbone, out=str(out),
@@ -121,11 +125,13 @@ def samples_per_epoch(spec: SweepSpec) -> int | None:
     return len(open_view(spec.corpus_path(), **_view_args(spec, units_of(spec))))
 
 
-def _schedule(spec: SweepSpec, split: int = 1) -> dict[str, Any]:
-    """The pretraining schedule's part of a cache key; `split` only when > 1 (keys of unsplit runs unchanged)."""
-    return {"epochs": spec.budget.pretrain_epochs, "batch_size": spec.budget.batch_size,
-            "sides": [spec.image.min_side, spec.image.max_side], "budget": spec.budget.pretrain_budget,
-            "samples_per_epoch": samples_per_epoch(spec)} | ({"split": split} if split > 1 else {})
+def _schedule(spec: SweepSpec, split: int = 1, length: float = 1.0) -> dict[str, Any]:
+    """The pretraining schedule's part of a cache key; `split` only when > 1 and `length` only when < 1 (keys of
+    unsplit full-length runs unchanged)."""
+    return ({"epochs": spec.budget.pretrain_epochs, "batch_size": spec.budget.batch_size,
+             "sides": [spec.image.min_side, spec.image.max_side], "budget": spec.budget.pretrain_budget,
+             "samples_per_epoch": samples_per_epoch(spec)} | ({"split": split} if split > 1 else {})
+            | ({"length": float(length)} if length < 1 else {}))
 
 
 def pretrain_plan(spec: SweepSpec, t: TrialParams | dict[str, Any]) -> PretrainPlan:
