@@ -6,9 +6,10 @@ own COLD pretraining cache (so each arm pays for everything it needs, ranking in
 
 * `ranked`       -- the CURRENT default (so its rows mean what the code of their day shipped: session 5's
                     rows predate `importance_init`, which the explicit `ranked_ii` arm names; since
-                    session 8 it is `ranked_drop12q`): top-k of
+                    session 8 it is `ranked_drop12q`, since session 12 `ranked_speconly`): top-k of
                     the target's ranking + swaps, controls generalist / all sources, the enqueued importance
-                    trial (the best of 3 candidates; + its pretraining fine-tuned at the lr ends), top-1..3, subset pretraining
+                    trial (on the sources whose specialists probe best; + its pretraining fine-tuned at the lr
+                    ends), top-1..3, subset pretraining
                     continues the generalist in rungs, successive halving on a probe score (`rungs`);
 * `random_bits`  -- one bit per source, Optuna RandomSampler, FIFO (no early stopping), controls off;
 * `tpe_asha_bits`-- one bit per source, TPE, ASHA over fine-tune epochs, controls off.
