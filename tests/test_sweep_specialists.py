@@ -97,14 +97,14 @@ def test_specialists_get_equal_compute_are_shared_by_targets_and_their_pick_is_a
     from rtl.sweep.subset import generalist
     from rtl.sweep.trial import pretrain_plan, specialists_said
 
-    spec = load_spec(write_spec(
-        tmp_path, name="spec2", targets=("tgt", "other"),
+    same = dict(
         search={"sources": {"space": "ranked", "importance_candidates": {
             "variants": [{"specialists": True}], "cut": 0.5, "specialist_fraction": 0.5, "own": True}},
             "temperature": {"low": 0.5, "high": 4.0, "allow_off": True}, "lr": {"low": 0.01, "high": 0.1},
             "freeze_depth": {"low": 0, "high": 1}},
         budget={"pretrain_epochs": 2, "finetune_epochs": 1, "trials_per_target": 2, "max_concurrent": 1,
-                "batch_size": 8}))
+                "batch_size": 8})
+    spec = load_spec(write_spec(tmp_path, name="spec2", targets=("tgt", "other"), **same))
     gen, _ = generalist(spec, ["a", "b"])
     gen_images = [h["images"] for h in json.loads((gen / "meta.json").read_text())["history"]]
     plan = pretrain_plan(spec, TrialParams(number=0, enqueued=IMPORTANCE_TRIAL, mask=["a", "b"], k=2,
@@ -125,6 +125,12 @@ def test_specialists_get_equal_compute_are_shared_by_targets_and_their_pick_is_a
     assert len(said) == 4 and all(sorted(s["probe_loss"]) == ["a", "b"] and s["chosen"] for s in said)
     assert all(s["chosen"] == specialists.choose(s["probe_loss"]) for s in said)
     assert specialists_said(tmp_path / "nowhere") == ""
+    # a later sweep of the workspace (another name, one new target) finds them in the workspace's cache: a team
+    # sweeping its targets one at a time pays the specialists once per corpus and seed, not once per sweep
+    later = load_spec(write_spec(tmp_path, name="later", targets=("third",), **same))
+    assert later.cache_dir() == spec.cache_dir()
+    best_candidate(later, plan, str(tmp_path / "targets" / "third"), generalist(later, ["a", "b"])[0])
+    assert sorted(cache.glob("spec-*")) == specs
 
 
 def test_the_report_says_what_the_specialists_chose(monkeypatch) -> None:
