@@ -186,8 +186,8 @@ class ImportanceCandidates(_M):
     # fallback only when every variant is skipped
     own: bool = False
     # the importance trial's pretraining gets this share of the generalist's images (same epochs, each
-    # shorter; 1 = the generalist's full budget). The chosen sets are small (1-3 sources), so the full budget
-    # is many passes over them (session 12: docs/measurements/search.md)
+    # shorter; 1 = the generalist's full budget). Cuts compute, at a price: 0.5 was worse than 1 on 28 of 48
+    # benchmark pairs and better on 11 (p = 0.002; docs/measurements/search.md, session 12)
     length: float = Field(1.0, gt=0, le=1)
 
     def split(self, epochs: int) -> int:
