@@ -112,7 +112,8 @@ def make_spec(workdir: Path, corpus: Path, targets: list[str], arm: str, seed: i
             names = [{"names": 1.0}, {"names": 1.0, "drop": [1]}]
             d["search"]["sources"]["importance_candidates"] = {
                 "variants": ([{"drop": [1]}] if arm == "ranked_names4" else []) + names, "cut": 0.25, "own": True}
-        if arm in ("ranked_spec", "ranked_spec3", "ranked_speconly", "ranked_speconly_h"):  # session 10: + a
+        if arm in ("ranked_spec", "ranked_spec3", "ranked_speconly", "ranked_speconly_h",
+                   "ranked_speconly_k2"):  # session 10: + a
             # candidate on the sources
             d["budget"]["subset_fraction"] = 0.1  # whose from-scratch specialists probe best (rtl.sweep.specialists),
             d["search"]["sources"]["importance_init"] = True  # after a quarter; spec3: + the default's two drops;
@@ -121,6 +122,8 @@ def make_spec(workdir: Path, corpus: Path, targets: list[str], arm: str, seed: i
                                                                "own": arm == "ranked_spec" or arm == "ranked_spec3"}
             if arm == "ranked_speconly_h":  # session 12: its one pretraining gets half of the generalist's images
                 d["search"]["sources"]["importance_candidates"]["length"] = 0.5
+            if arm == "ranked_speconly_k2":  # session 12: the chosen set is cut from the best 3, not 5
+                d["search"]["sources"]["importance_candidates"]["specialist_max_k"] = 2
         if arm == "ranked_lean":  # continuations get 1/10 of the generalist's images, not 1/4 (compute arithmetic:
             d["budget"]["subset_fraction"] = 0.1  # generalist + experts + importance trials ~ 23 % of random's)
     else:
@@ -295,7 +298,7 @@ REPORT_ONLY = ("ranked_v1", "ranked_ii_tpe")  # rows of earlier code: reported, 
 ARMS = ("ranked", "random_bits", "tpe_asha_bits", "ranked_v1", "ranked_imp", "ranked_full", "ranked_lean",
         "ranked_cand", "ranked_cand_t", "ranked_ii", "ranked_ii_tpe", "ranked_top", "ranked_drop1", "ranked_drop12",
         "ranked_drop12q", "ranked_names", "ranked_names4", "ranked_spec", "ranked_spec3", "ranked_speconly",
-        "ranked_speconly_h")
+        "ranked_speconly_h", "ranked_speconly_k2")
 
 
 def report(rows: list[dict[str, Any]]) -> None:
