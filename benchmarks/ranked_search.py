@@ -112,14 +112,14 @@ def make_spec(workdir: Path, corpus: Path, targets: list[str], arm: str, seed: i
             names = [{"names": 1.0}, {"names": 1.0, "drop": [1]}]
             d["search"]["sources"]["importance_candidates"] = {
                 "variants": ([{"drop": [1]}] if arm == "ranked_names4" else []) + names, "cut": 0.25, "own": True}
-        if arm in ("ranked_spec", "ranked_spec3", "ranked_speconly", "ranked_speconly_h",
-                   "ranked_speconly_k2"):  # session 10: + a
-            # candidate on the sources
-            d["budget"]["subset_fraction"] = 0.1  # whose from-scratch specialists probe best (rtl.sweep.specialists),
-            d["search"]["sources"]["importance_init"] = True  # after a quarter; spec3: + the default's two drops;
+        if arm.startswith("ranked_spec"):  # session 10: + a candidate on the sources whose from-scratch
+            # specialists probe best (rtl.sweep.specialists), after a quarter; spec3: + the default's two drops;
+            # speconly (the default since session 12): that set alone, one pretraining
+            d["budget"]["subset_fraction"] = 0.1
+            d["search"]["sources"]["importance_init"] = True
             v = [{"specialists": True}] + ([{"drop": [1]}, {"drop": [2]}] if arm == "ranked_spec3" else [])
-            d["search"]["sources"]["importance_candidates"] = {"variants": v, "cut": 0.25,  # speconly: that set
-                                                               "own": arm == "ranked_spec" or arm == "ranked_spec3"}
+            d["search"]["sources"]["importance_candidates"] = {"variants": v, "cut": 0.25,
+                                                               "own": arm in ("ranked_spec", "ranked_spec3")}
             if arm == "ranked_speconly_h":  # session 12: its one pretraining gets half of the generalist's images
                 d["search"]["sources"]["importance_candidates"]["length"] = 0.5
             if arm == "ranked_speconly_k2":  # session 12: the chosen set is cut from the best 3, not 5

@@ -97,8 +97,7 @@ def test_a_cut_inside_an_epoch_splits_the_schedule_not_the_budget(tmp_path: Path
 
 def test_length_shortens_every_epoch_of_the_importance_pretraining(tmp_path: Path) -> None:
     """`length: 0.5`: the importance trial's pretraining has the same epochs as the generalist, each with half
-    its images (the cache key says so: a full-length entry is never reused for it), and its cut is the first
-    epoch of that shorter schedule; the dry run says it."""
+    its images, under its own cache key (a full-length entry is never reused for it); above 1 is refused."""
     from rtl.artifacts.trial import IMPORTANCE_TRIAL, TrialParams
     from rtl.sweep.candidates import best_candidate
     from rtl.sweep.subset import generalist
@@ -117,8 +116,8 @@ def test_length_shortens_every_epoch_of_the_importance_pretraining(tmp_path: Pat
     d["search"]["sources"]["importance_candidates"]["length"] = 1.0
     entry1, key1, _, _ = best_candidate(spec_from_dict(d, "whole"), plan, str(tmp_path / "targets" / "tgt"), gen)
     assert key1 != key and [h["images"] for h in _history(entry1)] == generalist_images
+    d["search"]["sources"]["importance_candidates"]["length"] = 1.5
     with pytest.raises(ConfigError, match="length"):
-        d["search"]["sources"]["importance_candidates"]["length"] = 1.5
         spec_from_dict(d, "x")
 
 

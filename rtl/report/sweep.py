@@ -32,7 +32,7 @@ from rtl.report.verdict import plot_effects, source_effects
 from rtl.sweep.objective import Objective
 from rtl.sweep.spec import load_resolved
 from rtl.sweep.status import target_trials
-from rtl.sweep.trial import tracker_for, units_of
+from rtl.sweep.trial import candidates_compared, tracker_for, units_of
 from rtl.sweep.verdict import (  # noqa: F401 - re-exported: report readers import them from here
     CONTROLS,
     REFERENCE_CONTROL,
@@ -162,7 +162,7 @@ def _kind(t: Any) -> str:
         top = "" if label == IMPORTANCE_TRIAL else f"top-{t.params.get('k', '?')}, "
         cand = t.user_attrs.get("rtl.candidate")  # the best of several candidates (rtl.sweep.candidates)
         if cand:  # several compared: "2 source(s) at T=1, seed 1 (candidate 2 of 3, ...)"; one: "on ..."
-            return f"importance, {top}from scratch, " + (cand if cand.startswith("on ") else f"best candidate: {cand}")
+            return f"importance, {top}from scratch, " + (f"best candidate: {cand}" if candidates_compared(cand) else cand)
         return f"importance, {top}from scratch (T={t.params.get('temperature', '?')})"
     if fine_tunes_importance_pretraining(t.params, label):  # no pretraining of its own
         return f"{'ranking' if label else 'search'}: importance trial's pretraining, lr {t.params.get('lr', 0):.3g}"

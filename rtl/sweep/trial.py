@@ -271,12 +271,20 @@ def _best_candidate(spec: SweepSpec, plan: PretrainPlan, target: str, gen: Path,
     b = cands[best]
     if len(cands) == 1:  # nothing compared (`own: false`, one variant): say what chose its sources
         who = "the specialists' pick" if said else "its one candidate"
-        tags["rtl.candidate"] = f"on {who}, {b.sources} source(s) at T={b.temperature:g}, seed {b.seed}"
+        tags["rtl.candidate"] = f"{ONE_CANDIDATE}{who}, {b.sources} source(s) at T={b.temperature:g}, seed {b.seed}"
     else:
         tags["rtl.candidate"] = (f"{b.sources} source(s) at T={b.temperature:g}, seed {b.seed} (candidate "
                                  f"{best + 1} of {len(cands)}, picked after epoch {cut_epoch(spec)} of "
                                  f"{epochs_of(spec)})")
     return str(entry / "ckpt"), key, str(entry / "weights.json")
+
+
+ONE_CANDIDATE = "on "  # `rtl.candidate` of an importance trial that compared nothing starts with it
+
+
+def candidates_compared(candidate: str) -> bool:
+    """Whether an `rtl.candidate` tag names the best of several candidates (else: the only one)."""
+    return not candidate.startswith(ONE_CANDIDATE)
 
 
 def specialists_said(entry: Path) -> str:

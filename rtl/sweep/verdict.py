@@ -24,7 +24,7 @@ from rtl.deliver.metrics import objective_direction, objective_label
 from rtl.sweep.objective import Objective
 from rtl.sweep.spec import load_resolved
 from rtl.sweep.status import best_searched, target_trials
-from rtl.sweep.trial import tracker_for
+from rtl.sweep.trial import candidates_compared, tracker_for
 
 CONTROLS = ("scratch", "imagenet", "generalist", "uniform", "importance")  # report row order
 
@@ -127,7 +127,7 @@ def subset_name(t: Any) -> str:
     if is_importance_trial(label):
         what = "every source" if label == IMPORTANCE_TRIAL else f"the ranking's top {t.params.get('k', '?')}"
         cand = t.user_attrs.get("rtl.candidate")  # the best of several candidates (rtl.sweep.candidates)
-        how = ((f"the best importance-weighted candidate from scratch, {cand}" if not cand.startswith("on ") else
+        how = ((f"the best importance-weighted candidate from scratch, {cand}" if candidates_compared(cand) else
                 f"importance-weighted from scratch {cand}") if cand else
                f"importance-weighted at T={t.params.get('temperature', '?')} from scratch")
         return f"({what}, {how}" + tail
