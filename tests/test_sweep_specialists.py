@@ -12,7 +12,7 @@ import pytest
 from sweep_helpers import write_spec
 
 from rtl.errors import ConfigError, RtlError
-from rtl.sweep.spec import load_spec
+from rtl.sweep.spec import load_spec, spec_from_dict
 
 
 def _spec(tmp_path: Path, variants: list[dict], **cand):
@@ -146,3 +146,44 @@ def test_the_report_says_what_the_specialists_chose(monkeypatch) -> None:
     assert "chose **weave_a, weave_b**" in text and "weave_a 0.290, weave_b 0.540, stripes_a 1.040" in text
     trials[1].user_attrs["rtl.specialists"] = "{not json"  # a damaged attribute: no line, no traceback
     assert rep._specialists_md("r", "t") == []
+
+
+def test_from_specialist_continues_the_best_specialist_for_the_rest_of_the_budget(tmp_path: Path) -> None:
+    """`from_specialist`: the specialists' pick starts from the specialist of its best-probed unit (the one
+    the specialists built, not a new one) and gets `length - specialist_fraction` of the generalist's images,
+    under its own cache key; the trial's tag says whose specialist it continued. Without a specialists
+    variant, or with nothing left of the budget, the spec is refused."""
+    from rtl.artifacts.trial import IMPORTANCE_TRIAL, TrialParams
+    from rtl.sweep import specialists
+    from rtl.sweep.candidates import best_candidate
+    from rtl.sweep.subset import generalist
+    from rtl.sweep.trial import pretrain_plan, specialists_said
+
+    spec = _spec(tmp_path, [{"specialists": True}], own=False, specialist_fraction=0.5)
+    gen, _ = generalist(spec, ["a", "b"])
+    gen_images = [h["images"] for h in json.loads((gen / "meta.json").read_text())["history"]]
+    plan = pretrain_plan(spec, TrialParams(number=0, enqueued=IMPORTANCE_TRIAL, mask=["a", "b"], k=2,
+                                           temperature=1.0, lr=0.01))
+    target = str(tmp_path / "targets" / "tgt")
+    scratch_entry, scratch_key, _, _ = best_candidate(spec, plan, target, gen)
+    d = spec.model_dump()
+    d["search"]["sources"]["importance_candidates"]["from_specialist"] = True
+    warm = spec_from_dict(d, "warm")
+    n_specs = len(list(Path(spec.cache_dir()).glob("spec-*")))
+    entry, key, _, cands = best_candidate(warm, plan, target, gen)
+    assert key != scratch_key and len(cands) == 1
+    assert len(list(Path(spec.cache_dir()).glob("spec-*"))) == n_specs  # no specialist built twice
+    said = json.loads(specialists_said(entry))
+    start = said["continued"]
+    assert start == said["chosen"][0] == min(said["probe_loss"], key=lambda u: (said["probe_loss"][u], u))
+    meta = json.loads((entry / "ckpt" / "meta.json").read_text())
+    start_ckpt = specialists.build(warm, start, plan.seed, 0.5)
+    assert meta["config"]["init_checkpoint"] == str(start_ckpt)
+    assert [h["images"] for h in meta["history"]] == [g // 2 for g in gen_images]  # 1 - 0.5 of the generalist's
+    scratch = json.loads((scratch_entry / "ckpt" / "meta.json").read_text())
+    assert scratch["config"]["init_checkpoint"] is None and [h["images"] for h in scratch["history"]] == gen_images
+    for bad, why in (({"variants": [{"drop": [1]}], "from_specialist": True}, "specialists"),
+                     ({"variants": [{"specialists": True}], "from_specialist": True, "length": 0.25}, "length")):
+        d["search"]["sources"]["importance_candidates"] = bad
+        with pytest.raises(ConfigError, match=why):
+            spec_from_dict(d, "bad")

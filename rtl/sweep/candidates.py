@@ -189,7 +189,8 @@ def best_candidate(spec: SweepSpec, plan: PretrainPlan, target: str, gen: Path, 
     from rtl.train.strategies import open_view
 
     cut, parts = cut_epoch(spec), split(spec)
-    length = spec.search.sources.importance_candidates.length if spec.search.sources.importance_candidates else 1.0
+    ic = spec.search.sources.importance_candidates
+    length = ic.length if ic is not None else 1.0
     cache, runs = PretrainCache(spec.cache_dir()), Path(spec.cache_dir()) / "runs"
     version = open_view(spec.corpus_path()).version
     cands, entries, gen_sha = [], [], weights_sha(gen)
@@ -217,15 +218,21 @@ def best_candidate(spec: SweepSpec, plan: PretrainPlan, target: str, gen: Path, 
         spec_scores = specialists.scores(spec, list(plan.mask), target, plan.seed, fraction)
         chosen = specialists.choose(spec_scores, c.specialist_max_k)
     for mask, temp, seed in candidate_list(spec, plan, leaders, shares, chosen):
-        base = dict(corpus_version=version, mask=mask, backbone=spec.backbone, schedule=_schedule(spec, parts, length),
-                    seed=seed)
+        init, start, span = None, None, length
+        if ic is not None and ic.from_specialist and chosen and sorted(mask) == sorted(chosen):
+            start = chosen[0]  # the best-probed unit: its specialist (built by `scores`) is the start point
+            init, span = str(specialists.build(spec, start, plan.seed, fraction)), ic.continued_length()
+        schedule = _schedule(spec, parts, span) | ({"from": specialists.specialist_key(spec, start, plan.seed, fraction)}
+                                                   if start else {})
+        base = dict(corpus_version=version, mask=mask, backbone=spec.backbone, schedule=schedule, seed=seed)
         # the weights depend on the target and the generalist: both are in the key (not the weights' digest,
         # so a resumed trial finds its cut even if a recomputation differed in the last bit)
         cut_payload = {"weighted_cut": cache_key(temperature=temp, **base), "epoch": cut,
                        "target": os.path.realpath(target), "generalist": gen_sha}
         cut_key = "cut-" + hashlib.sha256(json.dumps(cut_payload, sort_keys=True).encode()).hexdigest()[:40]
 
-        def build_cut(d: Path, temp: float = temp, seed: int = seed, base: dict = base, mask: list = mask) -> None:
+        def build_cut(d: Path, temp: float = temp, seed: int = seed, base: dict = base, mask: list = mask,
+                      init: str | None = init, span: float = span, start: str | None = start) -> None:
             weights = weights_of(mask, temp)
             (d / "weights.json").write_bytes(weights)
             digest = hashlib.sha256(weights).hexdigest()[:16]
@@ -233,18 +240,19 @@ def best_candidate(spec: SweepSpec, plan: PretrainPlan, target: str, gen: Path, 
             (d / CUT_FILE).write_text(json.dumps({"full": full_key, "epoch": cut, "temperature": temp,
                                                   "seed": seed, "mask": sorted(mask)}))
             if spec_scores is not None:  # what the specialists said, beside every cut of this trial
-                (d / specialists.SCORES_FILE).write_text(json.dumps({"probe_loss": spec_scores, "chosen": chosen}))
+                (d / specialists.SCORES_FILE).write_text(json.dumps({"probe_loss": spec_scores, "chosen": chosen}
+                                                                    | ({"continued": start} if start else {})))
             _pretrain(spec, d / "ckpt", runs, seed, "weighted", mask, class_weights=str(d / "weights.json"),
-                      stop_after_epoch=cut, split=parts, length=length)
+                      stop_after_epoch=cut, split=parts, length=span, init=init)
 
         cut_dir = cache.get_or_create(cut_key, build_cut)  # built atomically: cut.json is always there
         full_key = json.loads((cut_dir / CUT_FILE).read_text())["full"]
-        entries.append((cut_dir, full_key, seed, mask))
+        entries.append((cut_dir, full_key, seed, mask, init, span))
         cands.append(Candidate(temp, seed, len(mask), probe_error(str(cut_dir / "ckpt"), spec, target, seed)))
     best = min(range(len(cands)), key=lambda i: (cands[i].probe_error, i))
 
     def full(i: int) -> Path:
-        cut_dir, full_key, seed, mask = entries[i]
+        cut_dir, full_key, seed, mask, init, span = entries[i]
 
         def build_full(d: Path) -> None:
             (d / "weights.json").write_bytes((cut_dir / "weights.json").read_bytes())
@@ -253,7 +261,7 @@ def best_candidate(spec: SweepSpec, plan: PretrainPlan, target: str, gen: Path, 
             if (cut_dir / specialists.SCORES_FILE).is_file():  # what the specialists said, for the run's tag
                 (d / specialists.SCORES_FILE).write_bytes((cut_dir / specialists.SCORES_FILE).read_bytes())
             _pretrain(spec, d / "ckpt", runs, seed, "weighted", mask, class_weights=str(d / "weights.json"),
-                      split=parts, length=length)
+                      split=parts, length=span, init=init)
 
         return cache.get_or_create(full_key, build_full)
 

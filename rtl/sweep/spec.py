@@ -189,6 +189,26 @@ class ImportanceCandidates(_M):
     # shorter; 1 = the generalist's full budget). Cuts compute, at a price: 0.5 was worse than 1 on 28 of 48
     # benchmark pairs and better on 11 (p = 0.002; docs/measurements/search.md, session 12)
     length: float = Field(1.0, gt=0, le=1)
+    # a `specialists` candidate starts from the specialist of its best-probed unit (already built: the
+    # specialists are what chose it) instead of from scratch, and is pretrained for the rest of the budget:
+    # `length` - `specialist_fraction` of the generalist's images, so that unit has had the same images in all;
+    # false: from scratch, `length` of them
+    from_specialist: bool = False
+
+    @model_validator(mode="after")
+    def _from_specialist(self) -> ImportanceCandidates:
+        if self.from_specialist:
+            if not any(v.specialists for v in self.variants):
+                raise ValueError("from_specialist: needs a `specialists` variant (it continues that variant's best "
+                                 "specialist)")
+            if self.length - self.specialist_fraction <= 1e-9:
+                raise ValueError(f"from_specialist: length ({self.length:g}) must exceed specialist_fraction "
+                                 f"({self.specialist_fraction:g}): the continuation gets length - specialist_fraction")
+        return self
+
+    def continued_length(self) -> float:
+        """The share of the generalist's images a `specialists` candidate is pretrained for."""
+        return self.length - self.specialist_fraction if self.from_specialist else self.length
 
     def split(self, epochs: int) -> int:
         """Into how many shorter epochs each of the schedule's `epochs` is split (1: none) so that the cut

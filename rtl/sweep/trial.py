@@ -87,10 +87,11 @@ def _view_args(spec: SweepSpec, mask: list[str]) -> dict[str, list[str] | None]:
 
 def _pretrain(spec: SweepSpec, out: Path, storage: Path, seed: int, strategy: str, mask: list[str],
               class_weights: str | None = None, stop_after_epoch: int | None = None, split: int = 1,
-              length: float = 1.0) -> None:
+              length: float = 1.0, init: str | None = None) -> None:
     """`split` > 1: each epoch of the schedule runs as `split` shorter ones (same images, same per-step
     learning-rate schedule, warm-up scaled), so a candidate's cut can fall inside one (rtl.sweep.candidates).
-    `length` < 1: every epoch has that share of its images (the same epochs, each shorter)."""
+    `length` < 1: every epoch has that share of its images (the same epochs, each shorter). `init`: start
+    from this checkpoint (its trunk; the schedule is the same fresh one) instead of from scratch."""
     from rtl.train.pretrain import PretrainConfig, pretrain_local, run_pretrain
 
     r = spec.resources
@@ -110,7 +111,7 @@ def _pretrain(spec: SweepSpec, out: Path, storage: Path, seed: int, strategy: st
                          batch_size=spec.budget.batch_size * r.train_workers,
                          workers=r.train_workers, cpus_per_worker=max(1, int(r.cpus)), use_gpu=r.gpus > 0,
                          class_weights=class_weights, storage_path=str(storage), seed=seed,
-                         stop_after_epoch=stop_after_epoch,
+                         stop_after_epoch=stop_after_epoch, init_checkpoint=init,
                          min_side=spec.image.min_side, max_side=spec.image.max_side, **_view_args(spec, mask))
     (run_pretrain if r.train_workers > 1 else pretrain_local)(cfg)
 
@@ -271,7 +272,9 @@ def _best_candidate(spec: SweepSpec, plan: PretrainPlan, target: str, gen: Path,
     b = cands[best]
     if len(cands) == 1:  # nothing compared (`own: false`, one variant): say what chose its sources
         who = "the specialists' pick" if said else "its one candidate"
-        tags["rtl.candidate"] = f"{ONE_CANDIDATE}{who}, {b.sources} source(s) at T={b.temperature:g}, seed {b.seed}"
+        start = json.loads(said).get("continued") if said else None
+        tags["rtl.candidate"] = (f"{ONE_CANDIDATE}{who}, {b.sources} source(s) at T={b.temperature:g}, seed {b.seed}"
+                                 + (f", continuing {start}'s specialist" if start else ""))
     else:
         tags["rtl.candidate"] = (f"{b.sources} source(s) at T={b.temperature:g}, seed {b.seed} (candidate "
                                  f"{best + 1} of {len(cands)}, picked after epoch {cut_epoch(spec)} of "
@@ -289,13 +292,15 @@ def candidates_compared(candidate: str) -> bool:
 
 def specialists_said(entry: Path) -> str:
     """The `rtl.specialists` tag of an importance trial whose candidates asked the specialists: JSON
-    {"chosen": [...], "probe_loss": {unit: loss}} (the 20 best-probed units, 3 decimals); "" otherwise."""
+    {"chosen": [...], "probe_loss": {unit: loss}} (the 20 best-probed units, 3 decimals) and "continued": the
+    unit whose specialist the pretraining started from (`from_specialist`); "" otherwise."""
     from rtl.sweep.specialists import SCORES_FILE
 
     try:
         d = json.loads((Path(entry) / SCORES_FILE).read_text())
         best = sorted(d["probe_loss"].items(), key=lambda kv: kv[1])[:20]
-        return json.dumps({"chosen": list(d["chosen"]), "probe_loss": {u: round(float(v), 3) for u, v in best}})
+        return json.dumps({"chosen": list(d["chosen"]), "probe_loss": {u: round(float(v), 3) for u, v in best}}
+                          | ({"continued": str(d["continued"])} if d.get("continued") else {}))
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return ""
 
