@@ -124,8 +124,10 @@ def make_spec(workdir: Path, corpus: Path, targets: list[str], arm: str, seed: i
                 d["search"]["sources"]["importance_candidates"]["length"] = 0.5
             if arm == "ranked_speconly_k2":  # session 12: the chosen set is cut from the best 3, not 5
                 d["search"]["sources"]["importance_candidates"]["specialist_max_k"] = 2
-            if arm == "ranked_speconly_w":  # session 13: its one pretraining continues the best specialist
-                d["search"]["sources"]["importance_candidates"]["from_specialist"] = True  # for 0.75 of the budget
+            if arm in ("ranked_speconly_w", "ranked_speconly_wr"):  # session 13: its one pretraining continues
+                d["search"]["sources"]["importance_candidates"]["from_specialist"] = True  # the best specialist for
+            if arm == "ranked_speconly_wr":  # 0.75 of the budget; wr: the ranked space ordered by the specialists
+                d["search"]["sources"]["ranking"] = {"method": "specialists"}  # (no experts)
         if arm == "ranked_lean":  # continuations get 1/10 of the generalist's images, not 1/4 (compute arithmetic:
             d["budget"]["subset_fraction"] = 0.1  # generalist + experts + importance trials ~ 23 % of random's)
     else:
@@ -135,6 +137,22 @@ def make_spec(workdir: Path, corpus: Path, targets: list[str], arm: str, seed: i
         d["searcher"] = {"name": "random" if arm == "random_bits" else "tpe", "n_startup_trials": 3}
         d["controls"] = {"scratch": False, "uniform": False, "importance": False, "imagenet": False}
     return spec_from_dict(d, "benchmark")
+
+
+def warm_cache(src: Path, dst: Path, *, experts: bool) -> None:
+    """Copy `src`'s generalist (the one full-budget entry without class weights), specialists and, when
+    `experts`, experts into `dst` (must not hold any entry yet)."""
+    import shutil
+
+    if not src.is_dir():
+        raise SystemExit(f"--warm-from: no cache at {src}")
+    if dst.exists() and any(p.name.startswith(("spec-", "expert-")) for p in dst.iterdir()):
+        return  # seeded by an earlier start of this run
+    dst.mkdir(parents=True, exist_ok=True)
+    for e in src.iterdir():
+        gen = (e / "ckpt" / "meta.json").is_file() and "-" not in e.name and not (e / "weights.json").exists()
+        if gen or e.name.startswith("spec-") or (experts and e.name.startswith("expert-")):
+            shutil.copytree(e, dst / e.name)
 
 
 def images_consumed(cache_dir: str) -> int:
@@ -235,6 +253,11 @@ def main() -> None:
     ap.add_argument("--rows", default=None,
                     help="JSONL file: rows of finished (seed, arm) sweeps are appended; a (seed, arm) already in "
                          "it is not run again, and the report covers every row in it (run arms in pieces)")
+    ap.add_argument("--warm-from", default=None, metavar="ARM",
+                    help="before an arm's sweep, copy ARM's generalist, specialists and (when the arm ranks by "
+                         "experts) experts of the same seed into the arm's empty cache: the same entries under the "
+                         "same keys, counted in its images as if built (a change that reuses them is compared on "
+                         "the same specialists; session 13)")
     ap.add_argument("--report-only", action="store_true")
     ap.add_argument("--rescan", action="store_true",
                     help="recompute each row's best trial (its sources, effective sources, enqueued label) from "
@@ -270,6 +293,9 @@ def main() -> None:
             if args.report_only or (seed, arm) in done_runs:
                 continue
             spec = make_spec(workdir, corpus, targets, arm, seed, args.trials, sides)
+            if args.warm_from:
+                warm_cache(workdir / "caches" / f"{args.warm_from}-s{seed}", Path(spec.cache_dir()),
+                           experts=spec.search.sources.ranking.method == "experts")
             t0 = time.perf_counter()
             try:
                 run_sweep(spec)
@@ -300,7 +326,7 @@ REPORT_ONLY = ("ranked_v1", "ranked_ii_tpe")  # rows of earlier code: reported, 
 ARMS = ("ranked", "random_bits", "tpe_asha_bits", "ranked_v1", "ranked_imp", "ranked_full", "ranked_lean",
         "ranked_cand", "ranked_cand_t", "ranked_ii", "ranked_ii_tpe", "ranked_top", "ranked_drop1", "ranked_drop12",
         "ranked_drop12q", "ranked_names", "ranked_names4", "ranked_spec", "ranked_spec3", "ranked_speconly",
-        "ranked_speconly_h", "ranked_speconly_k2", "ranked_speconly_w")
+        "ranked_speconly_h", "ranked_speconly_k2", "ranked_speconly_w", "ranked_speconly_wr")
 
 
 def report(rows: list[dict[str, Any]]) -> None:

@@ -258,6 +258,11 @@ def test_dry_run_says_how_the_importance_trial_pretrains(tmp_path: Path, no_side
     assert main(["sweep", "run", str(path), "--dry-run"]) == 0
     assert ("single pretraining on the sources whose specialists probe best at T=1 (on its own mask when that "
             "leaves no unit); 0.5 of the generalist's images; specialists:") in capsys.readouterr().out
+    _edit(path, search={"sources": {"space": "ranked", "importance_candidates": {"variants": [{"specialists": True}],
+                                                                                 "from_specialist": True}}})
+    assert main(["sweep", "run", str(path), "--dry-run"]) == 0
+    assert ("leaves no unit); the specialists' pick continues its best specialist for 0.75 of the generalist's "
+            "images; specialists:") in capsys.readouterr().out
 
 
 def _start_that_fails_at_ray(path: Path, monkeypatch: pytest.MonkeyPatch) -> str:

@@ -187,3 +187,46 @@ def test_from_specialist_continues_the_best_specialist_for_the_rest_of_the_budge
         d["search"]["sources"]["importance_candidates"] = bad
         with pytest.raises(ConfigError, match=why):
             spec_from_dict(d, "bad")
+
+
+def test_a_ranking_by_specialists_orders_by_probe_loss_and_builds_no_expert(tmp_path: Path, ray_session) -> None:
+    """`ranking.method: specialists`: the ranked space's order is the specialists' probe loss, best first,
+    written as the sweep's ranking (one MLflow ranking run, no expert runs, no expert pretrained), read back
+    on the next start; the importance trial's candidate then finds the same specialists in the cache."""
+    from rtl.artifacts.ranking import read_ranking
+    from rtl.artifacts.trial import IMPORTANCE_TRIAL, TrialParams
+    from rtl.sweep import specialists
+    from rtl.sweep.candidates import best_candidate
+    from rtl.sweep.runner import target_order
+    from rtl.sweep.subset import generalist
+    from rtl.sweep.trial import pretrain_plan, tracker_for
+
+    spec = load_spec(write_spec(
+        tmp_path, name="byspec",
+        search={"sources": {"space": "ranked", "ranking": {"method": "specialists"},
+                            "importance_candidates": {"variants": [{"specialists": True}], "specialist_fraction": 0.5}},
+                "temperature": {"low": 0.5, "high": 4.0, "allow_off": True}, "lr": {"low": 0.01, "high": 0.1},
+                "freeze_depth": {"low": 0, "high": 1}},
+        budget={"pretrain_epochs": 2, "finetune_epochs": 1, "trials_per_target": 4, "max_concurrent": 1,
+                "batch_size": 8}))
+    tracker_for(spec).get_or_create_target_run("tgt")
+    order = target_order(spec, "tgt", ["a", "b"])
+    path = Path(spec.results_dir) / "rankings" / "tgt.json"
+    r = read_ranking(path)
+    loss = {x["unit"]: x["probe_loss"] for x in r["rows"]}
+    assert r["method"] == "specialists" and order == r["order"] == sorted(loss, key=lambda u: (loss[u], u))
+    assert r["suggested"] == specialists.choose(loss, 4) and all(np.isfinite(v) for v in loss.values())
+    assert "probe loss" in (path.with_suffix(".txt")).read_text()
+    cache = Path(spec.cache_dir())
+    assert len(list(cache.glob("spec-*"))) == 2 and not list(cache.glob("expert-*"))
+    tracker = tracker_for(spec)
+    runs = tracker.find_runs({"rtl.kind": "ranking", "rtl.target": "tgt"})
+    assert len(runs) == 1 and set(runs[0].data.metrics) == {"probe_loss.a", "probe_loss.b"}
+    assert not tracker.find_runs({"rtl.kind": "expert", "rtl.target": "tgt"})
+    mtime = path.stat().st_mtime
+    assert target_order(spec, "tgt", ["a", "b"]) == order and path.stat().st_mtime == mtime  # read, not redone
+    specs = sorted(cache.glob("spec-*"))
+    plan = pretrain_plan(spec, TrialParams(number=0, enqueued=IMPORTANCE_TRIAL, mask=order, k=2, temperature=1.0,
+                                           lr=0.01))
+    best_candidate(spec, plan, str(tmp_path / "targets" / "tgt"), generalist(spec, ["a", "b"])[0])
+    assert sorted(cache.glob("spec-*")) == specs  # the candidate used the ranking's specialists

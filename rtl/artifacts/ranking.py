@@ -3,7 +3,9 @@
 Written by `rtl.select.rank`, read by the ranked sweep (`rtl.sweep.runner.target_order`) and reports.
 Fields: version, target, corpus_version, generalist_digest, by, seeds, rows (one per source unit: the
 signals, gain ± std, noise, verdict, rank, expert checkpoint), order (units best first), suggested,
-verdict (one line), recommend, cost (expert vs generalist images).
+verdict (one line), recommend, cost (expert vs generalist images). A sweep's ranking by specialists
+(`search.sources.ranking.method: specialists`, rtl.sweep.specialists.ranking) has "method": "specialists"
+and rows of (rank, unit, probe_loss, chosen) instead of the experts' signals and gains.
 """
 
 from __future__ import annotations

@@ -161,13 +161,21 @@ class Tracker:
 
     def log_ranking(self, target: str, ranking: dict[str, Any], table_path: str) -> str:
         """One `ranking` run per target under its target run (table + JSON as artifacts, each source's
-        signed gain and signals as metrics) and one nested run per expert (unit, images, generalist key).
+        signed gain and signals as metrics) and one nested run per expert (unit, images, generalist key); a
+        ranking by specialists (`method: specialists`): its probe losses, no expert runs.
         Idempotent: found again by tags on resume, metrics logged once."""
         parent = self.get_or_create_target_run(target)
         run_id = self.get_or_create({"rtl.kind": "ranking", "rtl.target": target},
                                      {"mlflow.parentRunId": parent}, f"ranking:{target}")
         if self.client.get_run(run_id).info.status != "RUNNING":
             return run_id  # logged by an earlier start
+        if ranking.get("method") == "specialists":  # no experts: the specialists' probe losses, once each
+            self.log_params(run_id, {"method": "specialists", "verdict": ranking["verdict"][:250],
+                                     "suggested": ",".join(ranking["suggested"]), "order": ",".join(ranking["order"])[:500]})
+            self.log_metrics(run_id, {f"probe_loss.{x['unit']}": float(x["probe_loss"]) for x in ranking["rows"]})
+            self.log_artifact(run_id, table_path)
+            self.finish(run_id)
+            return run_id
         self.log_params(run_id, {"verdict": ranking["verdict"][:250], "suggested": ",".join(ranking["suggested"]),
                                  "order": ",".join(ranking["order"])[:500], "generalist": ranking["generalist_digest"]})
         for row in ranking["rows"]:

@@ -68,6 +68,7 @@ class Plan:
     started: bool  # the results dir already holds spec.json (run = continue it)
     warnings: list[str] = field(default_factory=list)
     candidates: str = ""  # "best of 3 candidates (T 1, 0.5, 2), picked after epoch 1 of 2" or ""
+    ranked_by: str = "experts"  # what orders the ranked space: experts (rtl rank) or specialists
 
     def format(self) -> str:
         ctl = ", ".join(f"{c} (seed {s})" for c, s in self.controls) or "none"
@@ -82,7 +83,7 @@ class Plan:
             ("units", f"{len(self.units)} {self.unit_kind}: {', '.join(self.units)}"),
             ("trials", f"{self.trials_per_target} per target = {self.trials_per_target - self.searched_per_target} "
                        f"control + {self.searched_per_target} searched"
-                       + (f" ({n_top} enqueued from the ranking{imp})" if n_top else "")
+                       + (f" ({n_top} enqueued from the ranking by {self.ranked_by}{imp})" if n_top else "")
                        + f"; {len(self.targets) * self.trials_per_target} in all"),
             ("enqueued", ctl),
             ("confirm", "best searched trial re-run with seeds " + ", ".join(map(str, self.confirm_seeds))
@@ -525,7 +526,8 @@ def preflight(spec: SweepSpec, *, address: str | None = None, warn: bool = True)
                 confirm_seeds=[s for s in dict.fromkeys(spec.seeds) if s != spec.seeds[0]],
                 resources=resources, optuna=optuna, tracking=tracking, cache_dir=cache,
                 started=os.path.isfile(spec_path(spec.results_dir)), warnings=warnings,
-                candidates=_candidates_line(spec, len(units), len(targets)))
+                candidates=_candidates_line(spec, len(units), len(targets)),
+                ranked_by=("a given file" if spec.search.sources.ranking.file else spec.search.sources.ranking.method))
 
 
 def _candidates_line(spec: SweepSpec, n_units: int = 0, n_targets: int = 1) -> str:
@@ -545,7 +547,10 @@ def _candidates_line(spec: SweepSpec, n_units: int = 0, n_targets: int = 1) -> s
                      f"{c.specialist_fraction:g} of the generalist's images each, shared by every target"
                      + (f" ({n_units} x {c.specialist_fraction:g} = {total:.3g} generalist pretrainings per seed, "
                         f"{total / max(1, n_targets):.2g} per target)" if n_units else ""))
-    if c.length < 1:
+    if c.from_specialist:  # the specialists' pick continues its best specialist for the rest of the budget
+        spec_cost = (f"; the specialists' pick continues its best specialist for {c.continued_length():g} of the "
+                     f"generalist's images" + spec_cost)
+    elif c.length < 1:
         spec_cost = f"; {c.length:g} of the generalist's images" + spec_cost
     if len(what) == 1:  # `own: false` with one variant: nothing is compared
         return f"single pretraining on {what[0]} (on its own mask when that leaves no unit){spec_cost}"

@@ -406,6 +406,18 @@ def _rank_task(spec_json: str, target_path: str, units: list[str]) -> dict[str, 
     return rank_target(cfg, log=lambda *_: None)
 
 
+def _specialist_rank_task(spec_json: str, target_path: str, units: list[str]) -> dict[str, Any]:
+    """Ray task: the target's ranking by its specialists (rtl.sweep.specialists.ranking; specialists cached)."""
+    import torch
+
+    from rtl.sweep import specialists
+    from rtl.sweep.spec import SweepSpec
+
+    spec = SweepSpec.model_validate_json(spec_json)
+    torch.set_num_threads(max(1, int(spec.resources.cpus)))
+    return specialists.ranking(spec, units, target_path)
+
+
 def target_order(spec: SweepSpec, target: str, units: list[str]) -> list[str]:
     """The units in the order the ranked space searches them: the target's ranking, computed once per
     sweep (`<results>/rankings/<target>.json`, reused on resume) or read from `sources.ranking.file`."""
@@ -423,15 +435,20 @@ def target_order(spec: SweepSpec, target: str, units: list[str]) -> list[str]:
     else:
         import ray
 
-        print(f"[{target}] ranking {len(units)} sources (generalist + experts, cached)", flush=True)
+        from rtl.sweep import specialists
+
+        by_specialists = rk.method == "specialists"
+        print(f"[{target}] ranking {len(units)} sources "
+              f"({'specialists' if by_specialists else 'generalist + experts'}, cached)", flush=True)
         r = spec.resources
-        task = ray.remote(num_cpus=r.cpus, num_gpus=r.gpus, max_retries=1)(_rank_task)
+        task = ray.remote(num_cpus=r.cpus, num_gpus=r.gpus, max_retries=1)(
+            _specialist_rank_task if by_specialists else _rank_task)
         target_path = dict(zip(spec.target_names(), spec.target_paths()))[target]
         ranking = ray.get(task.remote(spec.model_dump_json(), target_path, units))
         write_ranking(path, ranking)
         table = ranking_path(spec.results_dir, target, "txt")
         with open(table, "w") as f:
-            f.write(format_ranking(ranking) + "\n")
+            f.write((specialists.format_ranking if by_specialists else format_ranking)(ranking) + "\n")
         tracker_for(spec).log_ranking(target, ranking, table)
     bad = sorted(set(ranking["order"]) ^ set(units))
     if bad:

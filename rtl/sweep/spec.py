@@ -87,6 +87,10 @@ class Ranking(_M):
     """How the sweep ranks a target's sources before searching (`rtl rank`, rtl.select.rank)."""
 
     file: str | None = None  # a ranking JSON per target: `{target}` is replaced by the target's name
+    # experts (`rtl rank`: the generalist continued on each unit, signals + a signed gain that can say "none")
+    # or specialists (each unit's from-scratch specialist, best target probe first: the specialists the
+    # importance trial's `specialists` candidate builds anyway, so the experts' pretraining is not paid)
+    method: Literal["experts", "specialists"] = "experts"
     expert_fraction: float = Field(0.05, gt=0, le=1)  # images per expert / generalist images
     seeds: list[int] = Field([0, 1, 2], min_length=1)
     finetune_epochs: int = Field(3, ge=1)

@@ -34,9 +34,53 @@ SCORES_FILE = "specialists.json"  # in a candidate's cut entry: every unit's pro
 
 
 def fraction_of(spec: SweepSpec) -> float | None:
-    """The specialists' share of the generalist's images when a candidate variant asks for them, else None."""
+    """The specialists' share of the generalist's images when a candidate variant or the ranking asks for
+    them (`importance_candidates.specialist_fraction`, its default without candidates), else None."""
+    from rtl.sweep.spec import ImportanceCandidates
+
     c = spec.search.sources.importance_candidates
-    return c.specialist_fraction if c is not None and any(v.specialists for v in c.variants) else None
+    if c is not None and any(v.specialists for v in c.variants):
+        return c.specialist_fraction
+    if spec.search.sources.ranking.method == "specialists":
+        return c.specialist_fraction if c is not None else ImportanceCandidates().specialist_fraction
+    return None
+
+
+def ranking(spec: SweepSpec, units: list[str], target: str) -> dict:
+    """The target's ranking by its specialists (`search.sources.ranking.method: specialists`): units by probe
+    loss, best first (ties: name), built on the sweep's first seed -- the specialists the importance trial's
+    candidate uses. `suggested` is the set `choose` keeps; there is no null verdict (the sweep's verdict
+    tests "no subset beats the generalist" on the confirm seeds). Same file form as `rtl rank` (version,
+    target, order, rows, suggested, corpus_version) plus "method": "specialists"."""
+    from rtl.artifacts.ranking import RANKING_VERSION
+    from rtl.train.strategies import open_view
+
+    fraction, seed = fraction_of(spec), spec.seeds[0]
+    assert fraction is not None, "ranking by specialists needs their fraction"
+    loss = scores(spec, units, target, seed, fraction)
+    order = sorted(units, key=lambda u: (loss[u], u))
+    c = spec.search.sources.importance_candidates
+    chosen = choose(loss, c.specialist_max_k if c is not None else 4)
+    per = _images_per_epoch(spec, fraction) * spec.budget.pretrain_epochs
+    return {"version": RANKING_VERSION, "method": "specialists", "target": Path(target).name,
+            "target_path": str(Path(target).resolve()), "corpus": str(Path(spec.corpus_path()).resolve()),
+            "corpus_version": open_view(spec.corpus_path()).version, "by": spec.search.sources.by, "seeds": [seed],
+            "rows": [{"rank": i + 1, "unit": u, "probe_loss": loss[u], "chosen": u in chosen}
+                     for i, u in enumerate(order)],
+            "order": order, "suggested": chosen, "recommend": "subset",
+            "verdict": f"by specialists' probe loss; they keep {', '.join(chosen)}",
+            "cost": {"specialist_images": per * len(units), "fraction": fraction}}
+
+
+def format_ranking(r: dict) -> str:
+    """The printed table of a specialists' ranking (`rankings/<target>.txt`)."""
+    from rtl.select.ranking import format_table
+
+    rows = [[x["rank"], x["unit"], f"{x['probe_loss']:.3f}", "chosen" if x["chosen"] else ""] for x in r["rows"]]
+    c = r["cost"]
+    return (f"target {r['target']}\n" + format_table(rows, ["rank", r["by"][:-1], "probe loss", ""]) + "\n"
+            + f"verdict: {r['verdict']}\ncost: specialists {c['specialist_images']} images "
+            f"({c['fraction']:g} of the generalist's each), shared by every target of the sweep")
 
 
 def _images_per_epoch(spec: SweepSpec, fraction: float) -> int:
