@@ -230,3 +230,19 @@ def test_a_ranking_by_specialists_orders_by_probe_loss_and_builds_no_expert(tmp_
                                            lr=0.01))
     best_candidate(spec, plan, str(tmp_path / "targets" / "tgt"), generalist(spec, ["a", "b"])[0])
     assert sorted(cache.glob("spec-*")) == specs  # the candidate used the ranking's specialists
+
+
+def test_a_study_pointed_at_a_specialists_ranking_falls_back_to_the_corpus(tmp_path: Path, capsys) -> None:
+    """A study's `rankings:` may point at a sweep's rankings/; one by specialists has no importance mass or
+    per-source verdicts, so the study's similarity does not read zeros from it: it says so and falls back."""
+    from types import SimpleNamespace
+
+    from rtl.artifacts.ranking import write_ranking
+    from rtl.study.results import _ranking_similarity
+
+    r = {"version": 1, "method": "specialists", "target": "tgt", "corpus_version": "v1", "by": "datasets",
+         "rows": [{"rank": 1, "unit": "a", "probe_loss": 0.2, "chosen": True}], "order": ["a"], "suggested": ["a"]}
+    write_ranking(tmp_path / "tgt.json", r)
+    spec = SimpleNamespace(ranking_path=lambda tg: str(tmp_path / f"{tg}.json"))
+    assert _ranking_similarity(spec, "tgt", {"version": "v1", "datasets": {}}, {"rows": {}}) is None
+    assert "by specialists" in capsys.readouterr().out

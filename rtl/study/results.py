@@ -164,6 +164,10 @@ def _ranking_similarity(spec: Any, tg: str, manifest: dict[str, Any], plan: dict
     if r["corpus_version"] != manifest.get("version"):
         print(f"rtl: note: {path}: ranking of another corpus version; similarity from the corpus instead")
         return None
+    if r.get("method") == "specialists":  # a sweep's ranking by specialists: no importance mass, no verdicts
+        print(f"rtl: note: {path}: a ranking by specialists has no per-source verdicts; similarity from the corpus "
+              "instead")
+        return None
     dom = {n: set(v.get("domain", [])) for n, v in manifest["datasets"].items()}
     units = {x["unit"]: x for x in r["rows"]}
     out = {}
