@@ -196,7 +196,9 @@ class ImportanceCandidates(_M):
     # a `specialists` candidate starts from the specialist of its best-probed unit (already built: the
     # specialists are what chose it) instead of from scratch, and is pretrained for the rest of the budget:
     # `length` - `specialist_fraction` of the generalist's images, so that unit has had the same images in all;
-    # false: from scratch, `length` of them
+    # false (default): from scratch, `length` of them. Cuts compute, at a price: with 8 targets 0.31-0.32x
+    # random search's images (the default: 0.36x) and still better than random search (28/6/14, p = 0.003), but
+    # worse than the default on 24 of 48 benchmark pairs, better on 11 (docs/measurements/search.md, session 13)
     from_specialist: bool = False
 
     @model_validator(mode="after")
