@@ -126,8 +126,11 @@ def make_spec(workdir: Path, corpus: Path, targets: list[str], arm: str, seed: i
                 d["search"]["sources"]["importance_candidates"]["specialist_max_k"] = 2
             if arm == "ranked_speconly_w":  # session 13: its one pretraining continues the best specialist for
                 d["search"]["sources"]["importance_candidates"]["from_specialist"] = True  # 0.75 of the budget
-            if arm == "ranked_speconly_r":  # session 13: the ranked space ordered by the specialists (no experts)
-                d["search"]["sources"]["ranking"] = {"method": "specialists"}
+            if arm in ("ranked_speconly_r", "ranked_speconly_rwl"):  # session 13: the ranked space ordered by
+                d["search"]["sources"]["ranking"] = {"method": "specialists"}  # the specialists (no experts)
+            if arm in ("ranked_speconly_wl", "ranked_speconly_rwl"):  # session 13: w, gently: the rungs' 0.3 of
+                d["search"]["sources"]["importance_candidates"] |= {"from_specialist": True,  # the lr, no warm-up
+                                                                    "from_specialist_lr": 0.3}
         if arm == "ranked_lean":  # continuations get 1/10 of the generalist's images, not 1/4 (compute arithmetic:
             d["budget"]["subset_fraction"] = 0.1  # generalist + experts + importance trials ~ 23 % of random's)
     else:
@@ -326,7 +329,8 @@ REPORT_ONLY = ("ranked_v1", "ranked_ii_tpe")  # rows of earlier code: reported, 
 ARMS = ("ranked", "random_bits", "tpe_asha_bits", "ranked_v1", "ranked_imp", "ranked_full", "ranked_lean",
         "ranked_cand", "ranked_cand_t", "ranked_ii", "ranked_ii_tpe", "ranked_top", "ranked_drop1", "ranked_drop12",
         "ranked_drop12q", "ranked_names", "ranked_names4", "ranked_spec", "ranked_spec3", "ranked_speconly",
-        "ranked_speconly_h", "ranked_speconly_k2", "ranked_speconly_w", "ranked_speconly_r")
+        "ranked_speconly_h", "ranked_speconly_k2", "ranked_speconly_w", "ranked_speconly_r",
+        "ranked_speconly_wl", "ranked_speconly_rwl")
 
 
 def report(rows: list[dict[str, Any]]) -> None:
