@@ -6,8 +6,8 @@ own COLD pretraining cache (so each arm pays for everything it needs, ranking in
 
 * `ranked`       -- the CURRENT default (so its rows mean what the code of their day shipped: session 5's
                     rows predate `importance_init`, which the explicit `ranked_ii` arm names; since
-                    session 8 it is `ranked_drop12q`, since session 12 `ranked_speconly`): top-k of
-                    the target's ranking + swaps, controls generalist / all sources, the enqueued importance
+                    session 8 it is `ranked_drop12q`, since session 12 `ranked_speconly`, since session 13
+                    `ranked_speconly_r`): top-k of the target's ranking (by the specialists) + swaps, controls generalist / all sources, the enqueued importance
                     trial (on the sources whose specialists probe best; + its pretraining fine-tuned at the lr
                     ends), top-1..3, subset pretraining
                     continues the generalist in rungs, successive halving on a probe score (`rungs`);
@@ -126,8 +126,10 @@ def make_spec(workdir: Path, corpus: Path, targets: list[str], arm: str, seed: i
                 d["search"]["sources"]["importance_candidates"]["specialist_max_k"] = 2
             if arm == "ranked_speconly_w":  # session 13: its one pretraining continues the best specialist for
                 d["search"]["sources"]["importance_candidates"]["from_specialist"] = True  # 0.75 of the budget
-            if arm in ("ranked_speconly_r", "ranked_speconly_rwl"):  # session 13: the ranked space ordered by
-                d["search"]["sources"]["ranking"] = {"method": "specialists"}  # the specialists (no experts)
+            # session 13: the ranked space ordered by the specialists (no experts) -- the default since (`auto`);
+            # the other specialists arms keep the experts' order they were measured with
+            d["search"]["sources"]["ranking"] = {"method": "specialists" if arm in ("ranked_speconly_r",
+                                                                                   "ranked_speconly_rwl") else "experts"}
             if arm in ("ranked_speconly_wl", "ranked_speconly_rwl"):  # session 13: w, gently: the rungs' 0.3 of
                 d["search"]["sources"]["importance_candidates"] |= {"from_specialist": True,  # the lr, no warm-up
                                                                     "from_specialist_lr": 0.3}
@@ -401,6 +403,8 @@ def report(rows: list[dict[str, Any]]) -> None:
         got = [x for x in reach if x is not None]
         print(f"  reached {ref}'s best val on {len(got)}/{len(reach)} pairs"
               + (f", median trials {statistics.median(got):.0f}" if got else ""))
+    # a ranking by specialists has no null verdict (the sweep's verdict is the null): only experts' rankings count
+    rows = [r for r in rows if not str(r.get("verdict", "")).startswith("by specialists")]
     nulls = [r for r in rows if r["arm"].startswith("ranked") and not r["related"] and "verdict" in r]
     if nulls:
         ok = sum(r["verdict"].startswith("no source helps") for r in nulls)

@@ -224,6 +224,7 @@ def test_dry_run_says_how_the_importance_trial_pretrains(tmp_path: Path, no_side
             "specialists probe best at T=1 (on its own mask when that leaves no unit); specialists: one per "
             "dataset, from scratch on it alone, 0.25 of the generalist's images each, shared by every target "
             "(2 x 0.25 = 0.5 generalist pretrainings per seed, 0.5 per target)") in out  # paid by 1 target
+    assert "enqueued from the ranking by specialists" in out  # auto: the candidates build them anyway
     _edit(path, search={"sources": {"space": "ranked", "importance_candidates": {
         "variants": [{"top": 3}, {"temperature": 2.0}], "cut": 0.5, "own": True}}})
     assert main(["sweep", "run", str(path), "--dry-run"]) == 0

@@ -25,7 +25,7 @@ def test_ranked_sweep_rungs_and_resume(tmp_path: Path, ray_session) -> None:
 
     spec = load_spec(write_spec(
         tmp_path, name="rk", trials=N, scheduler={"name": "rungs", "reduction_factor": 3},
-        search={"sources": {"space": "ranked", "ranking": {"seeds": [0], "finetune_epochs": 1},
+        search={"sources": {"space": "ranked", "ranking": {"method": "experts", "seeds": [0], "finetune_epochs": 1},
                             "importance_candidates": {"variants": [{"top": 1}, {"specialists": True}], "cut": 0.5,
                                                       "own": True}, "importance_init": True},
                 "temperature": {"low": 0.5, "high": 4.0, "allow_off": True}, "lr": {"low": 0.01, "high": 0.1},

@@ -253,3 +253,19 @@ def test_a_study_pointed_at_a_specialists_ranking_falls_back_to_the_corpus(tmp_p
     spec = SimpleNamespace(ranking_path=lambda tg: str(tmp_path / f"{tg}.json"))
     assert _ranking_similarity(spec, "tgt", {"version": "v1", "datasets": {}}, {"rows": {}}) is None
     assert "by specialists" in capsys.readouterr().out
+
+
+def test_the_ranking_is_by_specialists_when_the_candidates_build_them(tmp_path: Path) -> None:
+    """`ranking.method: auto` (default): the specialists order the ranked space when the importance trial's
+    candidates build them anyway; otherwise the experts (N/20 generalists per seed, not N/4)."""
+    from rtl.sweep.spec import ranking_method
+
+    def method(sources: dict) -> str:
+        return ranking_method(load_spec(write_spec(tmp_path, name="m", search={"sources": sources})).search.sources)
+
+    assert method({"space": "ranked"}) == "specialists"  # the default candidates: the specialists' pick
+    assert method({"space": "ranked", "importance_candidates": None}) == "experts"
+    assert method({"space": "ranked", "importance_trial": None}) == "experts"  # no importance trial: none built
+    assert method({"space": "ranked", "importance_candidates": {"variants": [{"drop": [1]}], "own": True}}) == "experts"
+    assert method({"space": "ranked", "ranking": {"method": "experts"}}) == "experts"
+    assert method({"space": "ranked", "importance_candidates": None, "ranking": {"method": "specialists"}}) == "specialists"

@@ -42,7 +42,7 @@ from rtl.artifacts.layout import RAY_CONFIRM, RAY_RESULTS, spec_path
 from rtl.artifacts.manifest import is_corpus
 from rtl.artifacts.trial import is_importance_trial
 from rtl.errors import ConfigError, RtlError, RtlRuntimeError
-from rtl.sweep.spec import SweepSpec, join, load_resolved
+from rtl.sweep.spec import SweepSpec, join, load_resolved, ranking_method
 
 CONNECT_TIMEOUT_S = 5
 
@@ -527,7 +527,7 @@ def preflight(spec: SweepSpec, *, address: str | None = None, warn: bool = True)
                 resources=resources, optuna=optuna, tracking=tracking, cache_dir=cache,
                 started=os.path.isfile(spec_path(spec.results_dir)), warnings=warnings,
                 candidates=_candidates_line(spec, len(units), len(targets)),
-                ranked_by=("a given file" if spec.search.sources.ranking.file else spec.search.sources.ranking.method))
+                ranked_by=("a given file" if spec.search.sources.ranking.file else ranking_method(spec.search.sources)))
 
 
 def _candidates_line(spec: SweepSpec, n_units: int = 0, n_targets: int = 1) -> str:

@@ -41,7 +41,7 @@ from rtl.sweep.search import (
     repair_experiment_files,
     repair_lagging_checkpoints,
 )
-from rtl.sweep.spec import SweepSpec, join, load_resolved, save_resolved
+from rtl.sweep.spec import SweepSpec, join, load_resolved, ranking_method, save_resolved
 from rtl.sweep.status import best_searched, confirm_experiment
 from rtl.sweep.trial import run_trial, tracker_for, units_of
 
@@ -437,7 +437,7 @@ def target_order(spec: SweepSpec, target: str, units: list[str]) -> list[str]:
 
         from rtl.sweep import specialists
 
-        by_specialists = rk.method == "specialists"
+        by_specialists = ranking_method(spec.search.sources) == "specialists"
         print(f"[{target}] ranking {len(units)} sources "
               f"({'specialists' if by_specialists else 'generalist + experts'}, cached)", flush=True)
         r = spec.resources

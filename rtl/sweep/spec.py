@@ -89,11 +89,25 @@ class Ranking(_M):
     file: str | None = None  # a ranking JSON per target: `{target}` is replaced by the target's name
     # experts (`rtl rank`: the generalist continued on each unit, signals + a signed gain that can say "none")
     # or specialists (each unit's from-scratch specialist, best target probe first: the specialists the
-    # importance trial's `specialists` candidate builds anyway, so the experts' pretraining is not paid)
-    method: Literal["experts", "specialists"] = "experts"
+    # importance trial's `specialists` candidate builds anyway, so the experts' pretraining is not paid).
+    # auto (default): specialists when the importance candidates build them, else experts (the experts cost
+    # N/20 generalist pretrainings per seed, specialists N/4). Ranking by specialists instead of experts
+    # changed the pick on 1 of 48 benchmark pairs (equal regret otherwise) for 0.93x the images and 0.7x the
+    # wall time (docs/measurements/search.md, session 13)
+    method: Literal["auto", "experts", "specialists"] = "auto"
     expert_fraction: float = Field(0.05, gt=0, le=1)  # images per expert / generalist images
     seeds: list[int] = Field([0, 1, 2], min_length=1)
     finetune_epochs: int = Field(3, ge=1)
+
+
+def ranking_method(sources: Sources) -> str:
+    """"experts" or "specialists": what orders a ranked sweep's space (`ranking.method`, auto resolved)."""
+    m = sources.ranking.method
+    if m != "auto":
+        return m
+    c = sources.importance_candidates
+    uses = c is not None and sources.importance_trial is not None and any(v.specialists for v in c.variants)
+    return "specialists" if uses else "experts"
 
 
 class ImportanceTop(_M):

@@ -36,12 +36,12 @@ SCORES_FILE = "specialists.json"  # in a candidate's cut entry: every unit's pro
 def fraction_of(spec: SweepSpec) -> float | None:
     """The specialists' share of the generalist's images when a candidate variant or the ranking asks for
     them (`importance_candidates.specialist_fraction`, its default without candidates), else None."""
-    from rtl.sweep.spec import ImportanceCandidates
+    from rtl.sweep.spec import ImportanceCandidates, ranking_method
 
     c = spec.search.sources.importance_candidates
     if c is not None and any(v.specialists for v in c.variants):
         return c.specialist_fraction
-    if spec.search.sources.ranking.method == "specialists":
+    if spec.search.sources.space == "ranked" and ranking_method(spec.search.sources) == "specialists":
         return c.specialist_fraction if c is not None else ImportanceCandidates().specialist_fraction
     return None
 
