@@ -264,11 +264,6 @@ def test_dry_run_says_how_the_importance_trial_pretrains(tmp_path: Path, no_side
     assert main(["sweep", "run", str(path), "--dry-run"]) == 0
     assert ("leaves no unit); the specialists' pick continues its best specialist for 0.75 of the generalist's "
             "images; specialists:") in capsys.readouterr().out
-    _edit(path, search={"sources": {"space": "ranked", "importance_candidates": {"variants": [{"specialists": True}],
-                                                                                 "from_specialist": True,
-                                                                                 "from_specialist_lr": 0.3}}})
-    assert main(["sweep", "run", str(path), "--dry-run"]) == 0
-    assert "for 0.75 of the generalist's images at 0.3 of the lr, no warm-up; specialists:" in capsys.readouterr().out
 
 
 def _start_that_fails_at_ray(path: Path, monkeypatch: pytest.MonkeyPatch) -> str:

@@ -183,13 +183,7 @@ def test_from_specialist_continues_the_best_specialist_for_the_rest_of_the_budge
     scratch = json.loads((scratch_entry / "ckpt" / "meta.json").read_text())
     assert scratch["config"]["init_checkpoint"] is None and [h["images"] for h in scratch["history"]] == gen_images
     assert meta["config"]["lr"] == 0.1 and meta["config"]["warmup_epochs"] > 0  # a restart at the full lr
-    d["search"]["sources"]["importance_candidates"]["from_specialist_lr"] = 0.3  # a gentle continuation
-    gentle, gentle_key, _, _ = best_candidate(spec_from_dict(d, "gentle"), plan, target, gen)
-    g = json.loads((gentle / "ckpt" / "meta.json").read_text())["config"]
-    assert gentle_key not in (key, scratch_key) and g["init_checkpoint"] == str(start_ckpt)
-    assert abs(g["lr"] - 0.03) < 1e-12 and g["warmup_epochs"] == 0
     for bad, why in (({"variants": [{"drop": [1]}], "from_specialist": True}, "specialists"),
-                     ({"variants": [{"specialists": True}], "from_specialist_lr": 0.3}, "from_specialist"),
                      ({"variants": [{"specialists": True}], "from_specialist": True, "length": 0.25}, "length")):
         d["search"]["sources"]["importance_candidates"] = bad
         with pytest.raises(ConfigError, match=why):

@@ -218,13 +218,12 @@ def best_candidate(spec: SweepSpec, plan: PretrainPlan, target: str, gen: Path, 
         spec_scores = specialists.scores(spec, list(plan.mask), target, plan.seed, fraction)
         chosen = specialists.choose(spec_scores, c.specialist_max_k)
     for mask, temp, seed in candidate_list(spec, plan, leaders, shares, chosen):
-        init, start, span, lr_mult = None, None, length, 1.0
+        init, start, span = None, None, length
         if ic is not None and ic.from_specialist and chosen and sorted(mask) == sorted(chosen):
             start = chosen[0]  # the best-probed unit: its specialist (built by `scores`) is the start point
             init, span = str(specialists.build(spec, start, plan.seed, fraction)), ic.continued_length()
-            lr_mult = ic.from_specialist_lr
         schedule = _schedule(spec, parts, span) | ({"from": specialists.specialist_key(spec, start, plan.seed, fraction)}
-                                                   if start else {}) | ({"lr_mult": lr_mult} if lr_mult < 1 else {})
+                                                   if start else {})
         base = dict(corpus_version=version, mask=mask, backbone=spec.backbone, schedule=schedule, seed=seed)
         # the weights depend on the target and the generalist: both are in the key (not the weights' digest,
         # so a resumed trial finds its cut even if a recomputation differed in the last bit)
@@ -233,8 +232,7 @@ def best_candidate(spec: SweepSpec, plan: PretrainPlan, target: str, gen: Path, 
         cut_key = "cut-" + hashlib.sha256(json.dumps(cut_payload, sort_keys=True).encode()).hexdigest()[:40]
 
         def build_cut(d: Path, temp: float = temp, seed: int = seed, base: dict = base, mask: list = mask,
-                      init: str | None = init, span: float = span, start: str | None = start,
-                      lr_mult: float = lr_mult) -> None:
+                      init: str | None = init, span: float = span, start: str | None = start) -> None:
             weights = weights_of(mask, temp)
             (d / "weights.json").write_bytes(weights)
             digest = hashlib.sha256(weights).hexdigest()[:16]
@@ -245,16 +243,16 @@ def best_candidate(spec: SweepSpec, plan: PretrainPlan, target: str, gen: Path, 
                 (d / specialists.SCORES_FILE).write_text(json.dumps({"probe_loss": spec_scores, "chosen": chosen}
                                                                     | ({"continued": start} if start else {})))
             _pretrain(spec, d / "ckpt", runs, seed, "weighted", mask, class_weights=str(d / "weights.json"),
-                      stop_after_epoch=cut, split=parts, length=span, init=init, lr_mult=lr_mult)
+                      stop_after_epoch=cut, split=parts, length=span, init=init)
 
         cut_dir = cache.get_or_create(cut_key, build_cut)  # built atomically: cut.json is always there
         full_key = json.loads((cut_dir / CUT_FILE).read_text())["full"]
-        entries.append((cut_dir, full_key, seed, mask, init, span, lr_mult))
+        entries.append((cut_dir, full_key, seed, mask, init, span))
         cands.append(Candidate(temp, seed, len(mask), probe_error(str(cut_dir / "ckpt"), spec, target, seed)))
     best = min(range(len(cands)), key=lambda i: (cands[i].probe_error, i))
 
     def full(i: int) -> Path:
-        cut_dir, full_key, seed, mask, init, span, lr_mult = entries[i]
+        cut_dir, full_key, seed, mask, init, span = entries[i]
 
         def build_full(d: Path) -> None:
             (d / "weights.json").write_bytes((cut_dir / "weights.json").read_bytes())
@@ -263,7 +261,7 @@ def best_candidate(spec: SweepSpec, plan: PretrainPlan, target: str, gen: Path, 
             if (cut_dir / specialists.SCORES_FILE).is_file():  # what the specialists said, for the run's tag
                 (d / specialists.SCORES_FILE).write_bytes((cut_dir / specialists.SCORES_FILE).read_bytes())
             _pretrain(spec, d / "ckpt", runs, seed, "weighted", mask, class_weights=str(d / "weights.json"),
-                      split=parts, length=span, init=init, lr_mult=lr_mult)
+                      split=parts, length=span, init=init)
 
         return cache.get_or_create(full_key, build_full)
 

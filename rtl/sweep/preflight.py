@@ -549,8 +549,7 @@ def _candidates_line(spec: SweepSpec, n_units: int = 0, n_targets: int = 1) -> s
                         f"{total / max(1, n_targets):.2g} per target)" if n_units else ""))
     if c.from_specialist:  # the specialists' pick continues its best specialist for the rest of the budget
         spec_cost = (f"; the specialists' pick continues its best specialist for {c.continued_length():g} of the "
-                     f"generalist's images" + (f" at {c.from_specialist_lr:g} of the lr, no warm-up"
-                                                if c.from_specialist_lr < 1 else "") + spec_cost)
+                     f"generalist's images" + spec_cost)
     elif c.length < 1:
         spec_cost = f"; {c.length:g} of the generalist's images" + spec_cost
     if len(what) == 1:  # `own: false` with one variant: nothing is compared

@@ -214,14 +214,9 @@ class ImportanceCandidates(_M):
     # random search's images (the default: 0.36x) and still better than random search (28/6/14, p = 0.003), but
     # worse than the default on 24 of 48 benchmark pairs, better on 11 (docs/measurements/search.md, session 13)
     from_specialist: bool = False
-    # the continuation's learning rate as a share of the pretraining's; below 1 there is no warm-up either
-    # (a gentle continuation, like the rungs' 0.3 of the generalist's)
-    from_specialist_lr: float = Field(1.0, gt=0, le=1)
 
     @model_validator(mode="after")
     def _from_specialist(self) -> ImportanceCandidates:
-        if self.from_specialist_lr < 1 and not self.from_specialist:
-            raise ValueError("from_specialist_lr: only with from_specialist: true")
         if self.from_specialist:
             if not any(v.specialists for v in self.variants):
                 raise ValueError("from_specialist: needs a `specialists` variant (it continues that variant's best "

@@ -87,12 +87,11 @@ def _view_args(spec: SweepSpec, mask: list[str]) -> dict[str, list[str] | None]:
 
 def _pretrain(spec: SweepSpec, out: Path, storage: Path, seed: int, strategy: str, mask: list[str],
               class_weights: str | None = None, stop_after_epoch: int | None = None, split: int = 1,
-              length: float = 1.0, init: str | None = None, lr_mult: float = 1.0) -> None:
+              length: float = 1.0, init: str | None = None) -> None:
     """`split` > 1: each epoch of the schedule runs as `split` shorter ones (same images, same per-step
     learning-rate schedule, warm-up scaled), so a candidate's cut can fall inside one (rtl.sweep.candidates).
     `length` < 1: every epoch has that share of its images (the same epochs, each shorter). `init`: start
-    from this checkpoint (its trunk; the schedule is the same fresh one) instead of from scratch; `lr_mult` < 1:
-    that share of the default learning rate, no warm-up."""
+    from this checkpoint (its trunk; the schedule is the same fresh one) instead of from scratch."""
     from rtl.train.pretrain import PretrainConfig, pretrain_local, run_pretrain
 
     r = spec.resources
@@ -107,8 +106,6 @@ def _pretrain(spec: SweepSpec, out: Path, storage: Path, seed: int, strategy: st
     if split > 1:
         n = -(-n // split)
         extra["warmup_epochs"] = PretrainConfig.model_fields["warmup_epochs"].default * split
-    if lr_mult < 1:
-        extra.update(lr=PretrainConfig.model_fields["lr"].default * lr_mult, warmup_epochs=0.0)
     cfg = PretrainConfig(corpus=spec.corpus_path(), strategy=strategy, model=spec.backbone, out=str(out),
                          epochs=spec.budget.pretrain_epochs * split, samples_per_epoch=n, **extra,
                          batch_size=spec.budget.batch_size * r.train_workers,
