@@ -328,12 +328,12 @@ def main() -> None:
 
 # rows of earlier code: reported, never run again (session 13's `from_specialist_lr: 0.3` -- the specialist
 # continued at 0.3 of the lr without warm-up -- was measured worse and removed)
-REPORT_ONLY = ("ranked_v1", "ranked_ii_tpe", "ranked_speconly_wl", "ranked_speconly_rwl", "ranked_speconly_r20")
+REPORT_ONLY = ("ranked_v1", "ranked_ii_tpe", "ranked_speconly_wl", "ranked_speconly_rwl")
 ARMS = ("ranked", "random_bits", "tpe_asha_bits", "ranked_v1", "ranked_imp", "ranked_full", "ranked_lean",
         "ranked_cand", "ranked_cand_t", "ranked_ii", "ranked_ii_tpe", "ranked_top", "ranked_drop1", "ranked_drop12",
         "ranked_drop12q", "ranked_names", "ranked_names4", "ranked_spec", "ranked_spec3", "ranked_speconly",
         "ranked_speconly_h", "ranked_speconly_k2", "ranked_speconly_w", "ranked_speconly_r",
-        "ranked_speconly_wl", "ranked_speconly_rwl")
+        "ranked_speconly_wl", "ranked_speconly_rwl", "ranked_speconly_r20")
 
 
 def report(rows: list[dict[str, Any]]) -> None:
