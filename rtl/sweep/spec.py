@@ -196,7 +196,8 @@ class ImportanceCandidates(_M):
     cut: float = Field(0.25, gt=0, lt=1)
     # `specialists` variants: each unit's specialist gets this share of the generalist's pretraining images
     # (the same for every unit; built once per sweep and seed, shared by all targets), and the chosen set is
-    # cut from the best `specialist_max_k` + 1 (rtl.sweep.specialists)
+    # cut from the best `specialist_max_k` + 1 (rtl.sweep.specialists). 0.2: 6 % fewer images with 8 targets,
+    # but a harmful source chosen on 5 of 48 benchmark pairs instead of 2 (search.md, session 13)
     specialist_fraction: float = Field(0.25, gt=0, le=1)
     specialist_max_k: int = Field(4, ge=1)
     # false (default): the trial's own (mask, temperature) is not a candidate -- with one variant, the
