@@ -212,7 +212,8 @@ class ImportanceCandidates(_M):
     # specialists are what chose it) instead of from scratch, and is pretrained for the rest of the budget:
     # `length` - `specialist_fraction` of the generalist's images, so that unit has had the same images in all;
     # false (default): from scratch, `length` of them. Cuts compute, at a price: with 8 targets 0.31-0.32x
-    # random search's images (the default: 0.36x) and still better than random search (28/6/14, p = 0.003), but
+    # random search's images (the default then, ranked by experts: 0.36x; now 0.34x) and still better than
+    # random search (28/6/14, p = 0.003), but
     # worse than the default on 24 of 48 benchmark pairs, better on 11 (docs/measurements/search.md, session 13)
     from_specialist: bool = False
 
