@@ -190,10 +190,12 @@ def test_from_specialist_continues_the_best_specialist_for_the_rest_of_the_budge
             spec_from_dict(d, "bad")
 
 
-def test_a_ranking_by_specialists_orders_by_probe_loss_and_builds_no_expert(tmp_path: Path, ray_session) -> None:
+def test_a_ranking_by_specialists_orders_by_probe_loss_and_builds_no_expert(tmp_path: Path, ray_session,
+                                                                            monkeypatch) -> None:
     """`ranking.method: specialists`: the ranked space's order is the specialists' probe loss, best first,
     written as the sweep's ranking (one MLflow ranking run, no expert runs, no expert pretrained), read back
-    on the next start; the importance trial's candidate then finds the same specialists in the cache."""
+    on the next start; the importance trial's candidate then finds the same specialists in the cache and
+    their losses in the ranking (no specialist probed on the target twice)."""
     from rtl.artifacts.ranking import read_ranking
     from rtl.artifacts.trial import IMPORTANCE_TRIAL, TrialParams
     from rtl.sweep import specialists
@@ -229,8 +231,18 @@ def test_a_ranking_by_specialists_orders_by_probe_loss_and_builds_no_expert(tmp_
     specs = sorted(cache.glob("spec-*"))
     plan = pretrain_plan(spec, TrialParams(number=0, enqueued=IMPORTANCE_TRIAL, mask=order, k=2, temperature=1.0,
                                            lr=0.01))
-    best_candidate(spec, plan, str(tmp_path / "targets" / "tgt"), generalist(spec, ["a", "b"])[0])
+
+    def probed_again(*_a, **_k):
+        raise AssertionError("a specialist was probed on the target a second time")
+
+    monkeypatch.setattr(specialists, "probe_loss", probed_again)
+    entry, _, _, _ = best_candidate(spec, plan, str(tmp_path / "targets" / "tgt"), generalist(spec, ["a", "b"])[0])
     assert sorted(cache.glob("spec-*")) == specs  # the candidate used the ranking's specialists
+    said = json.loads((entry / specialists.SCORES_FILE).read_text())
+    assert said["probe_loss"] == loss and said["chosen"] == r["suggested"]  # and their losses
+    assert specialists.scores(spec, ["a"], str(tmp_path / "targets" / "tgt"), 0, 0.5) == {"a": loss["a"]}
+    with pytest.raises(AssertionError, match="second time"):  # another seed: not this ranking's losses
+        specialists.scores(spec, ["a"], str(tmp_path / "targets" / "tgt"), 1, 0.5)
 
 
 def test_a_study_pointed_at_a_specialists_ranking_falls_back_to_the_corpus(tmp_path: Path, capsys) -> None:

@@ -438,17 +438,18 @@ def target_order(spec: SweepSpec, target: str, units: list[str]) -> list[str]:
         from rtl.sweep import specialists
 
         by_specialists = ranking_method(spec.search.sources) == "specialists"
+        rank_fn, fmt = ((_specialist_rank_task, specialists.format_ranking) if by_specialists
+                        else (_rank_task, format_ranking))
         print(f"[{target}] ranking {len(units)} sources "
               f"({'specialists' if by_specialists else 'generalist + experts'}, cached)", flush=True)
         r = spec.resources
-        task = ray.remote(num_cpus=r.cpus, num_gpus=r.gpus, max_retries=1)(
-            _specialist_rank_task if by_specialists else _rank_task)
+        task = ray.remote(num_cpus=r.cpus, num_gpus=r.gpus, max_retries=1)(rank_fn)
         target_path = dict(zip(spec.target_names(), spec.target_paths()))[target]
         ranking = ray.get(task.remote(spec.model_dump_json(), target_path, units))
         write_ranking(path, ranking)
         table = ranking_path(spec.results_dir, target, "txt")
         with open(table, "w") as f:
-            f.write((specialists.format_ranking if by_specialists else format_ranking)(ranking) + "\n")
+            f.write(fmt(ranking) + "\n")
         tracker_for(spec).log_ranking(target, ranking, table)
     bad = sorted(set(ranking["order"]) ^ set(units))
     if bad:

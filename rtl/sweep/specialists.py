@@ -28,21 +28,23 @@ import json
 from pathlib import Path
 
 from rtl.artifacts.cache import PretrainCache
-from rtl.sweep.spec import SweepSpec
+from rtl.sweep.spec import ImportanceCandidates, SweepSpec, ranking_method
 
 SCORES_FILE = "specialists.json"  # in a candidate's cut entry: every unit's probe loss and the chosen set
 
 
+def settings(spec: SweepSpec) -> ImportanceCandidates:
+    """Where the specialists' fraction and cut live: the importance candidates, or their defaults without."""
+    return spec.search.sources.importance_candidates or ImportanceCandidates()
+
+
 def fraction_of(spec: SweepSpec) -> float | None:
     """The specialists' share of the generalist's images when a candidate variant or the ranking asks for
-    them (`importance_candidates.specialist_fraction`, its default without candidates), else None."""
-    from rtl.sweep.spec import ImportanceCandidates, ranking_method
-
+    them, else None."""
     c = spec.search.sources.importance_candidates
-    if c is not None and any(v.specialists for v in c.variants):
-        return c.specialist_fraction
-    if spec.search.sources.space == "ranked" and ranking_method(spec.search.sources) == "specialists":
-        return c.specialist_fraction if c is not None else ImportanceCandidates().specialist_fraction
+    if (c is not None and any(v.specialists for v in c.variants)) or (
+            spec.search.sources.space == "ranked" and ranking_method(spec.search.sources) == "specialists"):
+        return settings(spec).specialist_fraction
     return None
 
 
@@ -59,8 +61,7 @@ def ranking(spec: SweepSpec, units: list[str], target: str) -> dict:
     assert fraction is not None, "ranking by specialists needs their fraction"
     loss = scores(spec, units, target, seed, fraction)
     order = sorted(units, key=lambda u: (loss[u], u))
-    c = spec.search.sources.importance_candidates
-    chosen = choose(loss, c.specialist_max_k if c is not None else 4)
+    chosen = choose(loss, settings(spec).specialist_max_k)
     per = _images_per_epoch(spec, fraction) * spec.budget.pretrain_epochs
     return {"version": RANKING_VERSION, "method": "specialists", "target": Path(target).name,
             "target_path": str(Path(target).resolve()), "corpus": str(Path(spec.corpus_path()).resolve()),
@@ -141,8 +142,28 @@ def probe_loss(ckpt: Path, spec: SweepSpec, target: str) -> float:
 
 
 def scores(spec: SweepSpec, units: list[str], target: str, seed: int, fraction: float) -> dict[str, float]:
-    """unit -> probe loss of its specialist on `target` (each specialist built once, cached)."""
+    """unit -> probe loss of its specialist on `target` (each specialist built once, cached). When this
+    sweep's ranking of `target` was made by the same specialists (`ranking`), its losses are read back
+    instead of probing every specialist on the target a second time (the probe is deterministic)."""
+    known = _ranked_losses(spec, target, seed, fraction)
+    if known is not None and set(units) <= set(known):
+        return {u: known[u] for u in units}
     return {u: probe_loss(build(spec, u, seed, fraction), spec, target) for u in units}
+
+
+def _ranked_losses(spec: SweepSpec, target: str, seed: int, fraction: float) -> dict[str, float] | None:
+    """The probe losses of this sweep's specialists' ranking of `target` (same seed, fraction and target
+    folder), or None."""
+    from rtl.artifacts.layout import ranking_path
+
+    path = Path(ranking_path(spec.results_dir, Path(target).name))
+    try:
+        r = json.loads(path.read_text())
+        same = (r.get("method") == "specialists" and r.get("seeds") == [seed]
+                and r["cost"]["fraction"] == fraction and r["target_path"] == str(Path(target).resolve()))
+        return {x["unit"]: float(x["probe_loss"]) for x in r["rows"]} if same else None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def choose(scores: dict[str, float], max_k: int = 4) -> list[str]:
