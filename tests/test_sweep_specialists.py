@@ -275,3 +275,31 @@ def test_the_ranking_is_by_specialists_when_the_candidates_build_them(tmp_path: 
     assert method({"space": "ranked", "importance_candidates": {"variants": [{"drop": [1]}], "own": True}}) == "experts"
     assert method({"space": "ranked", "ranking": {"method": "experts"}}) == "experts"
     assert method({"space": "ranked", "importance_candidates": None, "ranking": {"method": "specialists"}}) == "specialists"
+
+
+def test_a_confirm_seed_pretrains_the_chosen_sources_again_without_new_specialists(tmp_path: Path) -> None:
+    """The specialists are built on the sweep's first seed: the importance trial confirmed on another seed
+    pretrains the sources they chose with that seed (the seed noise of the configuration the report names)
+    and builds no second set of specialists."""
+    from rtl.artifacts.trial import IMPORTANCE_TRIAL, TrialParams
+    from rtl.sweep import specialists
+    from rtl.sweep.candidates import best_candidate
+    from rtl.sweep.subset import generalist
+    from rtl.sweep.trial import pretrain_plan
+
+    spec = _spec(tmp_path, [{"specialists": True}], own=False, specialist_fraction=0.5)
+    spec = spec.model_copy(update={"seeds": [0, 1]})
+    target = str(tmp_path / "targets" / "tgt")
+    gen, _ = generalist(spec, ["a", "b"])
+    runs = {}
+    for seed in (0, 1):
+        plan = pretrain_plan(spec, TrialParams(number=0, seed=seed, enqueued=IMPORTANCE_TRIAL, mask=["a", "b"], k=2,
+                                               temperature=1.0, lr=0.01))
+        entry, key, _, cands = best_candidate(spec, plan, target, gen)
+        runs[seed] = (entry, key, cands, json.loads((entry / specialists.SCORES_FILE).read_text()))
+    cache = Path(spec.cache_dir())
+    built = [json.loads((d / "specialist.json").read_text())["seed"] for d in cache.glob("spec-*")]
+    assert built == [0, 0]                                    # one set of specialists, on the first seed
+    assert runs[1][3] == runs[0][3]                           # the same losses chose the same sources
+    assert [c.seed for c in runs[1][2]] == [runs[0][2][0].seed + 1]  # pretrained again, with the confirm's seed
+    assert runs[1][1] != runs[0][1] and (cache / runs[1][1] / "ckpt").is_dir()

@@ -214,13 +214,19 @@ def best_candidate(spec: SweepSpec, plan: PretrainPlan, target: str, gen: Path, 
     chosen, spec_scores = None, None
     fraction = specialists.fraction_of(spec)
     if fraction is not None:  # one short from-scratch pretraining per unit (shared by all targets), probed here
+        # on the sweep's first seed whatever the trial's: the specialists that ordered the ranking choose the
+        # sources, and a confirm seed of this trial re-pretrains the *same* chosen sources with its own seed
+        # (the seed noise of that configuration, as for every other trial) instead of building N new
+        # specialists that may choose another set (rtl.sweep.specialists, "Seeds")
         c = spec.search.sources.importance_candidates
-        spec_scores = specialists.scores(spec, list(plan.mask), target, plan.seed, fraction)
+        spec_scores = specialists.scores(spec, list(plan.mask), target, specialists.seed_of(spec), fraction)
         chosen = specialists.choose(spec_scores, c.specialist_max_k)
     for mask, temp, seed in candidate_list(spec, plan, leaders, shares, chosen):
         init, start, span = None, None, length
         if ic is not None and ic.from_specialist and chosen and sorted(mask) == sorted(chosen):
-            start = chosen[0]  # the best-probed unit: its specialist (built by `scores`) is the start point
+            start = chosen[0]  # the best-probed unit: its specialist on this trial's seed is the start point
+            # (on the first seed `scores` built it; a confirm seed builds that one specialist: it is part of
+            # the pretraining it continues)
             init, span = str(specialists.build(spec, start, plan.seed, fraction)), ic.continued_length()
         schedule = _schedule(spec, parts, span) | ({"from": specialists.specialist_key(spec, start, plan.seed, fraction)}
                                                    if start else {})

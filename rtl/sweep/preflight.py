@@ -542,10 +542,11 @@ def _candidates_line(spec: SweepSpec, n_units: int = 0, n_targets: int = 1) -> s
     n = e * c.split(e)
     spec_cost = ""
     if any(v.specialists for v in c.variants):
-        total = n_units * c.specialist_fraction  # per sweep seed, whatever the number of targets
+        total = n_units * c.specialist_fraction  # per sweep (its first seed), whatever the number of targets
         spec_cost = (f"; specialists: one per {spec.search.sources.by[:-1]}, from scratch on it alone, "
-                     f"{c.specialist_fraction:g} of the generalist's images each, shared by every target"
-                     + (f" ({n_units} x {c.specialist_fraction:g} = {total:.3g} generalist pretrainings per seed, "
+                     f"{c.specialist_fraction:g} of the generalist's images each, on the first seed, shared by "
+                     f"every target and seed"
+                     + (f" ({n_units} x {c.specialist_fraction:g} = {total:.3g} generalist pretrainings per sweep, "
                         f"{total / max(1, n_targets):.2g} per target)" if n_units else ""))
     if c.from_specialist:  # the specialists' pick continues its best specialist for the rest of the budget
         spec_cost = (f"; the specialists' pick continues its best specialist for {c.continued_length():g} of the "

@@ -17,6 +17,12 @@ every target and trial of a sweep (content-addressed cache entries, one lock per
 build each once). The probe score is the cross-validated log-loss of a logistic probe on the target's
 train + val images (rtl.select.signals.cv_probe_loss) -- never its test split.
 
+Seeds: the specialists are built on the sweep's first seed only (`seed_of`); they choose the importance
+trial's sources and order the ranked space. A confirm trial of the importance trial (another seed)
+pretrains the sources they chose with its own seed -- the seed noise of that configuration, which the
+report's verdict compares. Before session 14 every confirm seed built its own N specialists (twice their
+cost with `seeds: [0, 1]`) and could pretrain another set than the one the report names.
+
 The chosen set (`choose`): the units before the largest gap in the sorted scores among the best
 `max_k` + 1, so "one clearly best source" gives one and "two about as good, then a drop" gives two.
 """
@@ -48,6 +54,11 @@ def fraction_of(spec: SweepSpec) -> float | None:
     return None
 
 
+def seed_of(spec: SweepSpec) -> int:
+    """The seed the specialists are built on: the sweep's first (module docstring, "Seeds")."""
+    return int(spec.seeds[0])
+
+
 def ranking(spec: SweepSpec, units: list[str], target: str) -> dict:
     """The target's ranking by its specialists (`search.sources.ranking.method: specialists`): units by probe
     loss, best first (ties: name), built on the sweep's first seed -- the specialists the importance trial's
@@ -57,7 +68,7 @@ def ranking(spec: SweepSpec, units: list[str], target: str) -> dict:
     from rtl.artifacts.ranking import RANKING_VERSION
     from rtl.train.strategies import open_view
 
-    fraction, seed = fraction_of(spec), spec.seeds[0]
+    fraction, seed = fraction_of(spec), seed_of(spec)
     assert fraction is not None, "ranking by specialists needs their fraction"
     loss = scores(spec, units, target, seed, fraction)
     order = sorted(units, key=lambda u: (loss[u], u))
