@@ -9,6 +9,8 @@ subsets a person who knew the ground truth (relations.json) would try first, eac
 * `related`      -- the related set (Jaccard 1), uniform;
 * `related_i`    -- the related set, importance-weighted (T = 1) by its own model (Ngiam et al. 2018);
 * `single:<s>`   -- each related source alone (targets with >= 2);
+* `related_unshifted` (`_i`) -- the related set without its shifted sources (another imaging or scale),
+                    uniform (weighted); targets with both kinds (session 15);
 * `no_harmful`   -- every source but the harmful look-alikes (targets with one);
 * `all`          -- every source, uniform;  `all_i` -- every source, importance-weighted at T = 1.
 
@@ -53,6 +55,10 @@ def sample_subsets(rel: dict[str, Any], sources: list[str]) -> dict[str, tuple[l
         out["related_i"] = (related, 1.0)
         if len(related) > 1:
             out.update({f"single:{s}": ([s], None) for s in related})
+        unshifted = [s for s in related if s not in set(rel.get("shifted", []))]
+        if 0 < len(unshifted) < len(related):  # session 15: do the shifted related sources help?
+            out["related_unshifted"] = (unshifted, None)
+            out["related_unshifted_i"] = (unshifted, 1.0)
     if harmful:
         out["no_harmful"] = ([s for s in sources if s not in harmful], None)
     out["all"] = (list(sources), None)

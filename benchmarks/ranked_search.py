@@ -62,7 +62,7 @@ def family(workdir: Path, name: str, sides: tuple[int, int], cap: int, seed: int
 
 
 def make_spec(workdir: Path, corpus: Path, targets: list[str], arm: str, seed: int, trials: int,
-              sides: tuple[int, int]) -> Any:
+              sides: tuple[int, int], n_seeds: int = 1) -> Any:
     import yaml
 
     from rtl.sweep.spec import spec_from_dict
@@ -70,11 +70,12 @@ def make_spec(workdir: Path, corpus: Path, targets: list[str], arm: str, seed: i
     if arm in REPORT_ONLY:
         raise SystemExit(f"arm {arm}: its code is gone (rows kept for the report only); see docs/measurements")
     d = yaml.safe_load((ROOT / "sweeps" / "demo.yaml").read_text())
-    d.update(name=f"b-{arm}-s{seed}", workspace=str(workdir / "ws"), corpus=str(corpus), seeds=[seed],
-             targets=[str(corpus.parent / f"data-{corpus.name.split('-', 1)[1]}" / "targets" / t) for t in targets])
+    tag = f"-c{n_seeds}" if n_seeds > 1 else ""  # sweeps with confirm seeds: their own workspace and cache
+    d.update(name=f"b-{arm}-s{seed}{tag}", workspace=str(workdir / "ws"), corpus=str(corpus),
+             seeds=list(range(seed, seed + n_seeds)), targets=[str(corpus.parent / f"data-{corpus.name.split('-', 1)[1]}" / "targets" / t) for t in targets])
     d["image"] = {"min_side": sides[0], "max_side": sides[1]}
     d["budget"]["trials_per_target"] = trials
-    d["storage"] = {"cache": str(workdir / "caches" / f"{arm}-s{seed}")}
+    d["storage"] = {"cache": str(workdir / "caches" / f"{arm}-s{seed}{tag}")}
     if arm.startswith("ranked"):
         d["search"]["sources"] = {"by": "datasets", "space": "ranked"}
         if arm != "ranked":  # named arms keep their meaning when the default changes: one importance
@@ -238,6 +239,21 @@ def effective_of(results_dir: str, best: Any) -> list[str] | None:
     return eff.split(",") if eff else None
 
 
+def verdict_of(spec: Any, target: str) -> dict[str, Any]:
+    """The sweep's verdict with its null on `target` (as its report prints it) and the mean test errors over
+    the seeds of what it compares: the best searched configuration (its confirm runs included), the
+    generalist and all sources."""
+    from rtl.sweep.verdict import summarize_target, target_verdict
+
+    name = Path(target).name
+    s = summarize_target(spec.results_dir, name)
+    v = target_verdict(spec, name, s) or {}
+    tests = {k: s["rows"][k]["test"][0] for k in ("best (search)", "generalist", "uniform") if k in s["rows"]}
+    return {"verdict_chosen": v.get("chosen"), "verdict_recommend": v.get("recommend"),
+            "verdict_message": v.get("message"), "verdict_sigma": v.get("sigma"),
+            "confirm_seeds": s["confirm_seeds"], "mean_test": tests}
+
+
 def jaccard(a: list[str], b: list[str]) -> float:
     return 1.0 if not a and not b else len(set(a) & set(b)) / len(set(a) | set(b))
 
@@ -262,6 +278,10 @@ def main() -> None:
                          "experts) experts of the same seed into the arm's empty cache: the same entries under the "
                          "same keys, counted in its images as if built (a change that reuses them is compared on "
                          "the same specialists; session 13)")
+    ap.add_argument("--confirm-seeds", type=int, default=1, metavar="K",
+                    help="run each sweep with seeds [seed .. seed + K - 1], as users do (sweeps/demo.yaml: 2): "
+                         "controls on every seed and the best configuration confirmed on the others, so each row "
+                         "also holds the sweep's verdict with its null and the test errors it compares (session 15)")
     ap.add_argument("--report-only", action="store_true")
     ap.add_argument("--rescan", action="store_true",
                     help="recompute each row's best trial (its sources, effective sources, enqueued label) from "
@@ -280,7 +300,7 @@ def main() -> None:
     rows_file = Path(args.rows) if args.rows else None
     if rows_file and rows_file.exists():
         rows = [json.loads(line) for line in rows_file.read_text().splitlines() if line.strip()]
-    done_runs = {(r["seed"], r["arm"]) for r in rows}
+    done_runs = {(r["seed"], r["arm"], r.get("n_seeds", 1)) for r in rows}
     if args.rescan:
         for r in rows:
             rd = workdir / "ws" / f"b-{r['arm']}-s{r['seed']}"
@@ -294,9 +314,9 @@ def main() -> None:
     t_all = time.perf_counter()
     for seed in args.seeds:
         for arm in args.arms:
-            if args.report_only or (seed, arm) in done_runs:
+            if args.report_only or (seed, arm, args.confirm_seeds) in done_runs:
                 continue
-            spec = make_spec(workdir, corpus, targets, arm, seed, args.trials, sides)
+            spec = make_spec(workdir, corpus, targets, arm, seed, args.trials, sides, args.confirm_seeds)
             if args.warm_from:
                 warm_cache(workdir / "caches" / f"{args.warm_from}-s{seed}", Path(spec.cache_dir()),
                            experts=spec.search.sources.ranking.method == "experts")
@@ -313,6 +333,8 @@ def main() -> None:
                 row = {"seed": seed, "target": target, "arm": arm, **b, "related": rel,
                        "jaccard": jaccard(b["mask"], rel), "images": images, "seconds": secs,
                        "jaccard_effective": jaccard(b["effective"] or b["mask"], rel)}
+                if args.confirm_seeds > 1:
+                    row.update(n_seeds=args.confirm_seeds, **verdict_of(spec, target))
                 rk = Path(spec.results_dir) / "rankings" / f"{target}.json"
                 if rk.exists():
                     r = json.loads(rk.read_text())
