@@ -19,6 +19,18 @@ def test_sample_follows_the_ground_truth() -> None:
     assert s["all"] == (srcs, None) and s["all_i"] == (srcs, 1.0)
     none = sample_subsets({"related": [], "harmful": []}, srcs)  # no related source: no related subsets
     assert sorted(none) == ["all", "all_i"]
+    assert not any(k.startswith("related_unshifted") for k in s)  # nothing shifted: no unshifted subset
+
+
+def test_sample_holds_the_related_set_without_its_shifted_sources() -> None:
+    from oracle_sample import sample_subsets
+
+    srcs = ["a", "b", "c", "h"]
+    s = sample_subsets({"related": ["a", "b", "c"], "shifted": ["b"], "harmful": ["h"]}, srcs)
+    assert s["related_unshifted"] == (["a", "c"], None) and s["related_unshifted_i"] == (["a", "c"], 1.0)
+    assert s["related"] == (["a", "b", "c"], None)
+    only = sample_subsets({"related": ["b"], "shifted": ["b"]}, srcs)  # every related source shifted: none left
+    assert "related_unshifted" not in only
 
 
 def _o(seed: int, target: str, subset: str, test: float, val: float = 0.5) -> dict:
