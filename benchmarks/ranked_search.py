@@ -23,6 +23,10 @@ target) -- a proxy for the oracle subset (the exhaustive full-fidelity oracle is
 (relations.json); correct null = on a target without related source, the ranked arm's verdict says no
 source helps. Paired Wilcoxon signed-rank test of regret (ranked vs random_bits) over (seed, target).
 
+`--confirm-seeds 2` runs each sweep on seeds [s, s + 1] as users do: each row then also holds the sweep's
+verdict with its null and the mean test errors it compares, and the report says whether what the verdict
+said held on test (session 15).
+
     python benchmarks/ranked_search.py [--family demo|hard] [--targets t1 t2] [--seeds 0 1 2] [--trials 12]
 
 Prints a table and `ratio images ranked/random` and `median regret ranked vs random`.
@@ -254,6 +258,30 @@ def verdict_of(spec: Any, target: str) -> dict[str, Any]:
             "confirm_seeds": s["confirm_seeds"], "mean_test": tests}
 
 
+def verdict_report(rows: list[dict[str, Any]]) -> None:
+    """Rows of sweeps with confirm seeds (`--confirm-seeds`): how often the sweep's verdict named the subset,
+    and whether what it said held on the mean test error over the seeds (named: the subset beat the generalist
+    and all sources; "none": it did not beat the better of them)."""
+    vs = [r for r in rows if r.get("n_seeds", 1) > 1 and r.get("verdict_chosen") is not None]
+    for arm in sorted({r["arm"] for r in vs}):
+        for label, rr in (("with related sources", [r for r in vs if r["arm"] == arm and r["related"]]),
+                          ("without", [r for r in vs if r["arm"] == arm and not r["related"]])):
+            if not rr:
+                continue
+            named = [r for r in rr if r["verdict_chosen"]]
+            none = [r for r in rr if not r["verdict_chosen"]]
+
+            def gain(r: dict[str, Any]) -> float:  # > 0: the best configuration beat both references on test
+                m = r["mean_test"]
+                refs = [m[k] for k in ("generalist", "uniform") if m.get(k) is not None]
+                return min(refs) - m["best (search)"] if refs and m.get("best (search)") is not None else float("nan")
+
+            print(f"\nverdict of {arm} ({rr[0]['n_seeds']} seeds), targets {label}: names the subset on "
+                  f"{len(named)}/{len(rr)} (it beat both references on mean test on {sum(gain(r) > 0 for r in named)}); "
+                  f"says none on {len(none)} (the best configuration was better on mean test anyway on "
+                  f"{sum(gain(r) > 0 for r in none)})")
+
+
 def jaccard(a: list[str], b: list[str]) -> float:
     return 1.0 if not a and not b else len(set(a) & set(b)) / len(set(a) | set(b))
 
@@ -426,6 +454,7 @@ def report(rows: list[dict[str, Any]]) -> None:
         got = [x for x in reach if x is not None]
         print(f"  reached {ref}'s best val on {len(got)}/{len(reach)} pairs"
               + (f", median trials {statistics.median(got):.0f}" if got else ""))
+    verdict_report(rows)
     # a ranking by specialists has no null verdict (the sweep's verdict is the null): only experts' rankings count
     rows = [r for r in rows if not str(r.get("verdict", "")).startswith("by specialists")]
     nulls = [r for r in rows if r["arm"].startswith("ranked") and not r["related"] and "verdict" in r]

@@ -53,3 +53,21 @@ def test_regret_uses_the_better_oracle_and_ranks_the_related_set() -> None:
     assert (t["related"]["subset"], u["related"]["subset"]) == ("related", "related")  # the better form
     assert round(s["regrets"]["x"][(0, "t")], 9) == 0.2 and round(s["regrets"]["y"][(0, "t")], 9) == 0.15
     assert round(s["regrets"]["x"][(0, "u")], 9) == 0.05 and (0, "u") not in s["regrets"]["y"]
+
+
+def test_the_verdict_report_checks_what_the_verdict_said_against_test(capsys) -> None:
+    """ranked_search.py --confirm-seeds rows: a named subset counts as held only if it beat both references
+    on mean test; a "none" counts as too cautious when the best configuration beat them anyway."""
+    from ranked_search import verdict_report
+
+    def row(target: str, related: list, chosen: bool, best: float, gen: float, uni: float) -> dict:
+        return {"arm": "a", "target": target, "related": related, "n_seeds": 2, "verdict_chosen": chosen,
+                "mean_test": {"best (search)": best, "generalist": gen, "uniform": uni}}
+
+    verdict_report([row("t1", ["s"], True, 0.1, 0.5, 0.6), row("t2", ["s"], True, 0.5, 0.4, 0.6),
+                    row("t3", ["s"], False, 0.2, 0.5, 0.3), row("n1", [], False, 0.6, 0.5, 0.7),
+                    {"arm": "a", "target": "one-seed", "related": ["s"], "verdict": "x"}])
+    out = capsys.readouterr().out
+    assert "targets with related sources: names the subset on 2/3 (it beat both references on mean test on 1)" in out
+    assert "says none on 1 (the best configuration was better on mean test anyway on 1)" in out
+    assert "targets without: names the subset on 0/1" in out and "anyway on 0)" in out
