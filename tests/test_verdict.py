@@ -20,6 +20,23 @@ def test_subset_named_only_beyond_two_sigma() -> None:
     assert subset_verdict([0.1], None, None)["chosen"] is False
 
 
+def test_seed_noise_is_pooled_over_the_configurations_compared() -> None:
+    """One noisy reference must not hide a clear gain (benchmark draw 8, grain, seeds [0, 1]: the subset's val
+    0.000 on both seeds, the generalist's 0.667 and 0.292); the largest of three one-df stds said "none"."""
+    from rtl.sweep.verdict import pooled_std
+
+    assert math.isclose(pooled_std([[0.0, 0.0], [0.667, 0.292], [0.667, 0.333]]),
+                        math.sqrt((0.375 ** 2 / 2 + 0.334 ** 2 / 2) / 3))
+    assert math.isnan(pooled_std([[0.1], [0.2]]))  # no configuration with two seeds: no estimate
+    v = subset_verdict([0.0, 0.0], [0.667, 0.292], [0.667, 0.333], floor=1 / 24, subset="grain_a")
+    assert v["chosen"] and v["sigma"] < 0.265 / 1.2 and "grain_a" in v["message"]
+    # the subset's own seeds disagree and its margin is small (draw 8, hatch): still no subset named
+    h = subset_verdict([0.292, 0.583], [0.583, 0.625], [0.542, 0.625], floor=1 / 24)
+    assert not h["chosen"] and h["recommend"] == "all sources"
+    # one seed everywhere: the floor is the noise, as before
+    assert subset_verdict([0.20], [0.21], [0.22], floor=1 / 30)["sigma"] == 1 / 30
+
+
 def _t(mask: str, value: float, state: str = "COMPLETE") -> SimpleNamespace:
     return SimpleNamespace(user_attrs={"rtl.mask": mask}, value=value, state=SimpleNamespace(name=state))
 
