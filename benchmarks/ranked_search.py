@@ -65,6 +65,11 @@ def family(workdir: Path, name: str, sides: tuple[int, int], cap: int, seed: int
     return corpus, json.loads((data / "relations.json").read_text())
 
 
+def seeds_tag(n_seeds: int) -> str:
+    """Suffix of a sweep's workspace and cache names when it runs confirm seeds (never mixed with one-seed runs)."""
+    return f"-c{n_seeds}" if n_seeds > 1 else ""
+
+
 def make_spec(workdir: Path, corpus: Path, targets: list[str], arm: str, seed: int, trials: int,
               sides: tuple[int, int], n_seeds: int = 1) -> Any:
     import yaml
@@ -74,9 +79,10 @@ def make_spec(workdir: Path, corpus: Path, targets: list[str], arm: str, seed: i
     if arm in REPORT_ONLY:
         raise SystemExit(f"arm {arm}: its code is gone (rows kept for the report only); see docs/measurements")
     d = yaml.safe_load((ROOT / "sweeps" / "demo.yaml").read_text())
-    tag = f"-c{n_seeds}" if n_seeds > 1 else ""  # sweeps with confirm seeds: their own workspace and cache
+    tag = seeds_tag(n_seeds)
+    data = corpus.parent / f"data-{corpus.name.split('-', 1)[1]}"
     d.update(name=f"b-{arm}-s{seed}{tag}", workspace=str(workdir / "ws"), corpus=str(corpus),
-             seeds=list(range(seed, seed + n_seeds)), targets=[str(corpus.parent / f"data-{corpus.name.split('-', 1)[1]}" / "targets" / t) for t in targets])
+             seeds=list(range(seed, seed + n_seeds)), targets=[str(data / "targets" / t) for t in targets])
     d["image"] = {"min_side": sides[0], "max_side": sides[1]}
     d["budget"]["trials_per_target"] = trials
     d["storage"] = {"cache": str(workdir / "caches" / f"{arm}-s{seed}{tag}")}
@@ -258,6 +264,13 @@ def verdict_of(spec: Any, target: str) -> dict[str, Any]:
             "confirm_seeds": s["confirm_seeds"], "mean_test": tests}
 
 
+def _test_gain(r: dict[str, Any]) -> float:
+    """> 0: the best searched configuration beat both references on mean test (nan: a value missing)."""
+    m = r["mean_test"]
+    refs = [m[k] for k in ("generalist", "uniform") if m.get(k) is not None]
+    return min(refs) - m["best (search)"] if refs and m.get("best (search)") is not None else float("nan")
+
+
 def verdict_report(rows: list[dict[str, Any]]) -> None:
     """Rows of sweeps with confirm seeds (`--confirm-seeds`): how often the sweep's verdict named the subset,
     and whether what it said held on the mean test error over the seeds (named: the subset beat the generalist
@@ -270,16 +283,10 @@ def verdict_report(rows: list[dict[str, Any]]) -> None:
                 continue
             named = [r for r in rr if r["verdict_chosen"]]
             none = [r for r in rr if not r["verdict_chosen"]]
-
-            def gain(r: dict[str, Any]) -> float:  # > 0: the best configuration beat both references on test
-                m = r["mean_test"]
-                refs = [m[k] for k in ("generalist", "uniform") if m.get(k) is not None]
-                return min(refs) - m["best (search)"] if refs and m.get("best (search)") is not None else float("nan")
-
             print(f"\nverdict of {arm} ({rr[0]['n_seeds']} seeds), targets {label}: names the subset on "
-                  f"{len(named)}/{len(rr)} (it beat both references on mean test on {sum(gain(r) > 0 for r in named)}); "
+                  f"{len(named)}/{len(rr)} (it beat both references on mean test on {sum(_test_gain(r) > 0 for r in named)}); "
                   f"says none on {len(none)} (the best configuration was better on mean test anyway on "
-                  f"{sum(gain(r) > 0 for r in none)})")
+                  f"{sum(_test_gain(r) > 0 for r in none)})")
 
 
 def jaccard(a: list[str], b: list[str]) -> float:
@@ -331,7 +338,7 @@ def main() -> None:
     done_runs = {(r["seed"], r["arm"], r.get("n_seeds", 1)) for r in rows}
     if args.rescan:
         for r in rows:
-            rd = workdir / "ws" / f"b-{r['arm']}-s{r['seed']}"
+            rd = workdir / "ws" / f"b-{r['arm']}-s{r['seed']}{seeds_tag(r.get('n_seeds', 1))}"
             if (rd / "spec.json").exists():
                 b = best_of(str(rd), r["target"])
                 r.update(effective=b["effective"], enqueued=b["enqueued"], mask=b["mask"],

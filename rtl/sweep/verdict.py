@@ -9,8 +9,8 @@ upward -- on the benchmark (three draws, 48 targets, two seeds) that rule said "
 searched configuration better on mean test (one reference's val was 0.67 on one seed, 0.29 on the other); pooled,
 on the draw not seen before the change: 14 subsets named instead of 12, each better on test, no false claim
 (docs/measurements/search.md, session 15). The selection seed's value is optimistic (it was chosen on val),
-which is why the other seeds (confirm trials) are in the mean. The comparison is on the spec's objective (rtl.sweep.objective),
-with the same 2σ rule in its units. `reference_beats_best` says when the recommended reference beats the
+which is why the other seeds (confirm trials) are in the mean. The comparison is on the spec's objective
+(rtl.sweep.objective), with the same 2σ rule in its units. `reference_beats_best` says when the recommended reference beats the
 best searched configuration by more than the noise: rtl.sweep.deliver then delivers the reference.
 (Moved here from rtl.report so the sweep's delivery can use it without importing upwards.)
 """
