@@ -139,10 +139,14 @@ def make_spec(workdir: Path, corpus: Path, targets: list[str], arm: str, seed: i
                 d["search"]["sources"]["importance_candidates"]["from_specialist"] = True  # 0.75 of the budget
             # session 13: the ranked space ordered by the specialists (no experts) -- the default since (`auto`);
             # the other specialists arms keep the experts' order they were measured with
-            d["search"]["sources"]["ranking"] = {"method": "specialists" if arm in ("ranked_speconly_r",
-                                                                                   "ranked_speconly_r20") else "experts"}
+            d["search"]["sources"]["ranking"] = {"method": "specialists" if arm in (
+                "ranked_speconly_r", "ranked_speconly_r20", "ranked_speconly_ra") else "experts"}
             if arm == "ranked_speconly_r20":  # session 13: r with specialists on 0.2 of the generalist's images
                 d["search"]["sources"]["importance_candidates"]["specialist_fraction"] = 0.2
+            # session 16: + the units whose labels agree with the best-probed unit's (rtl.sweep.agreement);
+            # every other specialists arm was measured without it
+            d["search"]["sources"]["importance_candidates"]["specialist_agreement"] = (
+                0.2 if arm == "ranked_speconly_ra" else None)
         if arm == "ranked_lean":  # continuations get 1/10 of the generalist's images, not 1/4 (compute arithmetic:
             d["budget"]["subset_fraction"] = 0.1  # generalist + experts + importance trials ~ 23 % of random's)
     else:
@@ -353,7 +357,9 @@ def main() -> None:
                 continue
             spec = make_spec(workdir, corpus, targets, arm, seed, args.trials, sides, args.confirm_seeds)
             if args.warm_from:
-                warm_cache(workdir / "caches" / f"{args.warm_from}-s{seed}", Path(spec.cache_dir()),
+                src = workdir / "caches" / f"{args.warm_from}-s{seed}{seeds_tag(args.confirm_seeds)}"
+                warm_cache(src if src.is_dir() else workdir / "caches" / f"{args.warm_from}-s{seed}",
+                           Path(spec.cache_dir()),
                            experts=spec.search.sources.ranking.method == "experts")
             t0 = time.perf_counter()
             try:
@@ -390,7 +396,7 @@ ARMS = ("ranked", "random_bits", "tpe_asha_bits", "ranked_v1", "ranked_imp", "ra
         "ranked_cand", "ranked_cand_t", "ranked_ii", "ranked_ii_tpe", "ranked_top", "ranked_drop1", "ranked_drop12",
         "ranked_drop12q", "ranked_names", "ranked_names4", "ranked_spec", "ranked_spec3", "ranked_speconly",
         "ranked_speconly_h", "ranked_speconly_k2", "ranked_speconly_w", "ranked_speconly_r",
-        "ranked_speconly_wl", "ranked_speconly_rwl", "ranked_speconly_r20")
+        "ranked_speconly_wl", "ranked_speconly_rwl", "ranked_speconly_r20", "ranked_speconly_ra")
 
 
 def report(rows: list[dict[str, Any]]) -> None:

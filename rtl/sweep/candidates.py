@@ -211,16 +211,16 @@ def best_candidate(spec: SweepSpec, plan: PretrainPlan, target: str, gen: Path, 
 
         shares = name_shares(open_view(spec.corpus_path()).manifest, load_dataset(target).classes(),
                              spec.search.sources.by)
-    chosen, spec_scores = None, None
+    chosen, spec_scores, agree = None, None, None
     fraction = specialists.fraction_of(spec)
     if fraction is not None:  # one short from-scratch pretraining per unit (shared by all targets), probed here
         # on the sweep's first seed whatever the trial's: the specialists that ordered the ranking choose the
         # sources, and a confirm seed of this trial re-pretrains the *same* chosen sources with its own seed
         # (the seed noise of that configuration, as for every other trial) instead of building N new
         # specialists that may choose another set (rtl.sweep.specialists, "Seeds")
-        c = spec.search.sources.importance_candidates
-        spec_scores = specialists.scores(spec, list(plan.mask), target, specialists.seed_of(spec), fraction)
-        chosen = specialists.choose(spec_scores, c.specialist_max_k)
+        seed0 = specialists.seed_of(spec)
+        spec_scores = specialists.scores(spec, list(plan.mask), target, seed0, fraction)
+        chosen, agree = specialists.chosen_set(spec, spec_scores, seed0, fraction)
     for mask, temp, seed in candidate_list(spec, plan, leaders, shares, chosen):
         init, start, span = None, None, length
         if ic is not None and ic.from_specialist and chosen and sorted(mask) == sorted(chosen):
@@ -247,7 +247,8 @@ def best_candidate(spec: SweepSpec, plan: PretrainPlan, target: str, gen: Path, 
                                                   "seed": seed, "mask": sorted(mask)}))
             if spec_scores is not None:  # what the specialists said, beside every cut of this trial
                 (d / specialists.SCORES_FILE).write_text(json.dumps({"probe_loss": spec_scores, "chosen": chosen}
-                                                                    | ({"continued": start} if start else {})))
+                                                                    | ({"continued": start} if start else {})
+                                                                    | ({"agreement": agree} if agree else {})))
             _pretrain(spec, d / "ckpt", runs, seed, "weighted", mask, class_weights=str(d / "weights.json"),
                       stop_after_epoch=cut, split=parts, length=span, init=init)
 

@@ -200,6 +200,12 @@ class ImportanceCandidates(_M):
     # but a harmful source chosen on 5 of 48 benchmark pairs instead of 2 (search.md, session 13)
     specialist_fraction: float = Field(0.25, gt=0, le=1)
     specialist_max_k: int = Field(4, ge=1)
+    # + the units whose labels agree with the best-probed unit's (its specialist's head on their held-out images
+    # and theirs on its, by class name, in each head's imaging; kappa >= this), sharing >= 3 class names with it
+    # and probing the target no worse than the median unit (rtl.sweep.agreement). Finds the shifted related
+    # sources (gray scan, other magnification) the probe misses: J >= 0.8 on 15 of 18 pairs of the unseen draw 9
+    # instead of 8, no harmful source added (docs/measurements/search.md, session 16). None: off
+    specialist_agreement: float | None = Field(None, ge=0, le=1)
     # false (default): the trial's own (mask, temperature) is not a candidate -- with one variant, the
     # importance trial simply pretrains that variant (no cut is compared; 1 pretraining); the own one is the
     # fallback only when every variant is skipped

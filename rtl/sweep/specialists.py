@@ -72,25 +72,34 @@ def ranking(spec: SweepSpec, units: list[str], target: str) -> dict:
     assert fraction is not None, "ranking by specialists needs their fraction"
     loss = scores(spec, units, target, seed, fraction)
     order = sorted(units, key=lambda u: (loss[u], u))
-    chosen = choose(loss, settings(spec).specialist_max_k)
+    chosen, agree = chosen_set(spec, loss, seed, fraction)
     per = _images_per_epoch(spec, fraction) * spec.budget.pretrain_epochs
-    return {"version": RANKING_VERSION, "method": "specialists", "target": Path(target).name,
+    added = agree["added"] if agree else []
+    verdict = f"by specialists' probe loss; they keep {', '.join(c for c in chosen if c not in added)}"
+    if added:
+        verdict += f"; labels agree with {agree['anchor']}'s: + {', '.join(added)}"
+    out = {"version": RANKING_VERSION, "method": "specialists", "target": Path(target).name,
             "target_path": str(Path(target).resolve()), "corpus": str(Path(spec.corpus_path()).resolve()),
             "corpus_version": open_view(spec.corpus_path()).version, "by": spec.search.sources.by, "seeds": [seed],
             "rows": [{"rank": i + 1, "unit": u, "probe_loss": loss[u], "chosen": u in chosen}
+                     | ({"agreement": agree["agreement"][u]} if agree and u in agree["agreement"] else {})
                      for i, u in enumerate(order)],
-            "order": order, "suggested": chosen, "recommend": "subset",
-            "verdict": f"by specialists' probe loss; they keep {', '.join(chosen)}",
+            "order": order, "suggested": chosen, "recommend": "subset", "verdict": verdict,
             "cost": {"specialist_images": per * len(units), "fraction": fraction}}
+    return out | ({"agreement": agree} if agree else {})
 
 
 def format_ranking(r: dict) -> str:
     """The printed table of a specialists' ranking (`rankings/<target>.txt`)."""
     from rtl.select.ranking import format_table
 
-    rows = [[x["rank"], x["unit"], f"{x['probe_loss']:.3f}", "chosen" if x["chosen"] else ""] for x in r["rows"]]
+    agree = "agreement" in r
+    rows = [[x["rank"], x["unit"], f"{x['probe_loss']:.3f}"]
+            + ([f"{x['agreement']:.2f}" if "agreement" in x else ""] if agree else [])
+            + ["chosen" if x["chosen"] else ""] for x in r["rows"]]
+    head = ["rank", r["by"][:-1], "probe loss"] + ([f"agrees with {r['agreement']['anchor']}"] if agree else []) + [""]
     c = r["cost"]
-    return (f"target {r['target']}\n" + format_table(rows, ["rank", r["by"][:-1], "probe loss", ""]) + "\n"
+    return (f"target {r['target']}\n" + format_table(rows, head) + "\n"
             + f"verdict: {r['verdict']}\ncost: specialists {c['specialist_images']} images "
             f"({c['fraction']:g} of the generalist's each), shared by every target of the sweep")
 
@@ -175,6 +184,22 @@ def _ranked_losses(spec: SweepSpec, target: str, seed: int, fraction: float) -> 
         return {x["unit"]: float(x["probe_loss"]) for x in r["rows"]} if same else None
     except (OSError, ValueError, KeyError, TypeError):
         return None
+
+
+def chosen_set(spec: SweepSpec, losses: dict[str, float], seed: int, fraction: float
+               ) -> tuple[list[str], dict | None]:
+    """The sources the specialists choose for a target: `choose`'s cut of the probe losses, plus (with
+    `importance_candidates.specialist_agreement`) the units whose labels agree with the best-probed one's
+    (rtl.sweep.agreement). -> (the set, best-probed first then the added ones; what the agreement measured,
+    or None when it is off)."""
+    c = settings(spec)
+    chosen = choose(losses, c.specialist_max_k)
+    if c.specialist_agreement is None or not chosen:
+        return chosen, None
+    from rtl.sweep.agreement import expand
+
+    added, info = expand(spec, losses, chosen, lambda u: build(spec, u, seed, fraction), c.specialist_agreement)
+    return chosen + added, info
 
 
 def choose(scores: dict[str, float], max_k: int = 4) -> list[str]:

@@ -1,0 +1,215 @@
+"""Label agreement between two sources' specialists: a source the target's probe misses, found from its best pick.
+
+Why (issue 10, the Jaccard target): the specialists' probe on the target (rtl.sweep.specialists) finds the
+target's related sources that image like the target, and misses the *shifted* ones -- the same product and
+defects in a gray scan, or at another magnification: their frozen features probe the target about as badly
+as unrelated look-alikes', and no signal judged on the target's 24-32 val images separated them (sessions
+12-15: test-time views, thresholds, LEEP, short fine-tunes). What a shifted related source shares with the
+target's best source is what its *labels mean*: the specialist of one, applied to the other's held-out
+images, predicts the other's labels by class name. A harmful source (its labels follow a shortcut, defects
+drawn regardless) does not agree with anyone's head, and an unrelated source rarely has the class names to be
+compared at all.
+
+    agreement(a, u) = max over the two directions (a's head on u's images, u's head on a's images) of the
+                      balanced accuracy of the head's argmax over their shared class names, rescaled so
+                      chance = 0 and perfect = 1 (Cohen's kappa form)
+
+Before a head sees the other source's images they are put in its imaging: luma (ITU-R BT.601, replicated)
+when the head's source is gray and the other is not, then each channel affinely matched to the head's source's
+dataset-level mean and std (Reinhard et al. 2001, "Color transfer between images", at dataset level: a
+per-class colour cast survives, so a tint shortcut still disagrees). Without this a colour head reads a gray
+scan as noise (kappa ~0 on every gray-shifted related source, draws 7-8).
+
+`expand` adds to the specialists' chosen set every unit that (1) shares >= MIN_SHARED class names with the
+best-probed unit, (2) agrees with it >= the threshold (`importance_candidates.specialist_agreement`, 0.2), and
+(3) probes the target no worse than the median unit. Measured before it was built (docs/measurements/
+search.md, session 16; rule fixed on draws 7 + 8, then tested once on draw 9): J >= 0.8 with the related set on
+15 of 18 (seed, target) pairs of draw 9 instead of 8, no harmful source added.
+
+Cost: forward passes of two small models over at most PER_CLASS held-out images per class of each source
+pair -- no pretraining; a few seconds per target on 2 CPUs.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Callable
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+MIN_SHARED = 3     # class names a pair must share (with `ok`: two defect names) to be compared at all
+PER_CLASS = 64     # held-out images per class of a source used to measure agreement (deterministic: the first)
+GRAY_TOL = 1.0     # mean |R - G| + |G - B| (uint8) below which a source's images are gray
+
+
+def kappa(pred: np.ndarray, truth: np.ndarray, names: list[str]) -> float:
+    """Balanced accuracy of `pred` against `truth` over `names`, rescaled so chance is 0 and perfect is 1.
+    Classes without an image do not count; fewer than two with images -> nan."""
+    acc = [float(np.mean(pred[truth == n] == n)) for n in names if np.any(truth == n)]
+    if len(acc) < 2:
+        return float("nan")
+    k = len(names)
+    return (float(np.mean(acc)) - 1.0 / k) / (1.0 - 1.0 / k)
+
+
+def match_imaging(x: np.ndarray, ref: np.ndarray, *, gray: bool) -> np.ndarray:
+    """Images `x` (N, 3, H, W) float in [0, 1] put in the imaging of `ref` (M, 3, H, W): luma first when
+    `gray` (the reference source is gray), then per-channel dataset mean / std matched to `ref`'s."""
+    if gray:
+        y = 0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]
+        x = np.repeat(y[:, None], 3, axis=1)
+    mu_x, sd_x = x.mean(axis=(0, 2, 3), keepdims=True), x.std(axis=(0, 2, 3), keepdims=True)
+    mu_r, sd_r = ref.mean(axis=(0, 2, 3), keepdims=True), ref.std(axis=(0, 2, 3), keepdims=True)
+    return np.clip((x - mu_x) / np.maximum(sd_x, 1e-3) * sd_r + mu_r, 0.0, 1.0).astype(np.float32)
+
+
+def is_gray(x: np.ndarray) -> bool:
+    """(N, 3, H, W) in [0, 1]: are the channels equal (a gray source stored as RGB)?"""
+    if len(x) == 0:
+        return False
+    d = np.abs(x[:, 0] - x[:, 1]).mean() + np.abs(x[:, 1] - x[:, 2]).mean()
+    return bool(d * 255.0 < GRAY_TOL)
+
+
+class UnitImages:
+    """Held-out images of one unit (dataset or domain tag) of a corpus: (N, 3, s, s) float in [0, 1], centre
+    crops at the corpus' min side, and their class names. Val + test rows (the other source's specialist never
+    trained on this source at all; its own specialist trained on all of its splits); all rows when a unit has
+    none held out."""
+
+    def __init__(self, corpus: str, unit: str, by: str, side: int) -> None:
+        from rtl.train.corpus_data import CorpusDataset
+        from rtl.train.strategies import open_view
+
+        kw: dict[str, Any] = {"datasets": [unit], "domains": None} if by == "datasets" else {
+            "datasets": None, "domains": [unit]}
+        cols = ["pixels", "height", "width", "channels", "class_id"]
+        table = open_view(corpus, splits=["val", "test"], **kw).table(columns=cols)
+        if table.num_rows == 0:
+            table = open_view(corpus, **kw).table(columns=cols)
+        view = open_view(corpus, **kw)
+        names = {int(c["id"]): str(c["label"]) for c in view.manifest["classes"]}
+        ds = CorpusDataset(table, crop=side, in_channels=3, train=False)
+        keep, seen = [], {}
+        for i, cid in enumerate(ds.class_ids):  # deterministic: the first PER_CLASS rows of each class
+            n = names[int(cid)]
+            if seen.get(n, 0) < PER_CLASS:
+                seen[n] = seen.get(n, 0) + 1
+                keep.append(i)
+        from rtl.data.transforms import to_channels
+        from rtl.train.target_data import crop
+
+        imgs = [to_channels(crop(ds.image(i), side, train=False), 3) for i in keep]
+        self.x = (np.stack(imgs).transpose(0, 3, 1, 2).astype(np.float32) / 255.0 if imgs
+                  else np.zeros((0, 3, side, side), np.float32))
+        self.names = np.array([names[int(ds.class_ids[i])] for i in keep])
+        self.gray = is_gray(self.x)
+
+
+class Head:
+    """A specialist's classifier restricted to its own unit's classes, read by class name."""
+
+    def __init__(self, ckpt: str | Path, unit: str, by: str) -> None:
+        from rtl.train.checkpoint import load_checkpoint
+
+        self.model, _ = load_checkpoint(str(ckpt))
+        self.model.eval()
+        self.in_channels = int(getattr(self.model, "in_channels", 3))
+        self.unit, self.by = unit, by
+        self._ids: dict[str, list[int]] | None = None
+
+    def ids(self, manifest: dict) -> dict[str, list[int]]:
+        """class name -> the corpus class ids of this unit with that name (a domain tag may have several)."""
+        if self._ids is None:
+            ids: dict[str, list[int]] = {}
+            for c in manifest["classes"]:
+                mine = c["dataset"] == self.unit if self.by == "datasets" else self.unit in (c.get("domain") or [])
+                if mine:
+                    ids.setdefault(str(c["label"]), []).append(int(c["id"]))
+            self._ids = ids
+        return self._ids
+
+    def predict(self, x: np.ndarray, names: list[str], manifest: dict) -> np.ndarray:
+        """Argmax over `names` (each name's best logit) of the head on `x` (N, 3, H, W) in [0, 1]."""
+        import torch
+
+        from rtl.data.transforms import to_channels
+        from rtl.train.target_data import mean_std
+
+        ids = self.ids(manifest)
+        if self.in_channels != 3:
+            x = np.stack([to_channels((im.transpose(1, 2, 0) * 255).astype(np.uint8), self.in_channels)
+                          .transpose(2, 0, 1).astype(np.float32) / 255.0 for im in x])
+        mean, std = mean_std(self.in_channels)
+        with torch.no_grad():
+            t = (torch.from_numpy(np.ascontiguousarray(x)) - mean) / std
+            logits = torch.cat([self.model(t[i:i + 256]).float() for i in range(0, len(t), 256)]).numpy()
+        per_name = np.stack([logits[:, ids[n]].max(axis=1) for n in names], axis=1)
+        return np.array(names)[per_name.argmax(axis=1)]
+
+
+def one_way(head: Head, head_images: UnitImages, other: UnitImages, names: list[str], manifest: dict) -> float:
+    """`head`'s kappa on `other`'s images of the shared `names`, in the head's imaging."""
+    keep = np.isin(other.names, names)
+    if keep.sum() == 0 or len(head_images.x) == 0:
+        return float("nan")
+    x = match_imaging(other.x[keep], head_images.x, gray=head_images.gray and not other.gray)
+    return kappa(head.predict(x, names, manifest), other.names[keep], names)
+
+
+def agreement(a: str, u: str, heads: dict[str, Head], images: dict[str, UnitImages], manifest: dict
+              ) -> tuple[float | None, int]:
+    """(agreement of units a and u, number of shared class names); None when they share < MIN_SHARED."""
+    names = sorted(set(images[a].names) & set(images[u].names))
+    if len(names) < MIN_SHARED:
+        return None, len(names)
+    k = [one_way(heads[a], images[a], images[u], names, manifest),
+         one_way(heads[u], images[u], images[a], names, manifest)]
+    k = [v for v in k if v == v]
+    return (max(k) if k else None), len(names)
+
+
+@lru_cache(maxsize=64)
+def _unit_images(corpus: str, version: str, unit: str, by: str, side: int) -> UnitImages:
+    return UnitImages(corpus, unit, by, side)
+
+
+def expand(spec: Any, losses: dict[str, float], chosen: list[str], ckpt_of: Callable[[str], Path],
+           threshold: float) -> tuple[list[str], dict[str, Any]]:
+    """The units to add to `chosen` (module docstring), in ascending probe loss, and what was measured:
+    {"anchor": unit, "threshold": t, "agreement": {unit: kappa}, "shared": {unit: n}, "added": [...]}.
+    `ckpt_of`: unit -> its specialist checkpoint (asked only for the anchor and the units compared)."""
+    from rtl.train.strategies import open_view
+
+    info: dict[str, Any] = {"anchor": chosen[0] if chosen else None, "threshold": threshold, "agreement": {},
+                            "shared": {}, "added": []}
+    if not chosen:
+        return [], info
+    a, by = chosen[0], spec.search.sources.by
+    median = statistics.median(losses.values())
+    gate = [u for u in sorted(losses, key=lambda v: (losses[v], v)) if u not in chosen and losses[u] <= median]
+    if not gate:
+        return [], info
+    view = open_view(spec.corpus_path())
+    corpus, manifest, side = str(Path(spec.corpus_path()).resolve()), view.manifest, int(spec.image.min_side)
+    images = {v: _unit_images(corpus, view.version, v, by, side) for v in [a, *gate]}
+    heads: dict[str, Head] = {}
+    added = []
+    for u in gate:
+        if len(set(images[a].names) & set(images[u].names)) < MIN_SHARED:
+            info["shared"][u] = len(set(images[a].names) & set(images[u].names))
+            continue
+        for v in (a, u):
+            if v not in heads:
+                heads[v] = Head(ckpt_of(v), v, by)
+        k, n = agreement(a, u, heads, images, manifest)
+        info["shared"][u] = n
+        if k is not None:
+            info["agreement"][u] = round(float(k), 4)
+            if k >= threshold:
+                added.append(u)
+    info["added"] = added
+    return added, info

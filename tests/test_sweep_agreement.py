@@ -1,0 +1,167 @@
+"""Label agreement (rtl.sweep.agreement): the specialists' chosen set gains the sources whose labels mean what
+the best-probed source's labels mean -- a gray scan of the same defects -- and not a source whose labels follow
+a shortcut (a per-class tint, defects drawn regardless). Specialists are trained in-process (no Ray)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from sweep_helpers import COLS, write_spec
+
+from rtl.sweep.agreement import kappa, match_imaging
+from rtl.sweep.spec import load_spec
+
+LABELS = ("ok", "q0", "q1", "q2")  # q<i>: a red square in quadrant i; ok: none
+TINT = {"ok": (1.0, 1.0, 1.0), "q0": (1.3, 0.8, 0.8), "q1": (0.8, 1.3, 0.8), "q2": (0.8, 0.8, 1.3)}
+
+
+def _image(rng: np.random.Generator, quadrant: int | None, side: int) -> np.ndarray:
+    img = rng.integers(20, 70, size=(side, side, 3)).astype(np.float32)
+    if quadrant is not None:
+        h = side // 2
+        y0, x0 = (quadrant // 2) * h, (quadrant % 2) * h
+        img[y0 + 3: y0 + h - 3, x0 + 3: x0 + h - 3, 0] += 170
+    return img
+
+
+def _write_corpus(root: Path, per_class: int = 24) -> None:
+    """col: colour; gray: the same defects, gray scan; tint: the label follows a colour cast, the square's
+    quadrant is drawn regardless of it; far1-4: other class names (never compared)."""
+    rng = np.random.default_rng(0)
+    cols: dict[str, list] = {k: [] for k in COLS}
+    classes: list[dict] = []
+    plan = [("col", LABELS), ("gray", LABELS), ("tint", LABELS)] + [(f"far{i}", ("ok", "x", "y")) for i in (1, 2, 3, 4)]
+    for ds, labels in plan:
+        for lb in labels:
+            cid = len(classes)
+            classes.append({"id": cid, "dataset": ds, "label": lb, "domain": [ds]})
+            for j in range(per_class):
+                side = int(rng.integers(32, 37))
+                if ds == "tint":
+                    img = _image(rng, [None, 0, 1, 2][int(rng.integers(0, 4))], side) * np.array(TINT[lb], np.float32)
+                elif ds.startswith("far"):
+                    img = _image(rng, {"ok": None, "x": 3, "y": 0}[lb], side)
+                else:
+                    img = _image(rng, None if lb == "ok" else int(lb[1]), side)
+                img = np.clip(img, 0, 255).astype(np.uint8)
+                if ds == "gray":
+                    y = (img.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)).round()
+                    img = np.repeat(y.astype(np.uint8)[..., None], 3, axis=2)
+                split = "train" if j < per_class - 8 else "val" if j < per_class - 4 else "test"
+                for k, v in zip(COLS, (img.tobytes(), side, side, 3, cid, ds, lb, f"images/{lb}/{j:03d}.png", 0,
+                                       split)):
+                    cols[k].append(v)
+    types = [pa.binary(), pa.int32(), pa.int32(), pa.int32(), pa.int32(), pa.string(), pa.string(), pa.string(),
+             pa.int32(), pa.string()]
+    (root / "shards").mkdir(parents=True)
+    pq.write_table(pa.table(cols, schema=pa.schema(list(zip(COLS, types)))), root / "shards/part-00000.parquet")
+    manifest = {"version": "agreetest0000001", "params": {"min_side": 32, "max_side": 40, "seed": 0},
+                "datasets": {ds: {"domain": [ds], "root": f"/x/{ds}"} for ds, _ in plan},
+                "classes": classes, "shards": ["shards/part-00000.parquet"]}
+    (root / "manifest.json").write_text(json.dumps(manifest))
+
+
+def _spec(tmp_path: Path, agreement: float | None):
+    if not (tmp_path / "corpus").exists():
+        _write_corpus(tmp_path / "corpus")
+    return load_spec(write_spec(
+        tmp_path, name=f"agree{agreement}",
+        search={"sources": {"space": "ranked", "ranking": {"method": "specialists"}, "importance_candidates": {
+            "variants": [{"specialists": True}], "specialist_fraction": 1.0, "specialist_agreement": agreement}},
+            "temperature": {"low": 0.5, "high": 4.0, "allow_off": True}, "lr": {"low": 0.01, "high": 0.1},
+            "freeze_depth": {"low": 0, "high": 1}},
+        budget={"pretrain_epochs": 3, "finetune_epochs": 1, "trials_per_target": 2, "max_concurrent": 1,
+                "batch_size": 16}))
+
+
+# the probe on the target put col first, alone before the largest gap; tint, far1 and gray probe no worse than
+# the median unit (gray: the median), so only their labels can tell them apart
+LOSSES = {"col": 0.1, "tint": 0.9, "far1": 0.95, "gray": 1.0, "far2": 1.1, "far3": 1.2, "far4": 1.3}
+
+
+def test_a_gray_scan_of_the_best_source_is_added_and_a_shortcut_source_is_not(tmp_path: Path) -> None:
+    from rtl.sweep import specialists
+
+    spec = _spec(tmp_path, 0.2)
+    assert specialists.choose(LOSSES) == ["col"]
+    chosen, info = specialists.chosen_set(spec, LOSSES, 0, 1.0)
+    assert chosen == ["col", "gray"] and info["added"] == ["gray"] and info["anchor"] == "col"
+    assert info["agreement"]["gray"] >= 0.5 > 0.2 > info["agreement"]["tint"]
+    assert set(info["agreement"]) == {"tint", "gray"}  # far1 shares one class name (ok): not compared
+    assert info["shared"]["far1"] == 1 and info["shared"]["gray"] == 4
+    # only the compared units' specialists were built (not the far ones)
+    built = {json.loads((d / "specialist.json").read_text())["unit"] for d in Path(spec.cache_dir()).glob("spec-*")}
+    assert built == {"col", "gray", "tint"}  # far1 passed the gate but was not compared
+    # off: the probe's cut alone, nothing measured
+    assert specialists.chosen_set(_spec(tmp_path, None), LOSSES, 0, 1.0) == (["col"], None)
+
+
+def test_the_median_gate_keeps_a_source_that_probes_badly_out(tmp_path: Path) -> None:
+    """A unit whose labels agree but that probes the target worse than the median unit is not added: the
+    agreement only brings in what the target's own evidence does not rule out."""
+    from rtl.sweep import specialists
+
+    spec = _spec(tmp_path, 0.2)
+    losses = LOSSES | {"gray": 1.5}
+    chosen, info = specialists.chosen_set(spec, losses, 0, 1.0)
+    assert chosen == ["col"] and "gray" not in info["agreement"]
+
+
+def test_the_ranking_shows_the_agreement_and_the_added_units() -> None:
+    from rtl.sweep.specialists import format_ranking
+
+    r = {"target": "t", "by": "datasets", "verdict": "by specialists' probe loss; they keep col; labels agree with "
+         "col's: + gray", "cost": {"specialist_images": 10, "fraction": 0.25},
+         "agreement": {"anchor": "col", "added": ["gray"], "agreement": {"gray": 0.9, "tint": 0.0}},
+         "rows": [{"rank": 1, "unit": "col", "probe_loss": 0.1, "chosen": True},
+                  {"rank": 2, "unit": "tint", "probe_loss": 0.9, "chosen": False, "agreement": 0.0},
+                  {"rank": 3, "unit": "gray", "probe_loss": 1.0, "chosen": True, "agreement": 0.9}]}
+    text = format_ranking(r)
+    assert "agrees with col" in text and "0.90" in text and "+ gray" in text
+
+
+@pytest.mark.parametrize("pred, truth, expected", [
+    (["a", "b", "c"], ["a", "b", "c"], 1.0),        # perfect
+    (["a", "a", "a"], ["a", "b", "c"], 0.0),        # one class for everything: chance
+    (["b", "c", "a"], ["a", "b", "c"], -0.5),       # always wrong: below chance
+])
+def test_kappa_is_zero_at_chance_and_one_when_perfect(pred, truth, expected) -> None:
+    assert kappa(np.array(pred), np.array(truth), ["a", "b", "c"]) == pytest.approx(expected)
+
+
+def test_a_gray_image_set_is_put_in_a_colour_sources_imaging_and_back() -> None:
+    rng = np.random.default_rng(0)
+    colour = rng.uniform(0, 1, (20, 3, 8, 8)).astype(np.float32) * np.array([0.9, 0.5, 0.2], np.float32)[:, None, None]
+    gray = np.repeat(rng.uniform(0.2, 0.6, (20, 1, 8, 8)).astype(np.float32), 3, axis=1)
+    m = match_imaging(gray, colour, gray=False)  # per-channel dataset mean / std of the reference
+    assert np.allclose(m.mean(axis=(0, 2, 3)), colour.mean(axis=(0, 2, 3)), atol=0.02)
+    assert np.allclose(m.std(axis=(0, 2, 3)), colour.std(axis=(0, 2, 3)), atol=0.02)
+    g = match_imaging(colour, gray, gray=True)  # a gray head sees colour images as luma
+    assert np.allclose(g[:, 0], g[:, 1]) and np.allclose(g[:, 1], g[:, 2])
+
+
+def test_the_trial_tag_and_the_report_name_what_the_agreement_added(tmp_path: Path, monkeypatch) -> None:
+    """From the cut's specialists.json (what `chosen_set` measured) to the trial's `rtl.specialists` tag to
+    the report's line: the probe's cut and the added units are told apart, with their agreement."""
+    from types import SimpleNamespace
+
+    import rtl.report.sweep as rep
+    from rtl.sweep.specialists import SCORES_FILE
+    from rtl.sweep.trial import specialists_said
+
+    (tmp_path / SCORES_FILE).write_text(json.dumps({
+        "probe_loss": {"weave_a": 0.29, "weave_c": 0.9, "grid_b": 0.8, "marble_a": 1.3}, "chosen": ["weave_a", "weave_c"],
+        "agreement": {"anchor": "weave_a", "threshold": 0.2, "agreement": {"weave_c": 0.512, "grid_b": 0.05},
+                      "shared": {"weave_c": 4, "grid_b": 4}, "added": ["weave_c"]}}))
+    said = specialists_said(tmp_path)
+    assert json.loads(said)["added"] == {"weave_c": 0.512} and json.loads(said)["anchor"] == "weave_a"
+    monkeypatch.setattr(rep, "target_trials", lambda results_dir, target: [
+        SimpleNamespace(user_attrs={"rtl.specialists": said})])
+    text = "\n".join(rep._specialists_md("r", "t"))
+    assert "chose **weave_a** (before the largest gap) + **weave_c**, whose labels agree with weave_a's" in text
+    assert "kappa 0.51" in text
