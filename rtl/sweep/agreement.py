@@ -26,8 +26,9 @@ best-probed unit, (2) agrees with it >= the threshold (`importance_candidates.sp
 search.md, session 16; rule fixed on draws 7 + 8, then tested once on draw 9): J >= 0.8 with the related set on
 15 of 18 (seed, target) pairs of draw 9 instead of 8, no harmful source added.
 
-Cost: forward passes of two small models over at most PER_CLASS held-out images per class of each source
-pair -- no pretraining; a few seconds per target on 2 CPUs.
+Cost: no pretraining; forward passes of two specialists over at most 256 held-out images of each unit compared
+(only units that pass the median gate and share the class names): a few seconds per target on 2 CPUs with the
+benchmark's 32-px small_cnn.
 """
 
 from __future__ import annotations
@@ -41,7 +42,8 @@ from typing import Any
 import numpy as np
 
 MIN_SHARED = 3     # class names a pair must share (with `ok`: two defect names) to be compared at all
-PER_CLASS = 64     # held-out images per class of a source used to measure agreement (deterministic: the first)
+PER_CLASS = 32     # held-out images per class name of a unit used to measure agreement (deterministic: the first)
+PER_UNIT = 256     # ... and at most this many per unit (memory and CPU time at 224 px: 256 x 150 KB as uint8)
 GRAY_TOL = 1.0     # mean |R - G| + |G - B| (uint8) below which a source's images are gray
 
 
@@ -74,39 +76,62 @@ def is_gray(x: np.ndarray) -> bool:
     return bool(d * 255.0 < GRAY_TOL)
 
 
+@lru_cache(maxsize=4)
+def _rows_index(corpus: str, version: str) -> tuple[np.ndarray, np.ndarray]:
+    """(class_id, held_out) of every corpus row, in the shards' order -- the metadata columns only."""
+    from rtl.train.strategies import open_view
+
+    t = open_view(corpus).table(columns=["class_id", "split"])
+    split = t.column("split").to_numpy(zero_copy_only=False)
+    return t.column("class_id").to_numpy().astype(np.int64), np.isin(split, ["val", "test"])
+
+
 class UnitImages:
     """Held-out images of one unit (dataset or domain tag) of a corpus: (N, 3, s, s) float in [0, 1], centre
     crops at the corpus' min side, and their class names. Val + test rows (the other source's specialist never
     trained on this source at all; its own specialist trained on all of its splits); all rows when a unit has
-    none held out."""
+    none held out. At most min(PER_CLASS, PER_UNIT // classes) per class name, the first in the shards' order
+    (deterministic); only those rows' pixels are read, so a large corpus costs a metadata scan and a few hundred
+    images per unit. Kept as uint8 (`x` converts)."""
 
     def __init__(self, corpus: str, unit: str, by: str, side: int) -> None:
+        import pyarrow as pa
+
+        from rtl.data.transforms import to_channels
         from rtl.train.corpus_data import CorpusDataset
         from rtl.train.strategies import open_view
-
-        kw: dict[str, Any] = {"datasets": [unit], "domains": None} if by == "datasets" else {
-            "datasets": None, "domains": [unit]}
-        cols = ["pixels", "height", "width", "channels", "class_id"]
-        table = open_view(corpus, splits=["val", "test"], **kw).table(columns=cols)
-        if table.num_rows == 0:
-            table = open_view(corpus, **kw).table(columns=cols)
-        view = open_view(corpus, **kw)
-        names = {int(c["id"]): str(c["label"]) for c in view.manifest["classes"]}
-        ds = CorpusDataset(table, crop=side, in_channels=3, train=False)
-        keep, seen = [], {}
-        for i, cid in enumerate(ds.class_ids):  # deterministic: the first PER_CLASS rows of each class
-            n = names[int(cid)]
-            if seen.get(n, 0) < PER_CLASS:
-                seen[n] = seen.get(n, 0) + 1
-                keep.append(i)
-        from rtl.data.transforms import to_channels
         from rtl.train.target_data import crop
 
-        imgs = [to_channels(crop(ds.image(i), side, train=False), 3) for i in keep]
-        self.x = (np.stack(imgs).transpose(0, 3, 1, 2).astype(np.float32) / 255.0 if imgs
-                  else np.zeros((0, 3, side, side), np.float32))
-        self.names = np.array([names[int(ds.class_ids[i])] for i in keep])
+        view = open_view(corpus)
+        classes = view.manifest["classes"]
+        names = {int(c["id"]): str(c["label"]) for c in classes}
+        mine = np.array(sorted(int(c["id"]) for c in classes if (
+            c["dataset"] == unit if by == "datasets" else unit in (c.get("domain") or []))), np.int64)
+        class_id, held = _rows_index(corpus, view.version)
+        rows = np.isin(class_id, mine)
+        if (rows & held).any():
+            rows &= held
+        keep, seen = [], {}
+        cap = max(1, min(PER_CLASS, PER_UNIT // max(1, len({names[int(c)] for c in mine}))))
+        for i in np.flatnonzero(rows):
+            n = names[int(class_id[i])]
+            if seen.get(n, 0) < cap:
+                seen[n] = seen.get(n, 0) + 1
+                keep.append(int(i))
+        imgs: list[np.ndarray] = []
+        if keep:
+            table = view.dataset().take(pa.array(keep, pa.int64()),
+                                        columns=["pixels", "height", "width", "channels", "class_id"])
+            ds = CorpusDataset(table, crop=side, in_channels=3, train=False)
+            imgs = [to_channels(crop(ds.image(i), side, train=False), 3) for i in range(len(ds))]
+        self._u8 = (np.stack(imgs).transpose(0, 3, 1, 2) if imgs else np.zeros((0, 3, side, side), np.uint8))
+        self.names = np.array([names[int(class_id[i])] for i in keep], dtype=object).astype(str)
         self.gray = is_gray(self.x)
+
+    @property
+    def x(self) -> np.ndarray:
+        """(N, 3, s, s) float32 in [0, 1]."""
+        return self._u8.astype(np.float32) / 255.0
 
 
 class Head:
@@ -172,7 +197,7 @@ def agreement(a: str, u: str, heads: dict[str, Head], images: dict[str, UnitImag
     return (max(k) if k else None), len(names)
 
 
-@lru_cache(maxsize=64)
+@lru_cache(maxsize=16)
 def _unit_images(corpus: str, version: str, unit: str, by: str, side: int) -> UnitImages:
     return UnitImages(corpus, unit, by, side)
 
