@@ -261,6 +261,11 @@ def test_dry_run_says_how_the_importance_trial_pretrains(tmp_path: Path, no_side
     assert ("single pretraining on the sources whose specialists probe best at T=1 (on its own mask when that "
             "leaves no unit); 0.5 of the generalist's images; specialists:") in capsys.readouterr().out
     _edit(path, search={"sources": {"space": "ranked", "importance_candidates": {"variants": [{"specialists": True}],
+                                                                                 "specialist_agreement": 0.3}}})
+    assert main(["sweep", "run", str(path), "--dry-run"]) == 0  # the label agreement: said, and that it is free
+    assert ("per target); + the datasets whose labels agree with the best-probed one's (kappa >= 0.3, no "
+            "pretraining)") in capsys.readouterr().out
+    _edit(path, search={"sources": {"space": "ranked", "importance_candidates": {"variants": [{"specialists": True}],
                                                                                  "from_specialist": True}}})
     assert main(["sweep", "run", str(path), "--dry-run"]) == 0
     assert ("leaves no unit); the specialists' pick continues its best specialist for 0.75 of the generalist's "
