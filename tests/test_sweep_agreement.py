@@ -16,22 +16,22 @@ from sweep_helpers import COLS, write_spec
 from rtl.sweep.agreement import kappa, match_imaging
 from rtl.sweep.spec import load_spec
 
-LABELS = ("ok", "q0", "q1", "q2")  # q<i>: a red square in quadrant i; ok: none
+LABELS = ("ok", "q0", "q1", "q2")  # q<i>: a red bar in horizontal band i; ok: none
 TINT = {"ok": (1.0, 1.0, 1.0), "q0": (1.3, 0.8, 0.8), "q1": (0.8, 1.3, 0.8), "q2": (0.8, 0.8, 1.3)}
 
 
-def _image(rng: np.random.Generator, quadrant: int | None, side: int) -> np.ndarray:
+def _image(rng: np.random.Generator, band: int | None, side: int) -> np.ndarray:
+    """Noise, plus a red bar in horizontal band `band` (0 top .. 2 bottom) unless None: flips keep the class."""
     img = rng.integers(20, 70, size=(side, side, 3)).astype(np.float32)
-    if quadrant is not None:
-        h = side // 2
-        y0, x0 = (quadrant // 2) * h, (quadrant % 2) * h
-        img[y0 + 3: y0 + h - 3, x0 + 3: x0 + h - 3, 0] += 170
+    if band is not None:
+        y0 = band * side // 3
+        img[y0 + 3: y0 + side // 3 - 3, 6: side - 6, 0] += 170
     return img
 
 
 def _write_corpus(root: Path, per_class: int = 24) -> None:
-    """col: colour; gray: the same defects, gray scan; tint: the label follows a colour cast, the square's
-    quadrant is drawn regardless of it; far1-4: other class names (never compared)."""
+    """col: colour; gray: the same defects, gray scan; tint: the label follows a colour cast, the bar's band
+    is drawn regardless of it; far1-4: other class names (never compared)."""
     rng = np.random.default_rng(0)
     cols: dict[str, list] = {k: [] for k in COLS}
     classes: list[dict] = []
@@ -66,6 +66,33 @@ def _write_corpus(root: Path, per_class: int = 24) -> None:
     (root / "manifest.json").write_text(json.dumps(manifest))
 
 
+def _write_target(root: Path, *, shuffled: bool = False, per_split: tuple[int, int, int] = (8, 4, 4)) -> str:
+    """A colour target with col's classes (`shuffled`: the label does not follow the bar)."""
+    import yaml
+    from PIL import Image
+
+    rng = np.random.default_rng(3)
+    rows, splits = [], {"train": [], "val": [], "test": []}
+    for lb in LABELS:
+        (root / "images" / lb).mkdir(parents=True, exist_ok=True)
+        j = 0
+        for split, n in zip(("train", "val", "test"), per_split):
+            for _ in range(n):
+                q = [None, 0, 1, 2][int(rng.integers(0, 4))] if shuffled else (None if lb == "ok" else int(lb[1]))
+                rel = f"images/{lb}/{j:03d}.png"
+                Image.fromarray(np.clip(_image(rng, q, 36), 0, 255).astype(np.uint8)).save(root / rel)
+                rows.append((rel, lb))
+                splits[split].append(rel)
+                j += 1
+    (root / "dataset.yaml").write_text(yaml.safe_dump({"name": root.name, "domain": ["col"], "description": "t",
+                                                       "license": "test"}))
+    (root / "labels.csv").write_text("image,label\n" + "".join(f"{r},{lb}\n" for r, lb in rows))
+    (root / "ImageSets/Main").mkdir(parents=True)
+    for sp, items in splits.items():
+        (root / f"ImageSets/Main/{sp}.txt").write_text("".join(f"{r}\n" for r in items))
+    return str(root)
+
+
 def _spec(tmp_path: Path, agreement: float | None):
     if not (tmp_path / "corpus").exists():
         _write_corpus(tmp_path / "corpus")
@@ -88,9 +115,11 @@ def test_a_gray_scan_of_the_best_source_is_added_and_a_shortcut_source_is_not(tm
     from rtl.sweep import specialists
 
     spec = _spec(tmp_path, 0.2)
+    target = _write_target(tmp_path / "targets" / "colour")
     assert specialists.choose(LOSSES) == ["col"]
-    chosen, info = specialists.chosen_set(spec, LOSSES, 0, 1.0)
+    chosen, info = specialists.chosen_set(spec, LOSSES, 0, 1.0, target)
     assert chosen == ["col", "gray"] and info["added"] == ["gray"] and info["anchor"] == "col"
+    assert info["target"]["shared"] == 4 and info["target"]["agreement"] >= 0.5  # col's labels mean the target's
     assert info["agreement"]["gray"] >= 0.5 > 0.2 > info["agreement"]["tint"]
     assert set(info["agreement"]) == {"tint", "gray"}  # far1 shares one class name (ok): not compared
     assert info["shared"]["far1"] == 1 and info["shared"]["gray"] == 4
@@ -98,7 +127,25 @@ def test_a_gray_scan_of_the_best_source_is_added_and_a_shortcut_source_is_not(tm
     built = {json.loads((d / "specialist.json").read_text())["unit"] for d in Path(spec.cache_dir()).glob("spec-*")}
     assert built == {"col", "gray", "tint"}  # far1 passed the gate but was not compared
     # off: the probe's cut alone, nothing measured
-    assert specialists.chosen_set(_spec(tmp_path, None), LOSSES, 0, 1.0) == (["col"], None)
+    assert specialists.chosen_set(_spec(tmp_path, None), LOSSES, 0, 1.0, target) == (["col"], None)
+
+
+@pytest.mark.parametrize("kind", ["other names", "labels that do not follow the defect"])
+def test_nothing_is_added_when_the_best_sources_labels_do_not_mean_the_targets(tmp_path: Path, kind: str) -> None:
+    """The gate: on a target without a related source the best-probed unit is an unrelated one, and its own
+    relatives agree with it, not with the target -- nothing is added unless the anchor's head reads the
+    target's train + val labels by name."""
+    from rtl.sweep import specialists
+
+    spec = _spec(tmp_path, 0.2)
+    target = (str(tmp_path / "targets" / "tgt") if kind == "other names"  # ok / bad: one shared name
+              else _write_target(tmp_path / "targets" / "shuffled", shuffled=True))
+    chosen, info = specialists.chosen_set(spec, LOSSES, 0, 1.0, target)
+    assert chosen == ["col"] and info["added"] == [] and info["agreement"] == {}
+    if kind == "other names":
+        assert info["target"] == {"shared": 1, "agreement": None}
+    else:
+        assert info["target"]["shared"] == 4 and info["target"]["agreement"] < 0.2
 
 
 def test_the_median_gate_keeps_a_source_that_probes_badly_out(tmp_path: Path) -> None:
@@ -108,7 +155,7 @@ def test_the_median_gate_keeps_a_source_that_probes_badly_out(tmp_path: Path) ->
 
     spec = _spec(tmp_path, 0.2)
     losses = LOSSES | {"gray": 1.5}
-    chosen, info = specialists.chosen_set(spec, losses, 0, 1.0)
+    chosen, info = specialists.chosen_set(spec, losses, 0, 1.0, _write_target(tmp_path / "targets" / "colour"))
     assert chosen == ["col"] and "gray" not in info["agreement"]
 
 

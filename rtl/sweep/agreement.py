@@ -21,10 +21,16 @@ per-class colour cast survives, so a tint shortcut still disagrees). Without thi
 scan as noise (kappa ~0 on every gray-shifted related source, draws 7-8).
 
 `expand` adds to the specialists' chosen set every unit that (1) shares >= MIN_SHARED class names with the
-best-probed unit, (2) agrees with it >= the threshold (`importance_candidates.specialist_agreement`, 0.2), and
-(3) probes the target no worse than the median unit. Measured before it was built (docs/measurements/
+best-probed unit (the anchor), (2) agrees with it >= the threshold (`importance_candidates.specialist_agreement`,
+0.2), and (3) probes the target no worse than the median unit. Measured before it was built (docs/measurements/
 search.md, session 16; rule fixed on draws 7 + 8, then tested once on draw 9): J >= 0.8 with the related set on
 15 of 18 (seed, target) pairs of draw 9 instead of 8, no harmful source added.
+
+The gate: nothing is added unless the anchor's own labels mean the target's -- its head, applied to the target's
+train + val images, predicts their labels by name (>= MIN_SHARED shared names, kappa >= the same threshold). On a
+target with no related source the best-probed unit is an unrelated one that happens to help, and its relatives
+agree with *it*: adding them cost 0.25-0.31 of test error on one such target (draw 8, marble). Offline over
+draws 7-9 every related anchor passed the gate (kappa 0.33-1.00) and every other anchor failed it.
 
 Cost: no pretraining; forward passes of two specialists over at most 256 held-out images of each unit compared
 (only units that pass the median gate and share the class names): a few seconds per target on 2 CPUs with the
@@ -40,6 +46,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from rtl.errors import RtlError
 
 MIN_SHARED = 3     # class names a pair must share (with `ok`: two defect names) to be compared at all
 PER_CLASS = 32     # held-out images per class name of a unit used to measure agreement (deterministic: the first)
@@ -202,15 +210,52 @@ def _unit_images(corpus: str, version: str, unit: str, by: str, side: int) -> Un
     return UnitImages(corpus, unit, by, side)
 
 
+class TargetImages:
+    """The target's train + val images (never its test split) as `UnitImages` holds a unit's: centre crops at
+    the corpus' min side, uint8, with their class names."""
+
+    def __init__(self, target: str, sides: tuple[int, int]) -> None:
+        from rtl.select.inference import target_dataset
+        from rtl.train.target_data import mean_std
+
+        mean, std = (t.numpy() for t in mean_std(3))
+        xs, names = [], []
+        for split in ("train", "val"):
+            try:
+                ds, classes = target_dataset(target, split, in_channels=3, sides=sides)
+            except RtlError:  # an empty split: the other one alone
+                continue
+            for i in range(len(ds)):
+                x, y = ds[i]
+                xs.append(np.clip((x.numpy() * std + mean) * 255.0 + 0.5, 0, 255).astype(np.uint8))
+                names.append(classes[int(y)])
+        self._u8 = np.stack(xs) if xs else np.zeros((0, 3, sides[0], sides[0]), np.uint8)
+        self.names = np.array(names, dtype=object).astype(str)
+        self.gray = is_gray(self.x)
+
+    @property
+    def x(self) -> np.ndarray:
+        return self._u8.astype(np.float32) / 255.0
+
+
+@lru_cache(maxsize=8)
+def _target_images(target: str, sides: tuple[int, int]) -> TargetImages:
+    return TargetImages(target, sides)
+
+
 def expand(spec: Any, losses: dict[str, float], chosen: list[str], ckpt_of: Callable[[str], Path],
-           threshold: float) -> tuple[list[str], dict[str, Any]]:
+           threshold: float, target: str) -> tuple[list[str], dict[str, Any]]:
     """The units to add to `chosen` (module docstring), in ascending probe loss, and what was measured:
-    {"anchor": unit, "threshold": t, "agreement": {unit: kappa}, "shared": {unit: n}, "added": [...]}.
+    {"anchor": unit, "threshold": t, "target": {"shared": n, "agreement": kappa | None}, "agreement":
+    {unit: kappa}, "shared": {unit: n}, "added": [...]}. Nothing is added unless the anchor's head reads the
+    target's own train + val labels by name (kappa >= threshold over >= MIN_SHARED shared names): on a target
+    without a related source the best-probed unit is an unrelated one that happens to help, and its own
+    relatives agree with it without helping the target (module docstring, "The gate").
     `ckpt_of`: unit -> its specialist checkpoint (asked only for the anchor and the units compared)."""
     from rtl.train.strategies import open_view
 
-    info: dict[str, Any] = {"anchor": chosen[0] if chosen else None, "threshold": threshold, "agreement": {},
-                            "shared": {}, "added": []}
+    info: dict[str, Any] = {"anchor": chosen[0] if chosen else None, "threshold": threshold,
+                            "target": {"shared": 0, "agreement": None}, "agreement": {}, "shared": {}, "added": []}
     if not chosen:
         return [], info
     a, by = chosen[0], spec.search.sources.by
@@ -221,15 +266,23 @@ def expand(spec: Any, losses: dict[str, float], chosen: list[str], ckpt_of: Call
     view = open_view(spec.corpus_path())
     corpus, manifest, side = str(Path(spec.corpus_path()).resolve()), view.manifest, int(spec.image.min_side)
     images = {v: _unit_images(corpus, view.version, v, by, side) for v in [a, *gate]}
-    heads: dict[str, Head] = {}
+    tgt = _target_images(str(Path(target).resolve()), (side, int(spec.image.max_side)))
+    names = sorted(set(images[a].names) & set(tgt.names))
+    info["target"]["shared"] = len(names)
+    if len(names) < MIN_SHARED:
+        return [], info
+    heads: dict[str, Head] = {a: Head(ckpt_of(a), a, by)}
+    k_t = one_way(heads[a], images[a], tgt, names, manifest)
+    info["target"]["agreement"] = round(float(k_t), 4) if k_t == k_t else None
+    if not k_t >= threshold:
+        return [], info
     added = []
     for u in gate:
         if len(set(images[a].names) & set(images[u].names)) < MIN_SHARED:
             info["shared"][u] = len(set(images[a].names) & set(images[u].names))
             continue
-        for v in (a, u):
-            if v not in heads:
-                heads[v] = Head(ckpt_of(v), v, by)
+        if u not in heads:
+            heads[u] = Head(ckpt_of(u), u, by)
         k, n = agreement(a, u, heads, images, manifest)
         info["shared"][u] = n
         if k is not None:

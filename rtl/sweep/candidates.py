@@ -220,7 +220,7 @@ def best_candidate(spec: SweepSpec, plan: PretrainPlan, target: str, gen: Path, 
         # specialists that may choose another set (rtl.sweep.specialists, "Seeds")
         seed0 = specialists.seed_of(spec)
         spec_scores = specialists.scores(spec, list(plan.mask), target, seed0, fraction)
-        chosen, agree = specialists.chosen_set(spec, spec_scores, seed0, fraction)
+        chosen, agree = specialists.chosen_set(spec, spec_scores, seed0, fraction, target)
     for mask, temp, seed in candidate_list(spec, plan, leaders, shares, chosen):
         init, start, span = None, None, length
         if ic is not None and ic.from_specialist and chosen and sorted(mask) == sorted(chosen):

@@ -72,7 +72,7 @@ def ranking(spec: SweepSpec, units: list[str], target: str) -> dict:
     assert fraction is not None, "ranking by specialists needs their fraction"
     loss = scores(spec, units, target, seed, fraction)
     order = sorted(units, key=lambda u: (loss[u], u))
-    chosen, agree = chosen_set(spec, loss, seed, fraction)
+    chosen, agree = chosen_set(spec, loss, seed, fraction, target)
     per = _images_per_epoch(spec, fraction) * spec.budget.pretrain_epochs
     added = agree["added"] if agree else []
     verdict = f"by specialists' probe loss; they keep {', '.join(c for c in chosen if c not in added)}"
@@ -186,7 +186,7 @@ def _ranked_losses(spec: SweepSpec, target: str, seed: int, fraction: float) -> 
         return None
 
 
-def chosen_set(spec: SweepSpec, losses: dict[str, float], seed: int, fraction: float
+def chosen_set(spec: SweepSpec, losses: dict[str, float], seed: int, fraction: float, target: str
                ) -> tuple[list[str], dict | None]:
     """The sources the specialists choose for a target: `choose`'s cut of the probe losses, plus (with
     `importance_candidates.specialist_agreement`) the units whose labels agree with the best-probed one's
@@ -198,7 +198,8 @@ def chosen_set(spec: SweepSpec, losses: dict[str, float], seed: int, fraction: f
         return chosen, None
     from rtl.sweep.agreement import expand
 
-    added, info = expand(spec, losses, chosen, lambda u: build(spec, u, seed, fraction), c.specialist_agreement)
+    added, info = expand(spec, losses, chosen, lambda u: build(spec, u, seed, fraction), c.specialist_agreement,
+                         target)
     return chosen + added, info
 
 
