@@ -32,6 +32,12 @@ target with no related source the best-probed unit is an unrelated one that happ
 agree with *it*: adding them cost 0.25-0.31 of test error on one such target (draw 8, marble). Offline over
 draws 7-9 every related anchor passed the gate (kappa 0.33-1.00) and every other anchor failed it.
 
+As the default (session 16, four draws of the hard family): the sweep's pick matched the related set on 50 of 60
+(seed, target) instead of 30, quality level with the probe's cut alone (80 pairs), no harmful source added.
+Class names are compared exactly: datasets that name the same defect differently are never compared (nothing
+is added). Defects drawn alike under the same name in another product are read as agreeing: on the demo family
+semiconductor_a (scratch, spot) is added to target_pcb's pcb_b, pcb_a.
+
 Cost: no pretraining; forward passes of two specialists over at most 256 held-out images of each unit compared
 (only units that pass the median gate and share the class names): a few seconds per target on 2 CPUs with the
 benchmark's 32-px small_cnn.

@@ -62,7 +62,8 @@ def seed_of(spec: SweepSpec) -> int:
 def ranking(spec: SweepSpec, units: list[str], target: str) -> dict:
     """The target's ranking by its specialists (`search.sources.ranking.method: specialists`): units by probe
     loss, best first (ties: name), built on the sweep's first seed -- the specialists the importance trial's
-    candidate uses. `suggested` is the set `choose` keeps; there is no null verdict (the sweep's verdict
+    candidate uses. `suggested` is `chosen_set`'s (the probe's cut, plus the units the label agreement adds,
+    with what it measured under "agreement"); there is no null verdict (the sweep's verdict
     tests "no subset beats the generalist" on the confirm seeds). Same file form as `rtl rank` (version,
     target, order, rows, suggested, corpus_version) plus "method": "specialists"."""
     from rtl.artifacts.ranking import RANKING_VERSION
@@ -79,13 +80,13 @@ def ranking(spec: SweepSpec, units: list[str], target: str) -> dict:
     if added:
         verdict += f"; labels agree with {agree['anchor']}'s: + {', '.join(added)}"
     out = {"version": RANKING_VERSION, "method": "specialists", "target": Path(target).name,
-            "target_path": str(Path(target).resolve()), "corpus": str(Path(spec.corpus_path()).resolve()),
-            "corpus_version": open_view(spec.corpus_path()).version, "by": spec.search.sources.by, "seeds": [seed],
-            "rows": [{"rank": i + 1, "unit": u, "probe_loss": loss[u], "chosen": u in chosen}
-                     | ({"agreement": agree["agreement"][u]} if agree and u in agree["agreement"] else {})
-                     for i, u in enumerate(order)],
-            "order": order, "suggested": chosen, "recommend": "subset", "verdict": verdict,
-            "cost": {"specialist_images": per * len(units), "fraction": fraction}}
+           "target_path": str(Path(target).resolve()), "corpus": str(Path(spec.corpus_path()).resolve()),
+           "corpus_version": open_view(spec.corpus_path()).version, "by": spec.search.sources.by, "seeds": [seed],
+           "rows": [{"rank": i + 1, "unit": u, "probe_loss": loss[u], "chosen": u in chosen}
+                    | ({"agreement": agree["agreement"][u]} if agree and u in agree["agreement"] else {})
+                    for i, u in enumerate(order)],
+           "order": order, "suggested": chosen, "recommend": "subset", "verdict": verdict,
+           "cost": {"specialist_images": per * len(units), "fraction": fraction}}
     return out | ({"agreement": agree} if agree else {})
 
 
