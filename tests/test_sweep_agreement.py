@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 from sweep_helpers import COLS, write_spec
 
-from rtl.sweep.agreement import kappa, match_imaging
+from rtl.sweep.agreement import channel_stats, kappa, match_imaging
 from rtl.sweep.spec import load_spec
 
 LABELS = ("ok", "q0", "q1", "q2")  # q<i>: a red bar in horizontal band i; ok: none
@@ -185,10 +185,10 @@ def test_a_gray_image_set_is_put_in_a_colour_sources_imaging_and_back() -> None:
     rng = np.random.default_rng(0)
     colour = rng.uniform(0, 1, (20, 3, 8, 8)).astype(np.float32) * np.array([0.9, 0.5, 0.2], np.float32)[:, None, None]
     gray = np.repeat(rng.uniform(0.2, 0.6, (20, 1, 8, 8)).astype(np.float32), 3, axis=1)
-    m = match_imaging(gray, colour, gray=False)  # per-channel dataset mean / std of the reference
+    m = match_imaging(gray, channel_stats(colour), gray=False)  # per-channel dataset mean / std of the reference
     assert np.allclose(m.mean(axis=(0, 2, 3)), colour.mean(axis=(0, 2, 3)), atol=0.02)
     assert np.allclose(m.std(axis=(0, 2, 3)), colour.std(axis=(0, 2, 3)), atol=0.02)
-    g = match_imaging(colour, gray, gray=True)  # a gray head sees colour images as luma
+    g = match_imaging(colour, channel_stats(gray), gray=True)  # a gray head sees colour images as luma
     assert np.allclose(g[:, 0], g[:, 1]) and np.allclose(g[:, 1], g[:, 2])
 
 
@@ -212,3 +212,13 @@ def test_the_trial_tag_and_the_report_name_what_the_agreement_added(tmp_path: Pa
     text = "\n".join(rep._specialists_md("r", "t"))
     assert "chose **weave_a** (before the largest gap) + **weave_c**, whose labels agree with weave_a's" in text
     assert "kappa 0.51" in text
+
+
+def test_class_names_are_compared_as_the_candidates_compare_them() -> None:
+    """"Dead_Pixel" in one dataset and "dead-pixel" in another are the same class name (rtl.sweep.candidates
+    .normal_name); "scratch" and "scuff" are not."""
+    from rtl.sweep.agreement import ImageSet, shared_names
+
+    a = ImageSet(np.zeros((3, 3, 4, 4), np.uint8), ["OK", "Dead_Pixel", "scratch"])
+    b = ImageSet(np.zeros((3, 3, 4, 4), np.uint8), ["ok", "dead-pixel", "scuff"])
+    assert shared_names(a, b) == ["dead pixel", "ok"]

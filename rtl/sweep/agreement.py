@@ -34,8 +34,8 @@ draws 7-9 every related anchor passed the gate (kappa 0.33-1.00) and every other
 
 As the default (session 16, four draws of the hard family): the sweep's pick matched the related set on 50 of 60
 (seed, target) instead of 30, quality level with the probe's cut alone (80 pairs), no harmful source added.
-Class names are compared exactly: datasets that name the same defect differently are never compared (nothing
-is added). Defects drawn alike under the same name in another product are read as agreeing: on the demo family
+Class names are compared after `rtl.sweep.candidates.normal_name` (case, `-` and `_`); datasets that name the
+same defect differently ("scratch" / "scuff") are never compared (nothing is added). Defects drawn alike under the same name in another product are read as agreeing: on the demo family
 semiconductor_a (scratch, spot) is added to target_pcb's pcb_b, pcb_a.
 
 Cost: no pretraining; forward passes of two specialists over at most 256 held-out images of each unit compared
@@ -71,14 +71,18 @@ def kappa(pred: np.ndarray, truth: np.ndarray, names: list[str]) -> float:
     return (float(np.mean(acc)) - 1.0 / k) / (1.0 - 1.0 / k)
 
 
-def match_imaging(x: np.ndarray, ref: np.ndarray, *, gray: bool) -> np.ndarray:
-    """Images `x` (N, 3, H, W) float in [0, 1] put in the imaging of `ref` (M, 3, H, W): luma first when
-    `gray` (the reference source is gray), then per-channel dataset mean / std matched to `ref`'s."""
+def channel_stats(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel dataset mean and std of images (N, 3, H, W), each (1, 3, 1, 1)."""
+    return x.mean(axis=(0, 2, 3), keepdims=True), x.std(axis=(0, 2, 3), keepdims=True)
+
+
+def match_imaging(x: np.ndarray, ref: tuple[np.ndarray, np.ndarray], *, gray: bool) -> np.ndarray:
+    """Images `x` (N, 3, H, W) float in [0, 1] put in the imaging of a reference source whose `channel_stats`
+    are `ref`: luma first when `gray` (the reference source is gray), then per-channel mean / std matched."""
     if gray:
         y = 0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]
         x = np.repeat(y[:, None], 3, axis=1)
-    mu_x, sd_x = x.mean(axis=(0, 2, 3), keepdims=True), x.std(axis=(0, 2, 3), keepdims=True)
-    mu_r, sd_r = ref.mean(axis=(0, 2, 3), keepdims=True), ref.std(axis=(0, 2, 3), keepdims=True)
+    (mu_x, sd_x), (mu_r, sd_r) = channel_stats(x), ref
     return np.clip((x - mu_x) / np.maximum(sd_x, 1e-3) * sd_r + mu_r, 0.0, 1.0).astype(np.float32)
 
 
@@ -100,18 +104,38 @@ def _rows_index(corpus: str, version: str) -> tuple[np.ndarray, np.ndarray]:
     return t.column("class_id").to_numpy().astype(np.int64), np.isin(split, ["val", "test"])
 
 
-class UnitImages:
+class ImageSet:
+    """Images as uint8 (N, 3, s, s) with their class names (`normal_name`d, as the candidates compare names),
+    whether they are gray, and their per-channel stats -- computed once."""
+
+    def __init__(self, u8: np.ndarray, names: list[str]) -> None:
+        from rtl.sweep.candidates import normal_name
+
+        self._u8 = u8
+        self.names = np.array([normal_name(n) for n in names], dtype=object).astype(str)
+        x = self.x
+        self.gray = is_gray(x)
+        self.stats = channel_stats(x) if len(x) else (np.zeros((1, 3, 1, 1)), np.ones((1, 3, 1, 1)))
+
+    @property
+    def x(self) -> np.ndarray:
+        """(N, 3, s, s) float32 in [0, 1] (converted on each access: kept as uint8)."""
+        return self._u8.astype(np.float32) / 255.0
+
+
+class UnitImages(ImageSet):
     """Held-out images of one unit (dataset or domain tag) of a corpus: (N, 3, s, s) float in [0, 1], centre
     crops at the corpus' min side, and their class names. Val + test rows (the other source's specialist never
     trained on this source at all; its own specialist trained on all of its splits); all rows when a unit has
     none held out. At most min(PER_CLASS, PER_UNIT // classes) per class name, the first in the shards' order
     (deterministic); only those rows' pixels are read, so a large corpus costs a metadata scan and a few hundred
-    images per unit. Kept as uint8 (`x` converts)."""
+    images per unit."""
 
     def __init__(self, corpus: str, unit: str, by: str, side: int) -> None:
         import pyarrow as pa
 
         from rtl.data.transforms import to_channels
+        from rtl.sweep.candidates import class_units
         from rtl.train.corpus_data import CorpusDataset
         from rtl.train.strategies import open_view
         from rtl.train.target_data import crop
@@ -119,8 +143,7 @@ class UnitImages:
         view = open_view(corpus)
         classes = view.manifest["classes"]
         names = {int(c["id"]): str(c["label"]) for c in classes}
-        mine = np.array(sorted(int(c["id"]) for c in classes if (
-            c["dataset"] == unit if by == "datasets" else unit in (c.get("domain") or []))), np.int64)
+        mine = np.array(sorted(int(c["id"]) for c in classes if unit in class_units(c, by)), np.int64)
         class_id, held = _rows_index(corpus, view.version)
         rows = np.isin(class_id, mine)
         if (rows & held).any():
@@ -138,14 +161,8 @@ class UnitImages:
                                         columns=["pixels", "height", "width", "channels", "class_id"])
             ds = CorpusDataset(table, crop=side, in_channels=3, train=False)
             imgs = [to_channels(crop(ds.image(i), side, train=False), 3) for i in range(len(ds))]
-        self._u8 = (np.stack(imgs).transpose(0, 3, 1, 2) if imgs else np.zeros((0, 3, side, side), np.uint8))
-        self.names = np.array([names[int(class_id[i])] for i in keep], dtype=object).astype(str)
-        self.gray = is_gray(self.x)
-
-    @property
-    def x(self) -> np.ndarray:
-        """(N, 3, s, s) float32 in [0, 1]."""
-        return self._u8.astype(np.float32) / 255.0
+        super().__init__(np.stack(imgs).transpose(0, 3, 1, 2) if imgs else np.zeros((0, 3, side, side), np.uint8),
+                         [names[int(class_id[i])] for i in keep])
 
 
 class Head:
@@ -161,13 +178,15 @@ class Head:
         self._ids: dict[str, list[int]] | None = None
 
     def ids(self, manifest: dict) -> dict[str, list[int]]:
-        """class name -> the corpus class ids of this unit with that name (a domain tag may have several)."""
+        """class name (`normal_name`d) -> the corpus class ids of this unit with that name (a domain tag, or names
+        that differ only in case and separators, may have several)."""
         if self._ids is None:
+            from rtl.sweep.candidates import class_units, normal_name
+
             ids: dict[str, list[int]] = {}
             for c in manifest["classes"]:
-                mine = c["dataset"] == self.unit if self.by == "datasets" else self.unit in (c.get("domain") or [])
-                if mine:
-                    ids.setdefault(str(c["label"]), []).append(int(c["id"]))
+                if self.unit in class_units(c, self.by):
+                    ids.setdefault(normal_name(str(c["label"])), []).append(int(c["id"]))
             self._ids = ids
         return self._ids
 
@@ -190,25 +209,28 @@ class Head:
         return np.array(names)[per_name.argmax(axis=1)]
 
 
-def one_way(head: Head, head_images: UnitImages, other: UnitImages, names: list[str], manifest: dict) -> float:
+def one_way(head: Head, head_images: ImageSet, other: ImageSet, names: list[str], manifest: dict) -> float:
     """`head`'s kappa on `other`'s images of the shared `names`, in the head's imaging."""
     keep = np.isin(other.names, names)
-    if keep.sum() == 0 or len(head_images.x) == 0:
+    if keep.sum() == 0 or len(head_images.names) == 0:
         return float("nan")
-    x = match_imaging(other.x[keep], head_images.x, gray=head_images.gray and not other.gray)
+    x = match_imaging(other.x[keep], head_images.stats, gray=head_images.gray and not other.gray)
     return kappa(head.predict(x, names, manifest), other.names[keep], names)
 
 
-def agreement(a: str, u: str, heads: dict[str, Head], images: dict[str, UnitImages], manifest: dict
-              ) -> tuple[float | None, int]:
-    """(agreement of units a and u, number of shared class names); None when they share < MIN_SHARED."""
-    names = sorted(set(images[a].names) & set(images[u].names))
+def shared_names(a: ImageSet, b: ImageSet) -> list[str]:
+    return sorted(set(a.names) & set(b.names))
+
+
+def agreement(a: str, u: str, heads: dict[str, Head], images: dict[str, ImageSet], manifest: dict) -> float | None:
+    """Agreement of units a and u (module docstring): the larger of the two directions' kappa over their shared
+    class names; None when they share fewer than MIN_SHARED or neither direction could be scored."""
+    names = shared_names(images[a], images[u])
     if len(names) < MIN_SHARED:
-        return None, len(names)
-    k = [one_way(heads[a], images[a], images[u], names, manifest),
-         one_way(heads[u], images[u], images[a], names, manifest)]
-    k = [v for v in k if v == v]
-    return (max(k) if k else None), len(names)
+        return None
+    k = [v for v in (one_way(heads[a], images[a], images[u], names, manifest),
+                     one_way(heads[u], images[u], images[a], names, manifest)) if v == v]
+    return max(k) if k else None
 
 
 @lru_cache(maxsize=16)
@@ -216,9 +238,9 @@ def _unit_images(corpus: str, version: str, unit: str, by: str, side: int) -> Un
     return UnitImages(corpus, unit, by, side)
 
 
-class TargetImages:
+class TargetImages(ImageSet):
     """The target's train + val images (never its test split) as `UnitImages` holds a unit's: centre crops at
-    the corpus' min side, uint8, with their class names."""
+    the corpus' min side, with their class names."""
 
     def __init__(self, target: str, sides: tuple[int, int]) -> None:
         from rtl.select.inference import target_dataset
@@ -235,13 +257,7 @@ class TargetImages:
                 x, y = ds[i]
                 xs.append(np.clip((x.numpy() * std + mean) * 255.0 + 0.5, 0, 255).astype(np.uint8))
                 names.append(classes[int(y)])
-        self._u8 = np.stack(xs) if xs else np.zeros((0, 3, sides[0], sides[0]), np.uint8)
-        self.names = np.array(names, dtype=object).astype(str)
-        self.gray = is_gray(self.x)
-
-    @property
-    def x(self) -> np.ndarray:
-        return self._u8.astype(np.float32) / 255.0
+        super().__init__(np.stack(xs) if xs else np.zeros((0, 3, sides[0], sides[0]), np.uint8), names)
 
 
 @lru_cache(maxsize=8)
@@ -266,14 +282,14 @@ def expand(spec: Any, losses: dict[str, float], chosen: list[str], ckpt_of: Call
         return [], info
     a, by = chosen[0], spec.search.sources.by
     median = statistics.median(losses.values())
-    gate = [u for u in sorted(losses, key=lambda v: (losses[v], v)) if u not in chosen and losses[u] <= median]
-    if not gate:
+    probed_well = [u for u in sorted(losses, key=lambda v: (losses[v], v)) if u not in chosen and losses[u] <= median]
+    if not probed_well:
         return [], info
     view = open_view(spec.corpus_path())
     corpus, manifest, side = str(Path(spec.corpus_path()).resolve()), view.manifest, int(spec.image.min_side)
-    images = {v: _unit_images(corpus, view.version, v, by, side) for v in [a, *gate]}
+    images = {v: _unit_images(corpus, view.version, v, by, side) for v in [a, *probed_well]}
     tgt = _target_images(str(Path(target).resolve()), (side, int(spec.image.max_side)))
-    names = sorted(set(images[a].names) & set(tgt.names))
+    names = shared_names(images[a], tgt)
     info["target"]["shared"] = len(names)
     if len(names) < MIN_SHARED:
         return [], info
@@ -283,14 +299,12 @@ def expand(spec: Any, losses: dict[str, float], chosen: list[str], ckpt_of: Call
     if not k_t >= threshold:
         return [], info
     added = []
-    for u in gate:
-        if len(set(images[a].names) & set(images[u].names)) < MIN_SHARED:
-            info["shared"][u] = len(set(images[a].names) & set(images[u].names))
-            continue
-        if u not in heads:
-            heads[u] = Head(ckpt_of(u), u, by)
-        k, n = agreement(a, u, heads, images, manifest)
-        info["shared"][u] = n
+    for u in probed_well:
+        info["shared"][u] = len(shared_names(images[a], images[u]))
+        if info["shared"][u] < MIN_SHARED:
+            continue  # nothing to compare: its specialist is not even loaded
+        heads[u] = Head(ckpt_of(u), u, by)
+        k = agreement(a, u, heads, images, manifest)
         if k is not None:
             info["agreement"][u] = round(float(k), 4)
             if k >= threshold:

@@ -100,12 +100,17 @@ def normal_name(label: str) -> str:
     return " ".join(label.casefold().replace("-", " ").replace("_", " ").split())
 
 
+def class_units(c: dict[str, Any], by: str) -> list[str]:
+    """The units (its dataset, or its domain tags) a corpus class belongs to."""
+    return [c["dataset"]] if by == "datasets" else list(c.get("domain") or [])
+
+
 def name_shares(manifest: dict[str, Any], target_classes: list[str], by: str) -> dict[str, float]:
     """unit (dataset or domain tag) -> share of the target's class names that the unit's classes also have."""
     want = {normal_name(c) for c in target_classes}
     have: dict[str, set[str]] = {}
     for c in manifest["classes"]:
-        for u in ([c["dataset"]] if by == "datasets" else list(c.get("domain") or [])):
+        for u in class_units(c, by):
             have.setdefault(u, set()).add(normal_name(str(c["label"])))
     return {u: len(want & names) / len(want) for u, names in have.items()} if want else {}
 
