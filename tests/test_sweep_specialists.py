@@ -195,7 +195,7 @@ def test_a_ranking_by_specialists_orders_by_probe_loss_and_builds_no_expert(tmp_
     """`ranking.method: specialists`: the ranked space's order is the specialists' probe loss, best first,
     written as the sweep's ranking (one MLflow ranking run, no expert runs, no expert pretrained), read back
     on the next start; the importance trial's candidate then finds the same specialists in the cache and
-    their losses in the ranking (no specialist probed on the target twice)."""
+    their losses and choice in the ranking (no specialist probed on the target twice, no agreement re-run)."""
     from rtl.artifacts.ranking import read_ranking
     from rtl.artifacts.trial import IMPORTANCE_TRIAL, TrialParams
     from rtl.sweep import specialists
@@ -235,7 +235,12 @@ def test_a_ranking_by_specialists_orders_by_probe_loss_and_builds_no_expert(tmp_
     def probed_again(*_a, **_k):
         raise AssertionError("a specialist was probed on the target a second time")
 
+    def agreed_again(*_a, **_k):
+        raise AssertionError("the label agreement was run a second time")
+
     monkeypatch.setattr(specialists, "probe_loss", probed_again)
+    import rtl.sweep.agreement as agreement
+    monkeypatch.setattr(agreement, "expand", agreed_again)  # the ranking's choice is read back
     entry, _, _, _ = best_candidate(spec, plan, str(tmp_path / "targets" / "tgt"), generalist(spec, ["a", "b"])[0])
     assert sorted(cache.glob("spec-*")) == specs  # the candidate used the ranking's specialists
     said = json.loads((entry / specialists.SCORES_FILE).read_text())

@@ -172,9 +172,9 @@ def scores(spec: SweepSpec, units: list[str], target: str, seed: int, fraction: 
     return {u: probe_loss(build(spec, u, seed, fraction), spec, target) for u in units}
 
 
-def _ranked_losses(spec: SweepSpec, target: str, seed: int, fraction: float) -> dict[str, float] | None:
-    """The probe losses of this sweep's specialists' ranking of `target` (same seed, fraction and target
-    folder), or None."""
+def _ranking_by_same_specialists(spec: SweepSpec, target: str, seed: int, fraction: float) -> dict | None:
+    """This sweep's specialists' ranking of `target` when made by the same specialists (same seed, fraction and
+    target folder) and readable, else None."""
     from rtl.artifacts.layout import ranking_path
 
     path = Path(ranking_path(spec.results_dir, Path(target).name))
@@ -182,8 +182,17 @@ def _ranked_losses(spec: SweepSpec, target: str, seed: int, fraction: float) -> 
         r = json.loads(path.read_text())
         same = (r.get("method") == "specialists" and r.get("seeds") == [seed]
                 and r["cost"]["fraction"] == fraction and r["target_path"] == str(Path(target).resolve()))
-        return {x["unit"]: float(x["probe_loss"]) for x in r["rows"]} if same else None
+        return r if same else None
     except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _ranked_losses(spec: SweepSpec, target: str, seed: int, fraction: float) -> dict[str, float] | None:
+    """The probe losses of this sweep's specialists' ranking of `target` (`_ranking_by_same_specialists`), or None."""
+    r = _ranking_by_same_specialists(spec, target, seed, fraction)
+    try:
+        return {x["unit"]: float(x["probe_loss"]) for x in r["rows"]} if r else None
+    except (KeyError, TypeError, ValueError):
         return None
 
 
@@ -192,8 +201,15 @@ def chosen_set(spec: SweepSpec, losses: dict[str, float], seed: int, fraction: f
     """The sources the specialists choose for a target: `choose`'s cut of the probe losses, plus (with
     `importance_candidates.specialist_agreement`) the units whose labels agree with the best-probed one's
     (rtl.sweep.agreement). -> (the set, best-probed first then the added ones; what the agreement measured,
-    or None when it is off)."""
+    or None when it is off). When this sweep's ranking of the target was made from the same losses and setting,
+    its choice is read back."""
     c = settings(spec)
+    r = _ranking_by_same_specialists(spec, target, seed, fraction)
+    if r is not None and _ranked_losses(spec, target, seed, fraction) == losses and (
+            (r.get("agreement") or {}).get("threshold") == c.specialist_agreement):
+        # the ranking already chose from these losses (with the same agreement setting): read back, not re-run --
+        # the agreement's forward passes once per target, and the importance trial pretrains what it shows
+        return list(r["suggested"]), r.get("agreement")
     chosen = choose(losses, c.specialist_max_k)
     if c.specialist_agreement is None or not chosen:
         return chosen, None
