@@ -93,13 +93,14 @@ def _write_target(root: Path, *, shuffled: bool = False, per_split: tuple[int, i
     return str(root)
 
 
-def _spec(tmp_path: Path, agreement: float | None):
+def _spec(tmp_path: Path, agreement: float | None, prune: bool = False):
     if not (tmp_path / "corpus").exists():
         _write_corpus(tmp_path / "corpus")
     return load_spec(write_spec(
-        tmp_path, name=f"agree{agreement}",
+        tmp_path, name=f"agree{agreement}{'p' if prune else ''}",
         search={"sources": {"space": "ranked", "ranking": {"method": "specialists"}, "importance_candidates": {
-            "variants": [{"specialists": True}], "specialist_fraction": 1.0, "specialist_agreement": agreement}},
+            "variants": [{"specialists": True}], "specialist_fraction": 1.0, "specialist_agreement": agreement,
+            "specialist_prune": prune}},
             "temperature": {"low": 0.5, "high": 4.0, "allow_off": True}, "lr": {"low": 0.01, "high": 0.1},
             "freeze_depth": {"low": 0, "high": 1}},
         budget={"pretrain_epochs": 3, "finetune_epochs": 1, "trials_per_target": 2, "max_concurrent": 1,
@@ -146,6 +147,31 @@ def test_nothing_is_added_when_the_best_sources_labels_do_not_mean_the_targets(t
         assert info["target"] == {"shared": 1, "agreement": None}
     else:
         assert info["target"]["shared"] == 4 and info["target"]["agreement"] < 0.2
+
+
+# the probe's cut holds col and two extras beside it: tint (its labels follow a colour cast) and far1 (other
+# class names); gray (the related gray scan) probes at the median
+LOSSES_CUT = {"col": 0.1, "tint": 0.12, "far1": 0.14, "gray": 1.0, "far2": 1.1, "far3": 1.2, "far4": 1.3}
+
+
+def test_the_prune_keeps_only_the_cut_members_whose_labels_agree_with_the_best(tmp_path: Path) -> None:
+    """`specialist_prune`: when the anchor's labels mean the target's, a member of the probe's cut whose labels
+    disagree with the anchor's (a shortcut source) or cannot be compared with them (other class names) is
+    dropped, and told as dropped; without the prune the cut stays whole."""
+    from rtl.sweep import specialists
+
+    target = _write_target(tmp_path / "targets" / "colour")
+    assert specialists.choose(LOSSES_CUT) == ["col", "tint", "far1"]
+    chosen, info = specialists.chosen_set(_spec(tmp_path, 0.2, prune=True), LOSSES_CUT, 0, 1.0, target)
+    assert chosen == ["col", "gray"] and info["added"] == ["gray"] and info["prune"] is True
+    assert set(info["dropped"]) == {"tint", "far1"}
+    assert "disagree with col" in info["dropped"]["tint"] and "shares 1 class names" in info["dropped"]["far1"]
+    kept, info = specialists.chosen_set(_spec(tmp_path, 0.2), LOSSES_CUT, 0, 1.0, target)
+    assert kept == ["col", "tint", "far1", "gray"] and info["dropped"] == {}
+    # the gate holds for the prune too: labels that do not follow the defect -> the cut is left as it is
+    shuffled = _write_target(tmp_path / "targets" / "shuffled", shuffled=True)
+    chosen, info = specialists.chosen_set(_spec(tmp_path, 0.2, prune=True), LOSSES_CUT, 0, 1.0, shuffled)
+    assert chosen == ["col", "tint", "far1"] and info["dropped"] == {} and info["target"]["agreement"] < 0.2
 
 
 def test_the_median_gate_keeps_a_source_that_probes_badly_out(tmp_path: Path) -> None:
@@ -212,6 +238,16 @@ def test_the_trial_tag_and_the_report_name_what_the_agreement_added(tmp_path: Pa
     text = "\n".join(rep._specialists_md("r", "t"))
     assert "chose **weave_a** (before the largest gap) + **weave_c**, whose labels agree with weave_a's" in text
     assert "kappa 0.51" in text
+    # the prune: a member of the cut dropped, and why, from specialists.json to the report
+    d = json.loads((tmp_path / SCORES_FILE).read_text())
+    d["agreement"] |= {"prune": True, "dropped": {"grid_b": "labels disagree with weave_a's (kappa 0.05)"}}
+    (tmp_path / SCORES_FILE).write_text(json.dumps(d))
+    said = specialists_said(tmp_path)
+    assert json.loads(said)["dropped"] == {"grid_b": "labels disagree with weave_a's (kappa 0.05)"}
+    monkeypatch.setattr(rep, "target_trials", lambda results_dir, target: [
+        SimpleNamespace(user_attrs={"rtl.specialists": said})])
+    text = "\n".join(rep._specialists_md("r", "t"))
+    assert "dropped from the cut: grid_b (labels disagree with weave_a's (kappa 0.05))" in text
 
 
 def test_class_names_are_compared_as_the_candidates_compare_them() -> None:
@@ -222,3 +258,25 @@ def test_class_names_are_compared_as_the_candidates_compare_them() -> None:
     a = ImageSet(np.zeros((3, 3, 4, 4), np.uint8), ["OK", "Dead_Pixel", "scratch"])
     b = ImageSet(np.zeros((3, 3, 4, 4), np.uint8), ["ok", "dead-pixel", "scuff"])
     assert shared_names(a, b) == ["dead pixel", "ok"]
+
+
+def test_plurals_and_a_users_aliases_make_class_names_comparable(tmp_path: Path) -> None:
+    """Datasets that name one defect differently are compared once the spec says so (`class_aliases`); regular
+    plurals need nothing ("Scratches" = "scratch"). An alias chain is refused with a one-line reason."""
+    from rtl.errors import RtlError
+    from rtl.sweep.agreement import ImageSet, shared_names
+    from rtl.sweep.spec import ImportanceCandidates
+
+    a = ImageSet(np.zeros((4, 3, 4, 4), np.uint8), ["OK", "Scratches", "dots", "cross"])
+    b = ImageSet(np.zeros((4, 3, 4, 4), np.uint8), ["good", "scuff", "Dot", "crosses"])
+    assert shared_names(a, b) == ["cross", "dot"]
+    c = ImportanceCandidates(class_aliases={"Good": "OK", "scuffs": "scratch"})
+    assert c.class_aliases == {"good": "ok", "scuff": "scratch"}
+    b2 = ImageSet(np.zeros((4, 3, 4, 4), np.uint8), ["good", "scuff", "Dot", "crosses"],
+                  tuple(sorted(c.class_aliases.items())))
+    assert shared_names(a, b2) == ["cross", "dot", "ok", "scratch"]
+    path = write_spec(tmp_path, name="alias", search={
+        "sources": {"space": "ranked", "importance_candidates": {"class_aliases": {"scuff": "scrape", "scrape": "scratch"}}},
+        "temperature": {"low": 0.5, "high": 4.0}, "lr": {"low": 0.01, "high": 0.1}, "freeze_depth": {"low": 0, "high": 1}})
+    with pytest.raises(RtlError, match="class_aliases: scuff map to a name that is itself an alias"):
+        load_spec(path)

@@ -228,12 +228,14 @@ def _specialists_md(results_dir: str, target: str) -> list[str]:
             chosen = [str(u) for u in d["chosen"]]
         except (ValueError, KeyError, TypeError, AttributeError):
             continue
-        added = d.get("added") or {}
+        added, dropped = d.get("added") or {}, d.get("dropped") or {}
         cut = [u for u in chosen if u not in added]
-        shown = ", ".join(f"{u} {float(v):.3f}" for u, v in losses[:max(len(chosen) + 3, 5)])
+        shown = ", ".join(f"{u} {float(v):.3f}" for u, v in losses[:max(len(chosen) + len(dropped) + 3, 5)])
         more = (f" + **{', '.join(added)}**, whose labels agree with {d.get('anchor')}'s (its specialist's "
                 f"head on their images and theirs on its: kappa {', '.join(f'{float(k):.2f}' for k in added.values())})"
                 if added else "")
+        if dropped:
+            more += "; dropped from the cut: " + "; ".join(f"{u} ({why})" for u, why in dropped.items())
         return ["", f"**Specialists** (each source alone, a short pretraining from scratch; target probe "
                 f"log-loss, lower = its labels teach more of this target's): chose **{', '.join(cut)}** "
                 f"(before the largest gap){more}; best probed: {shown}."]

@@ -34,8 +34,17 @@ draws 7-9 every related anchor passed the gate (kappa 0.33-1.00) and every other
 
 As the default (session 16, four draws of the hard family): the sweep's pick matched the related set on 50 of 60
 (seed, target) instead of 30, quality level with the probe's cut alone (80 pairs), no harmful source added.
-Class names are compared after `rtl.sweep.candidates.normal_name` (case, `-` and `_`); datasets that name the
-same defect differently ("scratch" / "scuff") are never compared (nothing is added). Defects drawn alike under the same name in another product are read as agreeing: on the demo family
+
+The prune (`importance_candidates.specialist_prune`, session 17): when the gate passes, the probe's own cut
+keeps only the members whose labels agree with the anchor's (kappa >= the threshold); a member that disagrees
+(a shortcut source that probes well) or shares < MIN_SHARED class names with the anchor (an unrelated source
+whose features happen to probe well) is dropped, and the ranking, the trial's tag and the report say which and
+why. Its risk: a related source whose dataset names the classes differently is dropped too -- hence
+`class_aliases`. Measured in docs/measurements/search.md, session 17 (pre-registered on an unseen draw).
+
+Class names are compared after `rtl.sweep.candidates.normal_name` (case, `-` and `_`, regular plurals) and the
+spec's `class_aliases`; datasets that name the same defect differently ("scratch" / "scuff") are compared only
+when an alias says so. Defects drawn alike under the same name in another product are read as agreeing: on the demo family
 semiconductor_a (scratch, spot) is added to target_pcb's pcb_b, pcb_a.
 
 Cost: no pretraining; forward passes of two specialists over at most 256 held-out images of each unit compared
@@ -59,6 +68,8 @@ MIN_SHARED = 3     # class names a pair must share (with `ok`: two defect names)
 PER_CLASS = 32     # held-out images per class name of a unit used to measure agreement (deterministic: the first)
 PER_UNIT = 256     # ... and at most this many per unit (memory and CPU time at 224 px: 256 x 150 KB as uint8)
 GRAY_TOL = 1.0     # mean |R - G| + |G - B| (uint8) below which a source's images are gray
+
+Aliases = tuple[tuple[str, str], ...]  # `class_aliases` as sorted (name, canonical) pairs (hashable: cache keys)
 
 
 def kappa(pred: np.ndarray, truth: np.ndarray, names: list[str]) -> float:
@@ -108,11 +119,11 @@ class ImageSet:
     """Images as uint8 (N, 3, s, s) with their class names (`normal_name`d, as the candidates compare names),
     whether they are gray, and their per-channel stats -- computed once."""
 
-    def __init__(self, u8: np.ndarray, names: list[str]) -> None:
+    def __init__(self, u8: np.ndarray, names: list[str], aliases: Aliases = ()) -> None:
         from rtl.sweep.candidates import normal_name
 
         self._u8 = u8
-        self.names = np.array([normal_name(n) for n in names], dtype=object).astype(str)
+        self.names = np.array([normal_name(n, dict(aliases)) for n in names], dtype=object).astype(str)
         x = self.x
         self.gray = is_gray(x)
         self.stats = channel_stats(x) if len(x) else (np.zeros((1, 3, 1, 1)), np.ones((1, 3, 1, 1)))
@@ -131,7 +142,7 @@ class UnitImages(ImageSet):
     (deterministic); only those rows' pixels are read, so a large corpus costs a metadata scan and a few hundred
     images per unit."""
 
-    def __init__(self, corpus: str, unit: str, by: str, side: int) -> None:
+    def __init__(self, corpus: str, unit: str, by: str, side: int, aliases: Aliases = ()) -> None:
         import pyarrow as pa
 
         from rtl.data.transforms import to_channels
@@ -162,19 +173,19 @@ class UnitImages(ImageSet):
             ds = CorpusDataset(table, crop=side, in_channels=3, train=False)
             imgs = [to_channels(crop(ds.image(i), side, train=False), 3) for i in range(len(ds))]
         super().__init__(np.stack(imgs).transpose(0, 3, 1, 2) if imgs else np.zeros((0, 3, side, side), np.uint8),
-                         [names[int(class_id[i])] for i in keep])
+                         [names[int(class_id[i])] for i in keep], aliases)
 
 
 class Head:
     """A specialist's classifier restricted to its own unit's classes, read by class name."""
 
-    def __init__(self, ckpt: str | Path, unit: str, by: str) -> None:
+    def __init__(self, ckpt: str | Path, unit: str, by: str, aliases: Aliases = ()) -> None:
         from rtl.train.checkpoint import load_checkpoint
 
         self.model, _ = load_checkpoint(str(ckpt))
         self.model.eval()
         self.in_channels = int(getattr(self.model, "in_channels", 3))
-        self.unit, self.by = unit, by
+        self.unit, self.by, self.aliases = unit, by, dict(aliases)
         self._ids: dict[str, list[int]] | None = None
 
     def ids(self, manifest: dict) -> dict[str, list[int]]:
@@ -186,7 +197,7 @@ class Head:
             ids: dict[str, list[int]] = {}
             for c in manifest["classes"]:
                 if self.unit in class_units(c, self.by):
-                    ids.setdefault(normal_name(str(c["label"])), []).append(int(c["id"]))
+                    ids.setdefault(normal_name(str(c["label"]), self.aliases), []).append(int(c["id"]))
             self._ids = ids
         return self._ids
 
@@ -234,15 +245,15 @@ def agreement(a: str, u: str, heads: dict[str, Head], images: dict[str, ImageSet
 
 
 @lru_cache(maxsize=16)
-def _unit_images(corpus: str, version: str, unit: str, by: str, side: int) -> UnitImages:
-    return UnitImages(corpus, unit, by, side)
+def _unit_images(corpus: str, version: str, unit: str, by: str, side: int, aliases: Aliases) -> UnitImages:
+    return UnitImages(corpus, unit, by, side, aliases)
 
 
 class TargetImages(ImageSet):
     """The target's train + val images (never its test split) as `UnitImages` holds a unit's: centre crops at
     the corpus' min side, with their class names."""
 
-    def __init__(self, target: str, sides: tuple[int, int]) -> None:
+    def __init__(self, target: str, sides: tuple[int, int], aliases: Aliases = ()) -> None:
         from rtl.select.inference import target_dataset
         from rtl.train.target_data import mean_std
 
@@ -257,57 +268,73 @@ class TargetImages(ImageSet):
                 x, y = ds[i]
                 xs.append(np.clip((x.numpy() * std + mean) * 255.0 + 0.5, 0, 255).astype(np.uint8))
                 names.append(classes[int(y)])
-        super().__init__(np.stack(xs) if xs else np.zeros((0, 3, sides[0], sides[0]), np.uint8), names)
+        super().__init__(np.stack(xs) if xs else np.zeros((0, 3, sides[0], sides[0]), np.uint8), names, aliases)
 
 
 @lru_cache(maxsize=8)
-def _target_images(target: str, sides: tuple[int, int]) -> TargetImages:
-    return TargetImages(target, sides)
+def _target_images(target: str, sides: tuple[int, int], aliases: Aliases) -> TargetImages:
+    return TargetImages(target, sides, aliases)
 
 
 def expand(spec: Any, losses: dict[str, float], chosen: list[str], ckpt_of: Callable[[str], Path],
-           threshold: float, target: str) -> tuple[list[str], dict[str, Any]]:
-    """The units to add to `chosen` (module docstring), in ascending probe loss, and what was measured:
-    {"anchor": unit, "threshold": t, "target": {"shared": n, "agreement": kappa | None}, "agreement":
-    {unit: kappa}, "shared": {unit: n}, "added": [...]}. Nothing is added unless the anchor's head reads the
-    target's own train + val labels by name (kappa >= threshold over >= MIN_SHARED shared names): on a target
-    without a related source the best-probed unit is an unrelated one that happens to help, and its own
-    relatives agree with it without helping the target (module docstring, "The gate").
+           threshold: float, target: str, *, prune: bool = False,
+           aliases: dict[str, str] | None = None) -> tuple[list[str], dict[str, Any]]:
+    """The specialists' chosen set after the agreement (module docstring): `chosen` (the probe's cut, best-probed
+    first) without the members the prune drops, then the units added, in ascending probe loss; and what was
+    measured: {"anchor": unit, "threshold": t, "prune": bool, "aliases": {...}, "target": {"shared": n,
+    "agreement": kappa | None}, "agreement": {unit: kappa}, "shared": {unit: n}, "added": [...], "dropped":
+    {unit: why}}. Nothing changes unless the anchor's head reads the target's own train + val labels by name
+    (kappa >= threshold over >= MIN_SHARED shared names): on a target without a related source the best-probed
+    unit is an unrelated one that happens to help, and its own relatives agree with it without helping the
+    target (module docstring, "The gate"). `prune`: a cut member that disagrees with the anchor (kappa <
+    threshold) or shares < MIN_SHARED class names with it is dropped ("The prune").
     `ckpt_of`: unit -> its specialist checkpoint (asked only for the anchor and the units compared)."""
     from rtl.train.strategies import open_view
 
-    info: dict[str, Any] = {"anchor": chosen[0] if chosen else None, "threshold": threshold,
-                            "target": {"shared": 0, "agreement": None}, "agreement": {}, "shared": {}, "added": []}
+    al: Aliases = tuple(sorted((aliases or {}).items()))
+    info: dict[str, Any] = {"anchor": chosen[0] if chosen else None, "threshold": threshold, "prune": prune,
+                            "aliases": dict(al), "target": {"shared": 0, "agreement": None}, "agreement": {},
+                            "shared": {}, "added": [], "dropped": {}}
     if not chosen:
         return [], info
     a, by = chosen[0], spec.search.sources.by
     median = statistics.median(losses.values())
     probed_well = [u for u in sorted(losses, key=lambda v: (losses[v], v)) if u not in chosen and losses[u] <= median]
-    if not probed_well:
-        return [], info
+    members = chosen[1:] if prune else []
+    if not probed_well and not members:
+        return list(chosen), info
     view = open_view(spec.corpus_path())
     corpus, manifest, side = str(Path(spec.corpus_path()).resolve()), view.manifest, int(spec.image.min_side)
-    images = {v: _unit_images(corpus, view.version, v, by, side) for v in [a, *probed_well]}
-    tgt = _target_images(str(Path(target).resolve()), (side, int(spec.image.max_side)))
+    images = {v: _unit_images(corpus, view.version, v, by, side, al) for v in [a, *members, *probed_well]}
+    tgt = _target_images(str(Path(target).resolve()), (side, int(spec.image.max_side)), al)
     names = shared_names(images[a], tgt)
     info["target"]["shared"] = len(names)
     if len(names) < MIN_SHARED:
-        return [], info
-    heads: dict[str, Head] = {a: Head(ckpt_of(a), a, by)}
+        return list(chosen), info
+    heads: dict[str, Head] = {a: Head(ckpt_of(a), a, by, al)}
     k_t = one_way(heads[a], images[a], tgt, names, manifest)
     info["target"]["agreement"] = round(float(k_t), 4) if k_t == k_t else None
     if not k_t >= threshold:
-        return [], info
-    added = []
-    for u in probed_well:
+        return list(chosen), info
+
+    def agrees(u: str) -> bool | None:
+        """Whether u's labels agree with the anchor's; None when they cannot be compared (too few shared names,
+        or neither direction could be scored)."""
         info["shared"][u] = len(shared_names(images[a], images[u]))
         if info["shared"][u] < MIN_SHARED:
-            continue  # nothing to compare: its specialist is not even loaded
-        heads[u] = Head(ckpt_of(u), u, by)
+            return None  # nothing to compare: its specialist is not even loaded
+        heads[u] = Head(ckpt_of(u), u, by, al)
         k = agreement(a, u, heads, images, manifest)
-        if k is not None:
-            info["agreement"][u] = round(float(k), 4)
-            if k >= threshold:
-                added.append(u)
-    info["added"] = added
-    return added, info
+        if k is None:
+            return None
+        info["agreement"][u] = round(float(k), 4)
+        return k >= threshold
+
+    for u in members:
+        ok = agrees(u)
+        if not ok:
+            info["dropped"][u] = (f"labels disagree with {a}'s (kappa {info['agreement'][u]:.2f})" if ok is False
+                                  else f"shares {info['shared'][u]} class names with {a}" if info["shared"][u]
+                                  < MIN_SHARED else f"labels not comparable with {a}'s (no held-out images)")
+    info["added"] = [u for u in probed_well if agrees(u)]
+    return [u for u in chosen if u not in info["dropped"]] + info["added"], info

@@ -95,9 +95,22 @@ def needs_names(spec: SweepSpec) -> bool:
     return c is not None and any(v.names for v in c.variants)
 
 
-def normal_name(label: str) -> str:
-    """A class name compared across datasets: case, spaces, "-" and "_" ignored ("Scratch-line" = "scratch line")."""
-    return " ".join(label.casefold().replace("-", " ").replace("_", " ").split())
+def normal_name(label: str, aliases: dict[str, str] | None = None) -> str:
+    """A class name compared across datasets: case, spaces, "-" and "_" ignored ("Scratch-line" = "scratch line"),
+    each word's regular English plural folded ("Scratches" = "scratch", "dots" = "dot"; "cross", "glass" kept),
+    then `aliases` (normal name -> normal name, `importance_candidates.class_aliases`) applied once."""
+    n = " ".join(_singular(w) for w in label.casefold().replace("-", " ").replace("_", " ").split())
+    return aliases.get(n, n) if aliases else n
+
+
+def _singular(w: str) -> str:
+    if len(w) > 4 and w.endswith("ies"):
+        return w[:-3] + "y"
+    if len(w) > 4 and w.endswith(("sses", "xes", "zes", "ches", "shes")):
+        return w[:-2]
+    if len(w) > 3 and w.endswith("s") and not w.endswith(("ss", "us", "is")):
+        return w[:-1]
+    return w
 
 
 def class_units(c: dict[str, Any], by: str) -> list[str]:
@@ -105,13 +118,14 @@ def class_units(c: dict[str, Any], by: str) -> list[str]:
     return [c["dataset"]] if by == "datasets" else list(c.get("domain") or [])
 
 
-def name_shares(manifest: dict[str, Any], target_classes: list[str], by: str) -> dict[str, float]:
+def name_shares(manifest: dict[str, Any], target_classes: list[str], by: str,
+                aliases: dict[str, str] | None = None) -> dict[str, float]:
     """unit (dataset or domain tag) -> share of the target's class names that the unit's classes also have."""
-    want = {normal_name(c) for c in target_classes}
+    want = {normal_name(c, aliases) for c in target_classes}
     have: dict[str, set[str]] = {}
     for c in manifest["classes"]:
         for u in class_units(c, by):
-            have.setdefault(u, set()).add(normal_name(str(c["label"])))
+            have.setdefault(u, set()).add(normal_name(str(c["label"]), aliases))
     return {u: len(want & names) / len(want) for u, names in have.items()} if want else {}
 
 
@@ -215,7 +229,7 @@ def best_candidate(spec: SweepSpec, plan: PretrainPlan, target: str, gen: Path, 
         from rtl.data.convention import load_dataset
 
         shares = name_shares(open_view(spec.corpus_path()).manifest, load_dataset(target).classes(),
-                             spec.search.sources.by)
+                             spec.search.sources.by, spec.search.sources.importance_candidates.class_aliases)
     chosen, spec_scores, agree = None, None, None
     fraction = specialists.fraction_of(spec)
     if fraction is not None:  # one short from-scratch pretraining per unit (shared by all targets), probed here

@@ -550,7 +550,8 @@ def _candidates_line(spec: SweepSpec, n_units: int = 0, n_targets: int = 1) -> s
                         f"{total / max(1, n_targets):.2g} per target)" if n_units else ""))
         if c.specialist_agreement is not None:
             spec_cost += (f"; + the {spec.search.sources.by} whose labels agree with the best-probed one's "
-                          f"(kappa >= {c.specialist_agreement:g}, no pretraining)")
+                          f"(kappa >= {c.specialist_agreement:g}, no pretraining)"
+                          + ("; the chosen ones that do not agree are dropped" if c.specialist_prune else ""))
     if c.from_specialist:  # the specialists' pick continues its best specialist for the rest of the budget
         spec_cost = (f"; the specialists' pick continues its best specialist for {c.continued_length():g} of the "
                      f"generalist's images" + spec_cost)

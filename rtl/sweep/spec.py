@@ -209,6 +209,14 @@ class ImportanceCandidates(_M):
     # mean regret difference +0.000 [-0.014, +0.012]), no harmful source added (docs/measurements/search.md,
     # session 16). None: off (the default before session 16)
     specialist_agreement: float | None = Field(0.2, ge=0, le=1)
+    # with the agreement, when its target gate passes: the probe's cut keeps only the members whose labels agree
+    # with the best-probed unit's (kappa >= `specialist_agreement`); a member that disagrees, or whose class
+    # names cannot be compared with its (< 3 shared), is dropped (rtl.sweep.agreement, "The prune")
+    specialist_prune: bool = False
+    # class names read as the same by the agreement and the name-based candidates, for datasets that name one
+    # defect differently: {name: canonical name}, e.g. {scuff: scratch, good: ok} (case, separators and regular
+    # plurals are already ignored: "Scratches" = "scratch")
+    class_aliases: dict[str, str] = Field(default_factory=dict)
     # false (default): the trial's own (mask, temperature) is not a candidate -- with one variant, the
     # importance trial simply pretrains that variant (no cut is compared; 1 pretraining); the own one is the
     # fallback only when every variant is skipped
@@ -225,6 +233,23 @@ class ImportanceCandidates(_M):
     # random search (28/6/14, p = 0.003), but
     # worse than the default on 24 of 48 benchmark pairs, better on 11 (docs/measurements/search.md, session 13)
     from_specialist: bool = False
+
+    @field_validator("class_aliases")
+    @classmethod
+    def _aliases(cls, v: dict[str, str]) -> dict[str, str]:
+        from rtl.sweep.candidates import normal_name
+
+        out = {}
+        for k, t in v.items():
+            a, b = normal_name(str(k)), normal_name(str(t))
+            if not a or not b:
+                raise ValueError(f"class_aliases: empty class name in {k!r}: {t!r}")
+            if a != b:
+                out[a] = b
+        if bad := sorted(k for k, t in out.items() if t in out):
+            raise ValueError(f"class_aliases: {', '.join(bad)} map to a name that is itself an alias; map each name "
+                             f"straight to its canonical name")
+        return out
 
     @model_validator(mode="after")
     def _from_specialist(self) -> ImportanceCandidates:

@@ -75,10 +75,13 @@ def ranking(spec: SweepSpec, units: list[str], target: str) -> dict:
     order = sorted(units, key=lambda u: (loss[u], u))
     chosen, agree = chosen_set(spec, loss, seed, fraction, target)
     per = _images_per_epoch(spec, fraction) * spec.budget.pretrain_epochs
-    added = agree["added"] if agree else []
-    verdict = f"by specialists' probe loss; they keep {', '.join(c for c in chosen if c not in added)}"
+    added, dropped = (agree.get("added", []), agree.get("dropped", {})) if agree else ([], {})
+    cut = [c for c in chosen if c not in added] + list(dropped)
+    verdict = f"by specialists' probe loss; they keep {', '.join(sorted(cut, key=lambda u: (loss[u], u)))}"
     if added:
         verdict += f"; labels agree with {agree['anchor']}'s: + {', '.join(added)}"
+    if dropped:
+        verdict += "; dropped " + ", ".join(f"{u} ({why})" for u, why in dropped.items())
     out = {"version": RANKING_VERSION, "method": "specialists", "target": Path(target).name,
            "target_path": str(Path(target).resolve()), "corpus": str(Path(spec.corpus_path()).resolve()),
            "corpus_version": open_view(spec.corpus_path()).version, "by": spec.search.sources.by, "seeds": [seed],
@@ -205,9 +208,12 @@ def chosen_set(spec: SweepSpec, losses: dict[str, float], seed: int, fraction: f
     its choice is read back."""
     c = settings(spec)
     r = _ranking_by_same_specialists(spec, target, seed, fraction)
+    said = (r.get("agreement") or {}) if r is not None else {}
     if r is not None and _ranked_losses(spec, target, seed, fraction) == losses and (
-            (r.get("agreement") or {}).get("threshold") == c.specialist_agreement):
-        # the ranking already chose from these losses (with the same agreement setting): read back, not re-run --
+            said.get("threshold") == c.specialist_agreement and bool(said.get("prune")) == (
+            c.specialist_prune and c.specialist_agreement is not None)
+            and (said.get("aliases") or {}) == (c.class_aliases if c.specialist_agreement is not None else {})):
+        # the ranking already chose from these losses (with the same agreement settings): read back, not re-run --
         # the agreement's forward passes once per target, and the importance trial pretrains what it shows
         return list(r["suggested"]), r.get("agreement")
     chosen = choose(losses, c.specialist_max_k)
@@ -215,9 +221,8 @@ def chosen_set(spec: SweepSpec, losses: dict[str, float], seed: int, fraction: f
         return chosen, None
     from rtl.sweep.agreement import expand
 
-    added, info = expand(spec, losses, chosen, lambda u: build(spec, u, seed, fraction), c.specialist_agreement,
-                         target)
-    return chosen + added, info
+    return expand(spec, losses, chosen, lambda u: build(spec, u, seed, fraction), c.specialist_agreement,
+                  target, prune=c.specialist_prune, aliases=c.class_aliases)
 
 
 def choose(scores: dict[str, float], max_k: int = 4) -> list[str]:

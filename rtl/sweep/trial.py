@@ -294,7 +294,8 @@ def specialists_said(entry: Path) -> str:
     """The `rtl.specialists` tag of an importance trial whose candidates asked the specialists: JSON
     {"chosen": [...], "probe_loss": {unit: loss}} (the 20 best-probed units, 3 decimals), "continued": the
     unit whose specialist the pretraining started from (`from_specialist`), and "added" {unit: agreement} /
-    "anchor": the units the label agreement added to the probe's cut (`specialist_agreement`); "" otherwise."""
+    "dropped" {unit: why} / "anchor": the units the label agreement added to the probe's cut
+    (`specialist_agreement`) and removed from it (`specialist_prune`); "" otherwise."""
     from rtl.sweep.specialists import SCORES_FILE
 
     try:
@@ -302,9 +303,11 @@ def specialists_said(entry: Path) -> str:
         best = sorted(d["probe_loss"].items(), key=lambda kv: kv[1])[:20]
         agree = d.get("agreement") or {}
         added = {str(u): round(float(agree["agreement"][u]), 3) for u in agree.get("added", [])}
+        dropped = {str(u): str(why) for u, why in (agree.get("dropped") or {}).items()}
         return json.dumps({"chosen": list(d["chosen"]), "probe_loss": {u: round(float(v), 3) for u, v in best}}
                           | ({"continued": str(d["continued"])} if d.get("continued") else {})
-                          | ({"added": added, "anchor": str(agree["anchor"])} if added else {}))
+                          | ({"added": added} if added else {}) | ({"dropped": dropped} if dropped else {})
+                          | ({"anchor": str(agree["anchor"])} if added or dropped else {}))
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return ""
 
