@@ -168,6 +168,15 @@ def test_the_prune_keeps_only_the_cut_members_whose_labels_agree_with_the_best(t
     assert "disagree with col" in info["dropped"]["tint"] and "shares 1 class names" in info["dropped"]["far1"]
     kept, info = specialists.chosen_set(_spec(tmp_path, 0.2), LOSSES_CUT, 0, 1.0, target)
     assert kept == ["col", "tint", "far1", "gray"] and info["dropped"] == {}
+    # the anchor is the best-probed member whose labels read the target's, not always the cut's first: far1
+    # probes best but shares one class name with the target -> col anchors, far1 and tint are judged by it
+    first_far = LOSSES_CUT | {"far1": 0.05}
+    assert specialists.choose(first_far) == ["far1", "col", "tint"]
+    chosen, info = specialists.chosen_set(_spec(tmp_path, 0.2, prune=True), first_far, 0, 1.0, target)
+    assert chosen == ["col", "gray"] and info["anchor"] == "col" and set(info["dropped"]) == {"far1", "tint"}
+    assert info["gates"]["far1"] == {"shared": 1, "agreement": None} and info["target"]["agreement"] >= 0.5
+    kept, info = specialists.chosen_set(_spec(tmp_path, 0.2), first_far, 0, 1.0, target)  # without: far1 anchors
+    assert kept == ["far1", "col", "tint"] and info["anchor"] == "far1" and info["added"] == []
     # the gate holds for the prune too: labels that do not follow the defect -> the cut is left as it is
     shuffled = _write_target(tmp_path / "targets" / "shuffled", shuffled=True)
     chosen, info = specialists.chosen_set(_spec(tmp_path, 0.2, prune=True), LOSSES_CUT, 0, 1.0, shuffled)

@@ -282,39 +282,48 @@ def expand(spec: Any, losses: dict[str, float], chosen: list[str], ckpt_of: Call
     """The specialists' chosen set after the agreement (module docstring): `chosen` (the probe's cut, best-probed
     first) without the members the prune drops, then the units added, in ascending probe loss; and what was
     measured: {"anchor": unit, "threshold": t, "prune": bool, "aliases": {...}, "target": {"shared": n,
-    "agreement": kappa | None}, "agreement": {unit: kappa}, "shared": {unit: n}, "added": [...], "dropped":
-    {unit: why}}. Nothing changes unless the anchor's head reads the target's own train + val labels by name
-    (kappa >= threshold over >= MIN_SHARED shared names): on a target without a related source the best-probed
-    unit is an unrelated one that happens to help, and its own relatives agree with it without helping the
-    target (module docstring, "The gate"). `prune`: a cut member that disagrees with the anchor (kappa <
-    threshold) or shares < MIN_SHARED class names with it is dropped ("The prune").
-    `ckpt_of`: unit -> its specialist checkpoint (asked only for the anchor and the units compared)."""
+    "agreement": kappa | None} (the anchor's gate), "gates": {unit: the same} (every cut member tried as the
+    anchor), "agreement": {unit: kappa}, "shared": {unit: n}, "added": [...], "dropped": {unit: why}}.
+    Nothing changes unless the anchor's head reads the target's own train + val labels by name (kappa >=
+    threshold over >= MIN_SHARED shared names): on a target without a related source the best-probed unit is an
+    unrelated one that happens to help, and its own relatives agree with it without helping the target (module
+    docstring, "The gate"). The anchor is the cut's first member; with `prune`, the first member (in probe
+    order) that passes the gate, and every other member that disagrees with it (kappa < threshold) or shares
+    < MIN_SHARED class names with it is dropped ("The prune").
+    `ckpt_of`: unit -> its specialist checkpoint (asked only for the units tried as the anchor and compared)."""
     from rtl.train.strategies import open_view
 
     al: Aliases = tuple(sorted((aliases or {}).items()))
     info: dict[str, Any] = {"anchor": chosen[0] if chosen else None, "threshold": threshold, "prune": prune,
-                            "aliases": dict(al), "target": {"shared": 0, "agreement": None}, "agreement": {},
-                            "shared": {}, "added": [], "dropped": {}}
+                            "aliases": dict(al), "target": {"shared": 0, "agreement": None}, "gates": {},
+                            "agreement": {}, "shared": {}, "added": [], "dropped": {}}
     if not chosen:
         return [], info
-    a, by = chosen[0], spec.search.sources.by
+    by = spec.search.sources.by
     median = statistics.median(losses.values())
     probed_well = [u for u in sorted(losses, key=lambda v: (losses[v], v)) if u not in chosen and losses[u] <= median]
-    members = chosen[1:] if prune else []
-    if not probed_well and not members:
+    tried = list(chosen) if prune else chosen[:1]
+    if not probed_well and len(tried) < 2:
         return list(chosen), info
     view = open_view(spec.corpus_path())
     corpus, manifest, side = str(Path(spec.corpus_path()).resolve()), view.manifest, int(spec.image.min_side)
-    images = {v: _unit_images(corpus, view.version, v, by, side, al) for v in [a, *members, *probed_well]}
+    images = {v: _unit_images(corpus, view.version, v, by, side, al) for v in [*tried, *probed_well]}
     tgt = _target_images(str(Path(target).resolve()), (side, int(spec.image.max_side)), al)
-    names = shared_names(images[a], tgt)
-    info["target"]["shared"] = len(names)
-    if len(names) < MIN_SHARED:
-        return list(chosen), info
-    heads: dict[str, Head] = {a: Head(ckpt_of(a), a, by, al)}
-    k_t = one_way(heads[a], images[a], tgt, names, manifest)
-    info["target"]["agreement"] = round(float(k_t), 4) if k_t == k_t else None
-    if not k_t >= threshold:
+    heads: dict[str, Head] = {}
+    a = None
+    for c in tried:  # the gate: the first member whose own labels read the target's
+        names = shared_names(images[c], tgt)
+        k_t = float("nan")
+        if len(names) >= MIN_SHARED:
+            heads[c] = Head(ckpt_of(c), c, by, al)
+            k_t = one_way(heads[c], images[c], tgt, names, manifest)
+        info["gates"][c] = {"shared": len(names), "agreement": round(float(k_t), 4) if k_t == k_t else None}
+        if k_t >= threshold:  # False for nan
+            a = c
+            break
+    info["anchor"] = a or chosen[0]
+    info["target"] = info["gates"][info["anchor"]]
+    if a is None:
         return list(chosen), info
 
     def agrees(u: str) -> bool | None:
@@ -323,14 +332,15 @@ def expand(spec: Any, losses: dict[str, float], chosen: list[str], ckpt_of: Call
         info["shared"][u] = len(shared_names(images[a], images[u]))
         if info["shared"][u] < MIN_SHARED:
             return None  # nothing to compare: its specialist is not even loaded
-        heads[u] = Head(ckpt_of(u), u, by, al)
+        if u not in heads:
+            heads[u] = Head(ckpt_of(u), u, by, al)
         k = agreement(a, u, heads, images, manifest)
         if k is None:
             return None
         info["agreement"][u] = round(float(k), 4)
         return k >= threshold
 
-    for u in members:
+    for u in (m for m in chosen if m != a) if prune else ():
         ok = agrees(u)
         if not ok:
             info["dropped"][u] = (f"labels disagree with {a}'s (kappa {info['agreement'][u]:.2f})" if ok is False
