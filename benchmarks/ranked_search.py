@@ -7,7 +7,8 @@ own COLD pretraining cache (so each arm pays for everything it needs, ranking in
 * `ranked`       -- the CURRENT default (so its rows mean what the code of their day shipped: session 5's
                     rows predate `importance_init`, which the explicit `ranked_ii` arm names; since
                     session 8 it is `ranked_drop12q`, since session 12 `ranked_speconly`, since session 13
-                    `ranked_speconly_r`): top-k of the target's ranking (by the specialists) + swaps, controls generalist / all sources, the enqueued importance
+                    `ranked_speconly_r`, since session 16 `ranked_speconly_rag`, since session 17
+                    `ranked_speconly_ragp`): top-k of the target's ranking (by the specialists) + swaps, controls generalist / all sources, the enqueued importance
                     trial (on the sources whose specialists probe best; + its pretraining fine-tuned at the lr
                     ends), top-1..3, subset pretraining
                     continues the generalist in rungs, successive halving on a probe score (`rungs`);

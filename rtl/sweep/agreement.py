@@ -35,12 +35,14 @@ draws 7-9 every related anchor passed the gate (kappa 0.33-1.00) and every other
 As the default (session 16, four draws of the hard family): the sweep's pick matched the related set on 50 of 60
 (seed, target) instead of 30, quality level with the probe's cut alone (80 pairs), no harmful source added.
 
-The prune (`importance_candidates.specialist_prune`, session 17): when the gate passes, the probe's own cut
-keeps only the members whose labels agree with the anchor's (kappa >= the threshold); a member that disagrees
-(a shortcut source that probes well) or shares < MIN_SHARED class names with the anchor (an unrelated source
-whose features happen to probe well) is dropped, and the ranking, the trial's tag and the report say which and
-why. Its risk: a related source whose dataset names the classes differently is dropped too -- hence
-`class_aliases`. Measured in docs/measurements/search.md, session 17 (pre-registered on an unseen draw).
+The prune (`importance_candidates.specialist_prune`, the default since session 17): the anchor is the
+best-probed member of the probe's cut that passes the gate (the cut's first member may be an unrelated source
+whose features happen to probe best), and the cut keeps only the members whose labels agree with the anchor's
+(kappa >= the threshold); a member that disagrees (a shortcut source that probes well) or shares < MIN_SHARED
+class names with the anchor (an unrelated source) is dropped, and the ranking, the trial's tag and the report say
+which and why. Where no member passes the gate the cut is kept whole. Its risk: a related source whose dataset
+names the classes differently is dropped too -- hence `class_aliases`. Measured in docs/measurements/search.md,
+session 17 (pre-registered, on draws generated after the rule was written).
 
 Class names are compared after `rtl.sweep.candidates.normal_name` (case, `-` and `_`, regular plurals) and the
 spec's `class_aliases`; datasets that name the same defect differently ("scratch" / "scuff") are compared only
