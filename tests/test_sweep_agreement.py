@@ -205,6 +205,10 @@ def test_the_ranking_shows_the_agreement_and_the_added_units() -> None:
                   {"rank": 3, "unit": "gray", "probe_loss": 1.0, "chosen": True, "agreement": 0.9}]}
     text = format_ranking(r)
     assert "agrees with col" in text and "0.90" in text and "+ gray" in text
+    assert "dropped" not in text
+    r["agreement"]["dropped"] = {"tint": "labels disagree with col's (kappa 0.00)"}
+    assert any(line.split()[1] == "tint" and line.rstrip().endswith("dropped")
+               for line in format_ranking(r).splitlines()[3:6])
 
 
 @pytest.mark.parametrize("pred, truth, expected", [

@@ -98,9 +98,10 @@ def format_ranking(r: dict) -> str:
     from rtl.select.ranking import format_table
 
     agree = "agreement" in r
+    dropped = (r.get("agreement") or {}).get("dropped") or {}
     rows = [[x["rank"], x["unit"], f"{x['probe_loss']:.3f}"]
             + ([f"{x['agreement']:.2f}" if "agreement" in x else ""] if agree else [])
-            + ["chosen" if x["chosen"] else ""] for x in r["rows"]]
+            + ["chosen" if x["chosen"] else "dropped" if x["unit"] in dropped else ""] for x in r["rows"]]
     head = ["rank", r["by"][:-1], "probe loss"] + ([f"agrees with {r['agreement']['anchor']}"] if agree else []) + [""]
     c = r["cost"]
     return (f"target {r['target']}\n" + format_table(rows, head) + "\n"
