@@ -345,8 +345,9 @@ def expand(spec: Any, losses: dict[str, float], chosen: list[str], ckpt_of: Call
     for u in (m for m in chosen if m != a) if prune else ():
         ok = agrees(u)
         if not ok:
-            info["dropped"][u] = (f"labels disagree with {a}'s (kappa {info['agreement'][u]:.2f})" if ok is False
-                                  else f"shares {info['shared'][u]} class names with {a}" if info["shared"][u]
-                                  < MIN_SHARED else f"labels not comparable with {a}'s (no held-out images)")
+            info["dropped"][u] = (
+                f"labels disagree with {a}'s (kappa {info['agreement'][u]:.3f} < {threshold:g})" if ok is False
+                else f"shares {info['shared'][u]} class names with {a}" if info["shared"][u] < MIN_SHARED
+                else f"labels not comparable with {a}'s (no held-out images)")
     info["added"] = [u for u in probed_well if agrees(u)]
     return [u for u in chosen if u not in info["dropped"]] + info["added"], info
