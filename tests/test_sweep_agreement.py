@@ -293,3 +293,21 @@ def test_plurals_and_a_users_aliases_make_class_names_comparable(tmp_path: Path)
         "temperature": {"low": 0.5, "high": 4.0}, "lr": {"low": 0.01, "high": 0.1}, "freeze_depth": {"low": 0, "high": 1}})
     with pytest.raises(RtlError, match="class_aliases: scuff map to a name that is itself an alias"):
         load_spec(path)
+
+
+def test_a_ranking_made_with_other_agreement_settings_is_not_read_back(tmp_path: Path, monkeypatch) -> None:
+    """The importance candidate reads the ranking's choice back only when the ranking used the same threshold,
+    prune and aliases; a ranking written before the prune existed (no "prune" key) reads as prune off."""
+    import rtl.sweep.agreement as agreement
+    from rtl.sweep import specialists
+
+    losses = {"col": 0.1, "tint": 0.12, "gray": 1.0}
+    said = {"suggested": ["col", "tint"], "agreement": {"anchor": "col", "threshold": 0.2, "added": []}}
+    monkeypatch.setattr(specialists, "_ranking_by_same_specialists", lambda *a: said)
+    monkeypatch.setattr(specialists, "_ranked_losses", lambda *a: losses)
+    ran = []
+    monkeypatch.setattr(agreement, "expand", lambda *a, **k: ran.append(k) or (["col"], {"prune": k["prune"]}))
+    assert specialists.chosen_set(_spec(tmp_path, 0.2), losses, 0, 1.0, "t") == (["col", "tint"], said["agreement"])
+    assert ran == []  # same settings: read back
+    assert specialists.chosen_set(_spec(tmp_path, 0.2, prune=True), losses, 0, 1.0, "t")[0] == ["col"]
+    assert ran == [{"prune": True, "aliases": {}}]  # the prune is on now: measured again
