@@ -26,6 +26,9 @@ def _env() -> dict[str, str]:
 
 
 def test_kill_and_resume(tmp_path: Path) -> None:
+    import optuna
+
+    from rtl.sweep.search import counted
     from rtl.sweep.status import target_trials
     from rtl.sweep.trial import tracker_for
 
@@ -37,15 +40,25 @@ def test_kill_and_resume(tmp_path: Path) -> None:
     db = Path(spec.results_dir) / "optuna.db"
     deadline = time.time() + 180
     finished: list = []
+    storage = study = None
     try:
-        while not finished:  # poll the Optuna storage until one trial finished
+        # poll the Optuna storage until one trial finished -- through one storage opened once: opening it per poll
+        # (engine + schema check) took longer on a loaded 2-core CI machine than the sweep's last 3 trials, and
+        # the kill once landed after all of them had finished
+        while not finished:
             assert p.poll() is None, (tmp_path / "run.log").read_text()[-2000:]
             assert time.time() < deadline, "no trial finished in time"
-            time.sleep(0.5)
+            time.sleep(0.1)
             if db.exists():
                 try:
-                    finished = [t for t in target_trials(spec.results_dir, "tgt") if t.state.name == "COMPLETE"]
-                except Exception:  # study not created yet
+                    if storage is None:
+                        storage = optuna.storages.RDBStorage(spec.optuna_url(),
+                                                             engine_kwargs={"connect_args": {"timeout": 30}})
+                    if study is None:  # loaded, never created here: KeyError until the sweep created it
+                        study = optuna.load_study(study_name=f"{spec.name}/tgt", storage=storage)
+                    finished = [t for t in study.get_trials(deepcopy=False)
+                                if counted(t) and t.state.name == "COMPLETE"]
+                except Exception:  # storage or study not set up yet
                     finished = []
     finally:
         os.killpg(p.pid, signal.SIGKILL)
