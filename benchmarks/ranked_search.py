@@ -142,15 +142,18 @@ def make_spec(workdir: Path, corpus: Path, targets: list[str], arm: str, seed: i
             # the other specialists arms keep the experts' order they were measured with
             d["search"]["sources"]["ranking"] = {"method": "specialists" if arm in (
                 "ranked_speconly_r", "ranked_speconly_r20", "ranked_speconly_ra", "ranked_speconly_rag",
-                "ranked_speconly_ragp") else "experts"}
+                "ranked_speconly_ragp", "ranked_speconly_ragp2") else "experts"}
             if arm == "ranked_speconly_r20":  # session 13: r with specialists on 0.2 of the generalist's images
                 d["search"]["sources"]["importance_candidates"]["specialist_fraction"] = 0.2
             # session 16: + the units whose labels agree with the best-probed unit's, when its own labels read the
             # target's (rtl.sweep.agreement; the default since); every other specialists arm was measured without
             d["search"]["sources"]["importance_candidates"]["specialist_agreement"] = (
-                0.2 if arm in ("ranked_speconly_rag", "ranked_speconly_ragp") else None)
+                0.2 if arm in ("ranked_speconly_rag", "ranked_speconly_ragp", "ranked_speconly_ragp2") else None)
             # session 17: + the prune -- the probe's cut keeps only the members whose labels agree with the anchor's
-            d["search"]["sources"]["importance_candidates"]["specialist_prune"] = arm == "ranked_speconly_ragp"
+            # (ragp2: the same settings, rows of the code where a cut member sharing only `ok` + one defect name
+            # with the anchor is judged, not dropped -- rtl.sweep.agreement.MIN_SHARED_CUT = 2)
+            d["search"]["sources"]["importance_candidates"]["specialist_prune"] = arm in (
+                "ranked_speconly_ragp", "ranked_speconly_ragp2")
         if arm == "ranked_lean":  # continuations get 1/10 of the generalist's images, not 1/4 (compute arithmetic:
             d["budget"]["subset_fraction"] = 0.1  # generalist + experts + importance trials ~ 23 % of random's)
     else:
@@ -402,7 +405,7 @@ ARMS = ("ranked", "random_bits", "tpe_asha_bits", "ranked_v1", "ranked_imp", "ra
         "ranked_drop12q", "ranked_names", "ranked_names4", "ranked_spec", "ranked_spec3", "ranked_speconly",
         "ranked_speconly_h", "ranked_speconly_k2", "ranked_speconly_w", "ranked_speconly_r",
         "ranked_speconly_wl", "ranked_speconly_rwl", "ranked_speconly_r20", "ranked_speconly_ra",
-        "ranked_speconly_rag", "ranked_speconly_ragp")
+        "ranked_speconly_rag", "ranked_speconly_ragp", "ranked_speconly_ragp2")
 
 
 def report(rows: list[dict[str, Any]]) -> None:

@@ -35,7 +35,8 @@ def _write_corpus(root: Path, per_class: int = 24) -> None:
     rng = np.random.default_rng(0)
     cols: dict[str, list] = {k: [] for k in COLS}
     classes: list[dict] = []
-    plan = [("col", LABELS), ("gray", LABELS), ("tint", LABELS)] + [(f"far{i}", ("ok", "x", "y")) for i in (1, 2, 3, 4)]
+    plan = ([("col", LABELS), ("gray", LABELS), ("tint", LABELS), ("part", ("ok", "q0", "z"))]
+            + [(f"far{i}", ("ok", "x", "y")) for i in (1, 2, 3, 4)])
     for ds, labels in plan:
         for lb in labels:
             cid = len(classes)
@@ -46,6 +47,8 @@ def _write_corpus(root: Path, per_class: int = 24) -> None:
                     img = _image(rng, [None, 0, 1, 2][int(rng.integers(0, 4))], side) * np.array(TINT[lb], np.float32)
                 elif ds.startswith("far"):
                     img = _image(rng, {"ok": None, "x": 3, "y": 0}[lb], side)
+                elif ds == "part":  # col's ok and q0, and a defect of its own (z)
+                    img = _image(rng, {"ok": None, "q0": 0, "z": 2}[lb], side)
                 else:
                     img = _image(rng, None if lb == "ok" else int(lb[1]), side)
                 img = np.clip(img, 0, 255).astype(np.uint8)
@@ -177,6 +180,13 @@ def test_the_prune_keeps_only_the_cut_members_whose_labels_agree_with_the_best(t
     assert info["gates"]["far1"] == {"shared": 1, "agreement": None} and info["target"]["agreement"] >= 0.5
     kept, info = specialists.chosen_set(_spec(tmp_path, 0.2), first_far, 0, 1.0, target)  # without: far1 anchors
     assert kept == ["far1", "col", "tint"] and info["anchor"] == "far1" and info["added"] == []
+    # a member sharing only `ok` and one defect name with the anchor (a related dataset with a partial vocabulary)
+    # is judged on those two, and kept when it agrees; one sharing `ok` alone is dropped
+    part = {"col": 0.1, "part": 0.12, "far1": 0.14, "tint": 0.9, "gray": 1.0, "far2": 1.1, "far3": 1.2, "far4": 1.3}
+    assert specialists.choose(part) == ["col", "part", "far1"]
+    chosen, info = specialists.chosen_set(_spec(tmp_path, 0.2, prune=True), part, 0, 1.0, target)
+    assert chosen == ["col", "part"] and info["shared"]["part"] == 2 and info["agreement"]["part"] >= 0.5
+    assert list(info["dropped"]) == ["far1"]
     # the gate holds for the prune too: labels that do not follow the defect -> the cut is left as it is
     shuffled = _write_target(tmp_path / "targets" / "shuffled", shuffled=True)
     chosen, info = specialists.chosen_set(_spec(tmp_path, 0.2, prune=True), LOSSES_CUT, 0, 1.0, shuffled)

@@ -211,10 +211,10 @@ class ImportanceCandidates(_M):
     specialist_agreement: float | None = Field(0.2, ge=0, le=1)
     # with the agreement: the anchor is the best-probed member of the probe's cut whose head reads the target's
     # labels, and the cut keeps only the members whose labels agree with the anchor's (kappa >=
-    # `specialist_agreement`); a member that disagrees, or whose class names cannot be compared with its (< 3
-    # shared), is dropped (rtl.sweep.agreement, "The prune"). Pre-registered on two unseen draws: the pick matched
-    # the related set on 34 of 36 pairs instead of 28, 81 of 84 over five draws (68), quality level (112 pairs,
-    # 4 better / 3 worse), no harmful pick gained (docs/measurements/search.md, session 17). false: the cut kept whole
+    # `specialist_agreement`); a member that disagrees, or shares no class name with it but `ok`, is dropped
+    # (rtl.sweep.agreement, "The prune"). Pre-registered on two unseen draws: the pick matched the related set on
+    # 34 of 36 pairs instead of 28, ~78 of 84 over five draws as shipped (68), quality level (112 pairs, 4 better
+    # / 3 worse), no harmful pick gained (docs/measurements/search.md, session 17). false: the cut kept whole
     specialist_prune: bool = True
     # class names read as the same by the agreement and the name-based candidates, for datasets that name one
     # defect differently: {name: canonical name}, e.g. {scuff: scratch, good: ok} (case, separators and regular

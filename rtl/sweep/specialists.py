@@ -81,7 +81,7 @@ def ranking(spec: SweepSpec, units: list[str], target: str) -> dict:
     if added:
         verdict += f"; labels agree with {agree['anchor']}'s: + {', '.join(added)}"
     if dropped:
-        verdict += "; dropped " + ", ".join(f"{u} ({why})" for u, why in dropped.items())
+        verdict += "; of those, dropped " + ", ".join(f"{u} ({why})" for u, why in dropped.items())
     out = {"version": RANKING_VERSION, "method": "specialists", "target": Path(target).name,
            "target_path": str(Path(target).resolve()), "corpus": str(Path(spec.corpus_path()).resolve()),
            "corpus_version": open_view(spec.corpus_path()).version, "by": spec.search.sources.by, "seeds": [seed],
