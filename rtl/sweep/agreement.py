@@ -46,7 +46,7 @@ did with 3): related datasets often share part of their vocabulary (the demo's f
 film_a's ok, bubble, scratch, spot); the price on the hard family: an unrelated source drawing a same-named defect
 alike is kept (bricks_a's crescent for grid, grain_b's cross for dots: 3 of 84 pairs). A related source whose
 dataset names every class differently is still dropped -- hence `class_aliases`. Measured in docs/measurements/search.md,
-session 17 (pre-registered, on draws generated after the rule was written).
+session 17 (the rule with 3 pre-registered and confirmed on two unseen draws; the 2 chosen after, on the demo).
 
 Class names are compared after `rtl.sweep.candidates.normal_name` (case, `-` and `_`, regular plurals) and the
 spec's `class_aliases`; datasets that name the same defect differently ("scratch" / "scuff") are compared only
