@@ -142,18 +142,20 @@ def make_spec(workdir: Path, corpus: Path, targets: list[str], arm: str, seed: i
             # the other specialists arms keep the experts' order they were measured with
             d["search"]["sources"]["ranking"] = {"method": "specialists" if arm in (
                 "ranked_speconly_r", "ranked_speconly_r20", "ranked_speconly_ra", "ranked_speconly_rag",
-                "ranked_speconly_ragp", "ranked_speconly_ragp2") else "experts"}
-            if arm == "ranked_speconly_r20":  # session 13: r with specialists on 0.2 of the generalist's images
-                d["search"]["sources"]["importance_candidates"]["specialist_fraction"] = 0.2
+                "ranked_speconly_ragp", "ranked_speconly_ragp2", "ranked_speconly_ragp20") else "experts"}
+            if arm in ("ranked_speconly_r20", "ranked_speconly_ragp20"):  # session 13: r with specialists on 0.2
+                d["search"]["sources"]["importance_candidates"]["specialist_fraction"] = 0.2  # of the generalist's
+            # images; session 18: ragp20 = the shipped default (ragp) with specialists on 0.2
             # session 16: + the units whose labels agree with the best-probed unit's, when its own labels read the
             # target's (rtl.sweep.agreement; the default since); every other specialists arm was measured without
             d["search"]["sources"]["importance_candidates"]["specialist_agreement"] = (
-                0.2 if arm in ("ranked_speconly_rag", "ranked_speconly_ragp", "ranked_speconly_ragp2") else None)
+                0.2 if arm in ("ranked_speconly_rag", "ranked_speconly_ragp", "ranked_speconly_ragp2",
+                               "ranked_speconly_ragp20") else None)
             # session 17: + the prune -- the probe's cut keeps only the members whose labels agree with the anchor's
             # (ragp2: the same settings, rows of the code where a cut member sharing only `ok` + one defect name
             # with the anchor is judged, not dropped -- rtl.sweep.agreement.MIN_SHARED_CUT = 2)
             d["search"]["sources"]["importance_candidates"]["specialist_prune"] = arm in (
-                "ranked_speconly_ragp", "ranked_speconly_ragp2")
+                "ranked_speconly_ragp", "ranked_speconly_ragp2", "ranked_speconly_ragp20")
         if arm == "ranked_lean":  # continuations get 1/10 of the generalist's images, not 1/4 (compute arithmetic:
             d["budget"]["subset_fraction"] = 0.1  # generalist + experts + importance trials ~ 23 % of random's)
     else:
@@ -165,19 +167,21 @@ def make_spec(workdir: Path, corpus: Path, targets: list[str], arm: str, seed: i
     return spec_from_dict(d, "benchmark")
 
 
-def warm_cache(src: Path, dst: Path, *, experts: bool) -> None:
-    """Copy `src`'s generalist (the one full-budget entry without class weights), specialists and, when
-    `experts`, experts into `dst` (must not hold any entry yet)."""
+def warm_cache(src: Path, dst: Path, *, experts: bool, specialists: bool = True) -> None:
+    """Copy `src`'s generalist (the one full-budget entry without class weights), specialists (when
+    `specialists`: an arm whose specialists get another fraction builds its own, and must not count the others'
+    images) and, when `experts`, experts into `dst` (must not hold any entry yet)."""
     import shutil
 
     if not src.is_dir():
         raise SystemExit(f"--warm-from: no cache at {src}")
-    if dst.exists() and any(p.name.startswith(("spec-", "expert-")) for p in dst.iterdir()):
+    if dst.exists() and any(p.name.startswith(("spec-", "expert-")) or (p / "ckpt" / "meta.json").is_file()
+                            for p in dst.iterdir()):
         return  # seeded by an earlier start of this run
     dst.mkdir(parents=True, exist_ok=True)
     for e in src.iterdir():
         gen = (e / "ckpt" / "meta.json").is_file() and "-" not in e.name and not (e / "weights.json").exists()
-        if gen or e.name.startswith("spec-") or (experts and e.name.startswith("expert-")):
+        if gen or (specialists and e.name.startswith("spec-")) or (experts and e.name.startswith("expert-")):
             shutil.copytree(e, dst / e.name)
 
 
@@ -364,10 +368,14 @@ def main() -> None:
                 continue
             spec = make_spec(workdir, corpus, targets, arm, seed, args.trials, sides, args.confirm_seeds)
             if args.warm_from:
+                from rtl.sweep.specialists import fraction_of
+
                 src = workdir / "caches" / f"{args.warm_from}-s{seed}{seeds_tag(args.confirm_seeds)}"
+                ref = make_spec(workdir, corpus, targets, args.warm_from, seed, args.trials, sides, args.confirm_seeds)
                 warm_cache(src if src.is_dir() else workdir / "caches" / f"{args.warm_from}-s{seed}",
                            Path(spec.cache_dir()),
-                           experts=spec.search.sources.ranking.method == "experts")
+                           experts=spec.search.sources.ranking.method == "experts",
+                           specialists=fraction_of(spec) == fraction_of(ref))
             t0 = time.perf_counter()
             try:
                 run_sweep(spec)
@@ -405,7 +413,7 @@ ARMS = ("ranked", "random_bits", "tpe_asha_bits", "ranked_v1", "ranked_imp", "ra
         "ranked_drop12q", "ranked_names", "ranked_names4", "ranked_spec", "ranked_spec3", "ranked_speconly",
         "ranked_speconly_h", "ranked_speconly_k2", "ranked_speconly_w", "ranked_speconly_r",
         "ranked_speconly_wl", "ranked_speconly_rwl", "ranked_speconly_r20", "ranked_speconly_ra",
-        "ranked_speconly_rag", "ranked_speconly_ragp", "ranked_speconly_ragp2")
+        "ranked_speconly_rag", "ranked_speconly_ragp", "ranked_speconly_ragp2", "ranked_speconly_ragp20")
 
 
 def report(rows: list[dict[str, Any]]) -> None:
