@@ -304,6 +304,19 @@ def verdict_report(rows: list[dict[str, Any]]) -> None:
                   f"{sum(_test_gain(r) > 0 for r in none)})")
 
 
+def run_env() -> dict[str, str]:
+    """Where a row was measured. Rows reproduce bit for bit on the same machine type whatever the load or the
+    session (session 18), not across machine types: torch and OpenBLAS pick their kernels by CPU, and a float
+    summed in another order sends training elsewhere -- compare rows of one `env` only."""
+    import platform
+
+    import numpy
+    import torch
+
+    return {"cpu": torch.backends.cpu.get_cpu_capability(), "machine": platform.machine(),
+            "cores": str(os.cpu_count()), "torch": torch.__version__, "numpy": numpy.__version__}
+
+
 def jaccard(a: list[str], b: list[str]) -> float:
     return 1.0 if not a and not b else len(set(a) & set(b)) / len(set(a) | set(b))
 
@@ -388,7 +401,7 @@ def main() -> None:
                 rel = relations[target].get("related", [])
                 row = {"seed": seed, "target": target, "arm": arm, **b, "related": rel,
                        "jaccard": jaccard(b["mask"], rel), "images": images, "seconds": secs,
-                       "jaccard_effective": jaccard(b["effective"] or b["mask"], rel)}
+                       "jaccard_effective": jaccard(b["effective"] or b["mask"], rel), "env": run_env()}
                 if args.confirm_seeds > 1:
                     row.update(n_seeds=args.confirm_seeds, **verdict_of(spec, target))
                 rk = Path(spec.results_dir) / "rankings" / f"{target}.json"

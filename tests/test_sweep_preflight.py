@@ -222,8 +222,8 @@ def test_dry_run_says_how_the_importance_trial_pretrains(tmp_path: Path, no_side
     out = capsys.readouterr().out  # the default: the specialists' chosen sources, one pretraining
     assert ("1 of them importance-weighted from scratch, each the single pretraining on the sources whose "
             "specialists probe best at T=1 (on its own mask when that leaves no unit); specialists: one per "
-            "dataset, from scratch on it alone, 0.25 of the generalist's images each, on the first seed, shared "
-            "by every target and seed (2 x 0.25 = 0.5 generalist pretrainings per sweep, 0.5 per target)") in out
+            "dataset, from scratch on it alone, 0.2 of the generalist's images each, on the first seed, shared "
+            "by every target and seed (2 x 0.2 = 0.4 generalist pretrainings per sweep, 0.4 per target)") in out
     assert "enqueued from the ranking by specialists" in out  # auto: the candidates build them anyway
     _edit(path, search={"sources": {"space": "ranked", "importance_candidates": {
         "variants": [{"top": 3}, {"temperature": 2.0}], "cut": 0.5, "own": True}}})
@@ -268,7 +268,7 @@ def test_dry_run_says_how_the_importance_trial_pretrains(tmp_path: Path, no_side
     _edit(path, search={"sources": {"space": "ranked", "importance_candidates": {"variants": [{"specialists": True}],
                                                                                  "from_specialist": True}}})
     assert main(["sweep", "run", str(path), "--dry-run"]) == 0
-    assert ("leaves no unit); the specialists' pick continues its best specialist for 0.75 of the generalist's "
+    assert ("leaves no unit); the specialists' pick continues its best specialist for 0.8 of the generalist's "
             "images; specialists:") in capsys.readouterr().out
 
 

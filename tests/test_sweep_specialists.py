@@ -184,7 +184,7 @@ def test_from_specialist_continues_the_best_specialist_for_the_rest_of_the_budge
     assert scratch["config"]["init_checkpoint"] is None and [h["images"] for h in scratch["history"]] == gen_images
     assert meta["config"]["lr"] == 0.1 and meta["config"]["warmup_epochs"] > 0  # a restart at the full lr
     for bad, why in (({"variants": [{"drop": [1]}], "from_specialist": True}, "specialists"),
-                     ({"variants": [{"specialists": True}], "from_specialist": True, "length": 0.25}, "length")):
+                     ({"variants": [{"specialists": True}], "from_specialist": True, "length": 0.2}, "length")):
         d["search"]["sources"]["importance_candidates"] = bad
         with pytest.raises(ConfigError, match=why):
             spec_from_dict(d, "bad")
@@ -308,3 +308,21 @@ def test_a_confirm_seed_pretrains_the_chosen_sources_again_without_new_specialis
     assert runs[1][3] == runs[0][3]                           # the same losses chose the same sources
     assert [c.seed for c in runs[1][2]] == [runs[0][2][0].seed + 1]  # pretrained again, with the confirm's seed
     assert runs[1][1] != runs[0][1] and (cache / runs[1][1] / "ckpt").is_dir()
+
+
+def test_a_sweep_started_under_the_old_default_resumes_with_its_own_specialists(tmp_path: Path) -> None:
+    """The default fraction changed (0.25 -> 0.2, session 18): a sweep whose spec.json was written under 0.25
+    reads 0.25 back, so `rtl sweep resume` finds the specialists it built instead of building (and paying) a new
+    set under other keys; a new sweep gets 0.2."""
+    from rtl.sweep.spec import load_resolved, save_resolved
+    from rtl.sweep.specialists import fraction_of, specialist_key
+
+    spec = _spec(tmp_path, [{"specialists": True}], own=False)
+    assert fraction_of(spec) == 0.2
+    old = spec.model_copy(deep=True)
+    old.search.sources.importance_candidates.specialist_fraction = 0.25
+    (tmp_path / "results").mkdir()
+    save_resolved(old, str(tmp_path / "results" / "spec.json"))
+    back = load_resolved(str(tmp_path / "results"))
+    assert fraction_of(back) == 0.25
+    assert specialist_key(back, "a", 0, fraction_of(back)) == specialist_key(old, "a", 0, 0.25)

@@ -196,9 +196,11 @@ class ImportanceCandidates(_M):
     cut: float = Field(0.25, gt=0, lt=1)
     # `specialists` variants: each unit's specialist gets this share of the generalist's pretraining images
     # (the same for every unit; built once per sweep and seed, shared by all targets), and the chosen set is
-    # cut from the best `specialist_max_k` + 1 (rtl.sweep.specialists). 0.2: 6 % fewer images with 8 targets,
-    # but a harmful source chosen on 5 of 48 benchmark pairs instead of 2 (search.md, session 13)
-    specialist_fraction: float = Field(0.25, gt=0, le=1)
+    # cut from the best `specialist_max_k` + 1 (rtl.sweep.specialists). 0.2 since session 18: 7 % fewer images
+    # than 0.25 (0.31x random search's with 8 targets), and with the label agreement's prune level with 0.25 on two
+    # unseen draws (48 pairs: 7 better / 35 equal / 6 worse; harmful picks 2 vs 2; related set matched 31 vs 31 of
+    # 36; pre-registered, search.md). Without the prune 0.2 chose a harmful source more often (session 13).
+    specialist_fraction: float = Field(0.2, gt=0, le=1)
     specialist_max_k: int = Field(4, ge=1)
     # + the units whose labels agree with the best-probed unit's (its specialist's head on their held-out images
     # and theirs on its, by class name, in each head's imaging; kappa >= this), sharing >= 3 class names with it
