@@ -384,11 +384,12 @@ def main() -> None:
                 from rtl.sweep.specialists import fraction_of
 
                 src = workdir / "caches" / f"{args.warm_from}-s{seed}{seeds_tag(args.confirm_seeds)}"
-                ref = make_spec(workdir, corpus, targets, args.warm_from, seed, args.trials, sides, args.confirm_seeds)
+                same = args.warm_from in REPORT_ONLY or fraction_of(spec) == fraction_of(make_spec(
+                    workdir, corpus, targets, args.warm_from, seed, args.trials, sides, args.confirm_seeds))
                 warm_cache(src if src.is_dir() else workdir / "caches" / f"{args.warm_from}-s{seed}",
                            Path(spec.cache_dir()),
                            experts=spec.search.sources.ranking.method == "experts",
-                           specialists=fraction_of(spec) == fraction_of(ref))
+                           specialists=same)  # a report-only arm's fraction is not known: copied, as before
             t0 = time.perf_counter()
             try:
                 run_sweep(spec)

@@ -71,3 +71,22 @@ def test_the_verdict_report_checks_what_the_verdict_said_against_test(capsys) ->
     assert "targets with related sources: names the subset on 2/3 (it beat both references on mean test on 1)" in out
     assert "says none on 1 (the best configuration was better on mean test anyway on 1)" in out
     assert "targets without: names the subset on 0/1" in out and "anyway on 0)" in out
+
+
+def test_warm_cache_copies_specialists_only_to_an_arm_of_the_same_fraction(tmp_path: Path) -> None:
+    """ranked_search.py --warm-from: an arm whose specialists get another fraction builds its own, so the other
+    arm's must not land in its cache (they would be counted in its images); the generalist is always shared."""
+    from ranked_search import images_consumed, warm_cache
+
+    src = tmp_path / "src"
+    for name, images in (("gen0", 100), ("spec-a", 25), ("expert-b", 5)):
+        (src / name / "ckpt").mkdir(parents=True)
+        (src / name / "ckpt" / "meta.json").write_text(f'{{"history": [{{"images": {images}}}]}}')
+    warm_cache(src, tmp_path / "other", experts=False, specialists=False)
+    assert sorted(p.name for p in (tmp_path / "other").iterdir()) == ["gen0"]
+    assert images_consumed(str(tmp_path / "other")) == 100
+    warm_cache(src, tmp_path / "same", experts=False, specialists=True)
+    assert sorted(p.name for p in (tmp_path / "same").iterdir()) == ["gen0", "spec-a"]
+    (tmp_path / "other" / "spec-own" / "ckpt").mkdir(parents=True)  # built by the arm itself, then a restart:
+    warm_cache(src, tmp_path / "other", experts=False, specialists=True)  # a seeded cache is left as it is
+    assert sorted(p.name for p in (tmp_path / "other").iterdir()) == ["gen0", "spec-own"]
