@@ -167,10 +167,11 @@ def make_spec(workdir: Path, corpus: Path, targets: list[str], arm: str, seed: i
     return spec_from_dict(d, "benchmark")
 
 
-def warm_cache(src: Path, dst: Path, *, experts: bool, specialists: bool = True) -> None:
-    """Copy `src`'s generalist (the one full-budget entry without class weights), specialists (when
-    `specialists`: an arm whose specialists get another fraction builds its own, and must not count the others'
-    images) and, when `experts`, experts into `dst` (must not hold any entry yet)."""
+def warm_cache(src: Path, dst: Path, *, experts: bool, fraction: float | None) -> None:
+    """Copy `src`'s generalist (the one full-budget entry without class weights), its specialists built on
+    `fraction` of the generalist's images (their `specialist.json` says; an arm with another fraction, or none,
+    builds its own and must not count the others' images) and, when `experts`, experts into `dst` (must not hold
+    any entry yet)."""
     import shutil
 
     if not src.is_dir():
@@ -181,7 +182,9 @@ def warm_cache(src: Path, dst: Path, *, experts: bool, specialists: bool = True)
     dst.mkdir(parents=True, exist_ok=True)
     for e in src.iterdir():
         gen = (e / "ckpt" / "meta.json").is_file() and "-" not in e.name and not (e / "weights.json").exists()
-        if gen or (specialists and e.name.startswith("spec-")) or (experts and e.name.startswith("expert-")):
+        spec = (e.name.startswith("spec-") and (e / "specialist.json").is_file()
+                and json.loads((e / "specialist.json").read_text()).get("fraction") == fraction)
+        if gen or spec or (experts and e.name.startswith("expert-")):
             shutil.copytree(e, dst / e.name)
 
 
@@ -374,7 +377,7 @@ def main() -> None:
                          jaccard_effective=jaccard(b["effective"] or b["mask"], r["related"]))
         if rows_file:  # the rows file holds what the report shows
             rows_file.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    t_all = time.perf_counter()
+    t_all, env = time.perf_counter(), run_env()
     for seed in args.seeds:
         for arm in args.arms:
             if args.report_only or (seed, arm, args.confirm_seeds) in done_runs:
@@ -384,12 +387,9 @@ def main() -> None:
                 from rtl.sweep.specialists import fraction_of
 
                 src = workdir / "caches" / f"{args.warm_from}-s{seed}{seeds_tag(args.confirm_seeds)}"
-                same = args.warm_from in REPORT_ONLY or fraction_of(spec) == fraction_of(make_spec(
-                    workdir, corpus, targets, args.warm_from, seed, args.trials, sides, args.confirm_seeds))
                 warm_cache(src if src.is_dir() else workdir / "caches" / f"{args.warm_from}-s{seed}",
                            Path(spec.cache_dir()),
-                           experts=spec.search.sources.ranking.method == "experts",
-                           specialists=same)  # a report-only arm's fraction is not known: copied, as before
+                           experts=spec.search.sources.ranking.method == "experts", fraction=fraction_of(spec))
             t0 = time.perf_counter()
             try:
                 run_sweep(spec)
@@ -402,7 +402,7 @@ def main() -> None:
                 rel = relations[target].get("related", [])
                 row = {"seed": seed, "target": target, "arm": arm, **b, "related": rel,
                        "jaccard": jaccard(b["mask"], rel), "images": images, "seconds": secs,
-                       "jaccard_effective": jaccard(b["effective"] or b["mask"], rel), "env": run_env()}
+                       "jaccard_effective": jaccard(b["effective"] or b["mask"], rel), "env": env}
                 if args.confirm_seeds > 1:
                     row.update(n_seeds=args.confirm_seeds, **verdict_of(spec, target))
                 rk = Path(spec.results_dir) / "rankings" / f"{target}.json"

@@ -82,11 +82,14 @@ def test_warm_cache_copies_specialists_only_to_an_arm_of_the_same_fraction(tmp_p
     for name, images in (("gen0", 100), ("spec-a", 25), ("expert-b", 5)):
         (src / name / "ckpt").mkdir(parents=True)
         (src / name / "ckpt" / "meta.json").write_text(f'{{"history": [{{"images": {images}}}]}}')
-    warm_cache(src, tmp_path / "other", experts=False, specialists=False)
+    (src / "spec-a" / "specialist.json").write_text('{"unit": "a", "fraction": 0.25, "seed": 0}')
+    warm_cache(src, tmp_path / "other", experts=False, fraction=0.2)
     assert sorted(p.name for p in (tmp_path / "other").iterdir()) == ["gen0"]
     assert images_consumed(str(tmp_path / "other")) == 100
-    warm_cache(src, tmp_path / "same", experts=False, specialists=True)
+    warm_cache(src, tmp_path / "none", experts=False, fraction=None)  # an arm without specialists
+    assert sorted(p.name for p in (tmp_path / "none").iterdir()) == ["gen0"]
+    warm_cache(src, tmp_path / "same", experts=False, fraction=0.25)
     assert sorted(p.name for p in (tmp_path / "same").iterdir()) == ["gen0", "spec-a"]
     (tmp_path / "other" / "spec-own" / "ckpt").mkdir(parents=True)  # built by the arm itself, then a restart:
-    warm_cache(src, tmp_path / "other", experts=False, specialists=True)  # a seeded cache is left as it is
+    warm_cache(src, tmp_path / "other", experts=False, fraction=0.25)  # a seeded cache is left as it is
     assert sorted(p.name for p in (tmp_path / "other").iterdir()) == ["gen0", "spec-own"]
